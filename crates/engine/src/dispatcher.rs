@@ -1,0 +1,372 @@
+//! The dispatcher delivers jobs. For every active webhook it runs one worker that holds
+//! permits of the webhook's cluster-wide concurrency limit *before* it takes jobs from the
+//! webhook's queue, so a job is never read only to wait (and be reclaimed as if its node
+//! had died). Each delivery builds and authenticates the request, sends it, records the
+//! attempt and enqueues its follow-up — retry, dead letter, write-back — in one atomic
+//! step with the acknowledgement.
+//!
+//! Webhooks are served by independent workers, one queue each, so a slow or failing webhook
+//! holds only its own permits and never starves the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use hookline_outbound::{OutboundRequest, OutboundResponse, Verdict, classify, redact_headers};
+use hookline_proto::{Attempt, Header, HttpRequest, HttpResponse, Job, Outcome, WritebackJob};
+use hookline_store::{Entry, FollowUp, now_ms};
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
+
+use crate::EngineContext;
+use crate::catalog::{Catalog, CompiledWebhook};
+use crate::messages::CatalogChanged;
+use crate::render::{build_request, display_url};
+use crate::trace;
+
+/// Bodies kept in attempt records are cut at this size.
+const MAX_RECORDED_BODY: usize = 64 * 1024;
+/// Jobs taken from a queue in one read, at most.
+const MAX_READ: usize = 64;
+
+/// A running worker: its webhook version, and the switch that stops it.
+struct Worker {
+    version: u64,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Dispatcher {
+    ctx: EngineContext,
+    workers: HashMap<String, Worker>,
+}
+
+impl Dispatcher {
+    pub fn new(ctx: EngineContext) -> Self {
+        Dispatcher { ctx, workers: HashMap::new() }
+    }
+
+    fn sync_workers(&mut self, catalog: &Catalog) {
+        // Stop workers of deleted, paused or changed webhooks; a changed one restarts below.
+        self.workers.retain(|id, w| {
+            let keep = catalog.webhooks.get(id).is_some_and(|wh| !wh.paused && wh.version == w.version);
+            if !keep {
+                let _ = w.stop.send(true);
+            }
+            keep
+        });
+        for (id, wh) in &catalog.webhooks {
+            if wh.paused || self.workers.contains_key(id) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            actix::spawn(run_worker(self.ctx.clone(), wh.clone(), stopped));
+            self.workers.insert(id.clone(), Worker { version: wh.version, stop });
+        }
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for w in self.workers.values() {
+            let _ = w.stop.send(true);
+        }
+    }
+}
+
+impl Handler<CatalogChanged> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatalogChanged, _ctx: &mut Self::Context) {
+        self.sync_workers(&msg.catalog);
+    }
+}
+
+fn stopping(ctx: &EngineContext, stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || *ctx.shutdown.borrow()
+}
+
+/// Waits `d`, or less if the worker is told to stop.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
+    let _ = tokio::time::timeout(d, stop.changed()).await;
+}
+
+/// One webhook's delivery loop.
+async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch::Receiver<bool>) {
+    let id = wh.def.id.clone();
+    let limit = wh.def.settings.max_concurrency as usize;
+    let timeout = wh.def.settings.timeout.0;
+    // A permit outlives any delivery that holds it: the request timeout plus the scripts.
+    let lease = timeout + Duration::from_secs(60);
+    // A job idle this long was taken by a node that died; a live node finishes sooner.
+    let reclaim_after = lease + Duration::from_secs(10);
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut last_claim: Option<Instant> = None;
+    tracing::info!(webhook_id = %id, version = wh.version, "dispatcher worker started");
+
+    while !stopping(&ctx, &stop) {
+        // Local slots first (never more in flight here than the limit), then cluster permits.
+        let Ok(first) = slots.clone().acquire_owned().await else { break };
+        let mut local = vec![first];
+        while local.len() < MAX_READ {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => local.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut permits = Vec::with_capacity(local.len());
+        for slot in local {
+            let holder = format!("{}:{}", ctx.node_id, uuid::Uuid::new_v4());
+            match ctx.store.acquire_permit(&id, &holder, limit as u32, lease).await {
+                Ok(true) => permits.push((slot, holder)),
+                Ok(false) => break,
+                Err(error) => {
+                    tracing::warn!(webhook_id = %id, %error, "cannot take a permit");
+                    break;
+                }
+            }
+        }
+        if permits.is_empty() {
+            // Every permit is held elsewhere in the cluster: look again shortly.
+            let wait = rand::rng().random_range(20..60);
+            pause(&mut stop, Duration::from_millis(wait)).await;
+            continue;
+        }
+
+        let now = now_ms();
+        let next_due = match ctx.store.promote_due(&id, now).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(webhook_id = %id, %error, "cannot move due retries");
+                release_all(&ctx, &id, permits).await;
+                pause(&mut stop, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut entries = Vec::new();
+        if last_claim.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            last_claim = Some(Instant::now());
+            match ctx.store.claim_jobs(&id, &ctx.node_id, reclaim_after, permits.len()).await {
+                Ok(claimed) => {
+                    if !claimed.is_empty() {
+                        tracing::info!(webhook_id = %id, count = claimed.len(), "took over jobs of a stopped consumer");
+                    }
+                    entries = claimed;
+                }
+                Err(error) => tracing::warn!(webhook_id = %id, %error, "cannot claim stale jobs"),
+            }
+        }
+        if entries.is_empty() {
+            let block = next_due
+                .map(|due| Duration::from_millis((due - now).clamp(1, 1000) as u64))
+                .unwrap_or(Duration::from_secs(1));
+            match ctx.store.read_jobs(&id, &ctx.node_id, permits.len(), block).await {
+                Ok(read) => entries = read,
+                Err(error) => {
+                    tracing::warn!(webhook_id = %id, %error, "cannot read jobs");
+                    release_all(&ctx, &id, permits).await;
+                    pause(&mut stop, Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let mut permits = permits.into_iter();
+        for entry in entries {
+            // Reads never return more entries than permits asked for.
+            let Some((slot, holder)) = permits.next() else { break };
+            let (ctx, wh) = (ctx.clone(), wh.clone());
+            actix::spawn(async move {
+                deliver(&ctx, &wh, entry).await;
+                if let Err(error) = ctx.store.release_permit(&wh.def.id, &holder).await {
+                    tracing::warn!(webhook_id = %wh.def.id, %error, "cannot release a permit; it expires with its lease");
+                }
+                drop(slot);
+            });
+        }
+        release_all(&ctx, &id, permits.collect()).await;
+    }
+    // Let in-flight deliveries finish before reporting the worker stopped.
+    let _ = slots.acquire_many(limit as u32).await;
+    tracing::info!(webhook_id = %id, "dispatcher worker stopped");
+}
+
+async fn release_all(ctx: &EngineContext, webhook: &str, permits: Vec<(tokio::sync::OwnedSemaphorePermit, String)>) {
+    for (_slot, holder) in permits {
+        let _ = ctx.store.release_permit(webhook, &holder).await;
+    }
+}
+
+fn headers(list: &[(String, String)]) -> Vec<Header> {
+    list.iter().map(|(name, value)| Header { name: name.clone(), value: value.clone() }).collect()
+}
+
+fn cut(body: &[u8]) -> (Vec<u8>, bool) {
+    if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
+}
+
+/// Delivers one job once and records what happened. Never panics on the job's content.
+async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
+    let job = entry.value;
+    let number = job.attempts + 1;
+    let span = tracing::info_span!(
+        "attempt",
+        webhook_id = %wh.def.id,
+        job_id = %job.job_id,
+        record_ids = ?job.record_ids,
+        attempt = number,
+        trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
+        outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let entities: serde_json::Value =
+            serde_json::from_slice(&job.entities_json).unwrap_or_else(|_| serde_json::Value::Array(vec![]));
+
+        let mut attempt = Attempt {
+            attempt_id: uuid::Uuid::now_v7().to_string(),
+            webhook_id: wh.def.id.clone(),
+            webhook_version: wh.version,
+            job_id: job.job_id.clone(),
+            record_ids: job.record_ids.clone(),
+            number,
+            node_id: ctx.node_id.clone(),
+            started_at_ms: started_ms,
+            traceparent: job.traceparent.clone(),
+            ..Default::default()
+        };
+
+        let mut request_body = Vec::new();
+        let (verdict, response) = match build_request(wh, &job, &entities, &ctx.scripts).await {
+            Err(e) => {
+                attempt.error = e.to_string();
+                tracing::Span::current().record("error.type", e.step);
+                (Verdict::Fail, None)
+            }
+            Ok(req) => {
+                let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
+                let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
+                let (body, truncated) = cut(&req.body);
+                attempt.request = Some(HttpRequest {
+                    method: req.method.clone(),
+                    url: display_url(&req.url),
+                    headers: headers(&redact_headers(&req.headers, &secret_names, &secret_values)),
+                    body,
+                    body_truncated: truncated,
+                });
+                request_body = req.body.clone();
+                let result = ctx
+                    .outbound
+                    .send(OutboundRequest {
+                        method: req.method,
+                        url: req.url,
+                        headers: req.headers,
+                        body: req.body,
+                        timeout: wh.def.settings.timeout.0,
+                    })
+                    .await;
+                let verdict = classify(&result);
+                let response = match result {
+                    Ok(resp) => {
+                        tracing::Span::current().record("http.response.status_code", resp.status);
+                        let (body, truncated) = cut(&resp.body);
+                        attempt.response = Some(HttpResponse {
+                            status: resp.status as u32,
+                            headers: headers(&redact_headers(&resp.headers, &secret_names, &secret_values)),
+                            body,
+                            body_truncated: truncated || resp.body_truncated,
+                        });
+                        if verdict != Verdict::Success {
+                            attempt.error = format!("target answered {}", resp.status);
+                        }
+                        Some(resp)
+                    }
+                    Err(e) => {
+                        tracing::Span::current().record("error.type", e.kind());
+                        attempt.error = e.to_string();
+                        None::<OutboundResponse>
+                    }
+                };
+                (verdict, response)
+            }
+        };
+        attempt.duration_ms = started.elapsed().as_millis() as u64;
+
+        let mut follow = FollowUp::default();
+        let outcome = match verdict {
+            Verdict::Success => Outcome::Success,
+            Verdict::Retry { after } if !wh.retry.exhausted(number) => {
+                let due =
+                    started_ms + attempt.duration_ms as i64 + wh.retry.delay(number + 1, after).as_millis() as i64;
+                attempt.next_attempt_at_ms = due;
+                follow.retry = Some((Job { attempts: number, ..job.clone() }, due));
+                Outcome::RetryScheduled
+            }
+            Verdict::Retry { .. } => Outcome::Exhausted,
+            Verdict::Fail => Outcome::Failed,
+        };
+        attempt.outcome = outcome as i32;
+        if matches!(outcome, Outcome::Exhausted | Outcome::Failed) {
+            follow.dead_letter = Some((Job { attempts: number, ..job.clone() }, attempt.error.clone()));
+        }
+        if outcome.is_final() && wh.response_script.is_some() {
+            attempt.writeback_status = "pending".into();
+            follow.writeback = Some(WritebackJob {
+                job_id: job.job_id.clone(),
+                webhook_id: wh.def.id.clone(),
+                webhook_version: wh.version,
+                attempt_id: attempt.attempt_id.clone(),
+                record_ids: job.record_ids.clone(),
+                entities_json: job.entities_json.clone(),
+                request_body,
+                status: response.as_ref().map(|r| r.status as u32).unwrap_or(0),
+                response_headers: response.as_ref().map(|r| headers(&r.headers)).unwrap_or_default(),
+                response_body: response.map(|r| r.body).unwrap_or_default(),
+                traceparent: job.traceparent.clone(),
+            });
+        }
+        tracing::Span::current().record("outcome", outcome.as_str());
+        tracing::info!(
+            attempt_id = %attempt.attempt_id,
+            duration_ms = attempt.duration_ms,
+            error = %attempt.error,
+            "attempt {}",
+            outcome.as_str()
+        );
+
+        // The attempt, its follow-up and the ack are one step; if the store is briefly
+        // unreachable, try again before leaving the job pending for a later reclaim.
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..6 {
+            match ctx.store.complete(&wh.def.id, &entry.id, &attempt, follow.clone()).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record the attempt; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        tracing::error!("attempt not recorded; the job stays pending and will be delivered again");
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn recorded_bodies_are_cut() {
+        let (b, t) = cut(&vec![b'x'; super::MAX_RECORDED_BODY + 1]);
+        assert_eq!(b.len(), super::MAX_RECORDED_BODY);
+        assert!(t);
+        assert_eq!(cut(b"ok"), (b"ok".to_vec(), false));
+    }
+}

@@ -1,0 +1,144 @@
+//! Builds the HTTP request of one job: URL, headers and body from templates or the body
+//! script, then authentication. Secrets met on the way are returned for redaction.
+
+use hookline_model::AuthDef;
+use hookline_proto::Job;
+use hookline_script::{ScriptCall, ScriptKind, ScriptOutput, ScriptPool};
+use serde_json::{Value, json};
+
+use crate::catalog::{BODY_TEMPLATE, CompiledWebhook, URL_TEMPLATE, header_template};
+
+/// A request ready to send.
+#[derive(Debug, Clone)]
+pub struct BuiltRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Values to mask wherever the request is recorded.
+    pub secret_values: Vec<String>,
+    /// Header names whose values are secret.
+    pub secret_headers: Vec<String>,
+}
+
+/// Which step of building a request failed, and why (never holding a secret value).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct BuildError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+fn template_error(step: &'static str, e: minijinja::Error) -> BuildError {
+    BuildError { step, message: e.to_string() }
+}
+
+/// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
+fn template_context(wh: &CompiledWebhook, job: &Job, entities: &Value) -> Value {
+    json!({
+        "record": entities.get(0).cloned().unwrap_or(Value::Null),
+        "records": entities,
+        "webhook": {"id": wh.def.id, "version": wh.version},
+        "job": {"id": job.job_id, "attempt": job.attempts + 1},
+    })
+}
+
+/// Renders the request for `job`. Scripts run on the script pool, never on this thread.
+pub async fn build_request(
+    wh: &CompiledWebhook,
+    job: &Job,
+    entities: &Value,
+    scripts: &ScriptPool,
+) -> Result<BuiltRequest, BuildError> {
+    let ctx = template_context(wh, job, entities);
+    let render = |name: &str, step: &'static str| {
+        wh.templates.get_template(name).and_then(|t| t.render(&ctx)).map_err(|e| template_error(step, e))
+    };
+    let url = render(URL_TEMPLATE, "url template")?.trim().to_string();
+    let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
+    for name in wh.def.request.headers.keys() {
+        headers.push((name.clone(), render(&header_template(name), "header template")?));
+    }
+
+    let request = &wh.def.request;
+    let body: Vec<u8> = if let Some(src) = &wh.body_script {
+        let call = ScriptCall::new(ScriptKind::Body, src.clone(), entities.clone());
+        match scripts.run(call).await {
+            Ok(ScriptOutput::Written(text)) => text.into_bytes(),
+            Ok(ScriptOutput::Headers(_)) => Vec::new(),
+            Err(e) => return Err(BuildError { step: "body script", message: e.to_string() }),
+        }
+    } else if request.body_template.is_some() {
+        render(BODY_TEMPLATE, "body template")?.into_bytes()
+    } else if let Some(body) = &request.body {
+        body.clone().into_bytes()
+    } else if matches!(request.method.to_ascii_uppercase().as_str(), "GET" | "DELETE") {
+        Vec::new()
+    } else {
+        // No body defined: the records themselves, so a plain webhook needs no template.
+        serde_json::to_vec(&json!({"webhook": wh.def.id, "object": wh.def.object, "records": entities}))
+            .unwrap_or_default()
+    };
+
+    let mut secret_values = Vec::new();
+    let mut secret_headers = Vec::new();
+    match &wh.def.auth {
+        AuthDef::None | AuthDef::Oauth2 { .. } => {}
+        AuthDef::Basic { username, password } => {
+            headers.push(hookline_outbound::basic_auth(username, password));
+            secret_values.push(password.clone());
+        }
+        AuthDef::Token { header, value } => {
+            headers.push((header.clone(), value.clone()));
+            secret_headers.push(header.clone());
+            secret_values.push(value.clone());
+        }
+        AuthDef::Script { .. } => {
+            let src = wh.header_script.clone().unwrap_or_else(|| "return {};".into());
+            match scripts.run(ScriptCall::new(ScriptKind::Header, src, entities.clone())).await {
+                Ok(ScriptOutput::Headers(hs)) => {
+                    for (name, value) in hs {
+                        secret_headers.push(name.clone());
+                        secret_values.push(value.clone());
+                        headers.push((name, value));
+                    }
+                }
+                Ok(ScriptOutput::Written(_)) => {}
+                // Script errors carry the JS message and line, never the header values.
+                Err(e) => return Err(BuildError { step: "auth script", message: e.to_string() }),
+            }
+        }
+    }
+
+    let has = |headers: &[(String, String)], name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !body.is_empty() && !has(&headers, "content-type") {
+        headers.push(("Content-Type".into(), "application/json".into()));
+    }
+    headers.push(("webhook-id".into(), job.job_id.clone()));
+    if !job.traceparent.is_empty() && !has(&headers, "traceparent") {
+        headers.push(("traceparent".into(), crate::trace::child_of(&job.traceparent)));
+    }
+    secret_values.retain(|v| !v.is_empty());
+    Ok(BuiltRequest { method: request.method.to_ascii_uppercase(), url, headers, body, secret_values, secret_headers })
+}
+
+/// The URL without userinfo, for attempt records and logs.
+pub fn display_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end && !url[scheme_end + 3..at].contains('/') => {
+            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_url;
+
+    #[test]
+    fn userinfo_is_dropped() {
+        assert_eq!(display_url("https://u:p@host/x?y=1"), "https://host/x?y=1");
+        assert_eq!(display_url("https://host/a@b"), "https://host/a@b");
+    }
+}

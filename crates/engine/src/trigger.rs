@@ -1,0 +1,162 @@
+//! The trigger consumes each data object's change stream (consumer group `trigger`),
+//! decides for every webhook on that object whether the change fires it, enqueues the jobs
+//! and only then acknowledges the changes: a crash in between re-reads them, so no accepted
+//! change is lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use hookline_model::{ChangeView, Decision, Fields, decide};
+use hookline_proto::{Change, Job};
+use hookline_store::{Entry, StoreError, now_ms};
+use tracing::Instrument;
+
+use crate::EngineContext;
+use crate::catalog::Catalog;
+use crate::messages::CatalogChanged;
+use crate::trace;
+
+/// Changes read from one object's stream, to decide on and acknowledge.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct ChangeBatch {
+    pub object: String,
+    pub entries: Vec<Entry<Change>>,
+}
+
+pub struct Trigger {
+    ctx: EngineContext,
+    catalog: Arc<Catalog>,
+    /// Objects whose change stream is being read.
+    following: HashSet<String>,
+}
+
+impl Trigger {
+    pub fn new(ctx: EngineContext) -> Self {
+        Trigger { ctx, catalog: Arc::default(), following: HashSet::new() }
+    }
+}
+
+/// How long a change may stay unacknowledged by a consumer before another takes it over.
+const CLAIM_IDLE: Duration = Duration::from_secs(60);
+
+async fn follow_object(ctx: EngineContext, object: String, addr: Addr<Trigger>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut last_claim = tokio::time::Instant::now();
+    let mut first = true;
+    while !*shutdown.borrow() {
+        // Changes left pending by a dead consumer (or by this node before a restart).
+        let claimed = if first || last_claim.elapsed() > Duration::from_secs(10) {
+            last_claim = tokio::time::Instant::now();
+            let idle = if first { Duration::ZERO } else { CLAIM_IDLE };
+            first = false;
+            ctx.store.claim_changes(&object, &ctx.node_id, idle.max(Duration::from_millis(1))).await
+        } else {
+            Ok(Vec::new())
+        };
+        let read = match claimed {
+            Ok(c) if !c.is_empty() => Ok(c),
+            Ok(_) => ctx.store.read_changes(&object, &ctx.node_id, 100, Duration::from_secs(1)).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match read {
+            Ok(entries) if entries.is_empty() => Ok(()),
+            Ok(entries) => match addr.send(ChangeBatch { object: object.clone(), entries }).await {
+                Ok(r) => r,
+                Err(_) => return, // the actor is gone
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(object, %error, "reading changes failed; retrying");
+            let _ = tokio::time::timeout(Duration::from_secs(1), shutdown.changed()).await;
+        }
+    }
+}
+
+fn parse_fields(bytes: &[u8]) -> Option<Fields> {
+    if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
+}
+
+impl Actor for Trigger {
+    type Context = Context<Self>;
+}
+
+impl Handler<CatalogChanged> for Trigger {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatalogChanged, ctx: &mut Self::Context) {
+        self.catalog = msg.catalog;
+        for object in self.catalog.objects.keys() {
+            if self.following.insert(object.clone()) {
+                ctx.spawn(follow_object(self.ctx.clone(), object.clone(), ctx.address()).into_actor(self));
+            }
+        }
+    }
+}
+
+impl Handler<ChangeBatch> for Trigger {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: ChangeBatch, _ctx: &mut Self::Context) -> Self::Result {
+        let catalog = self.catalog.clone();
+        let store = self.ctx.store.clone();
+        Box::pin(async move {
+            let mut jobs = Vec::new();
+            let mut ids = Vec::with_capacity(msg.entries.len());
+            for entry in &msg.entries {
+                let change = &entry.value;
+                ids.push(entry.id.clone());
+                let Some(new) = parse_fields(&change.new_json) else {
+                    tracing::error!(object = %msg.object, record_id = %change.record_id, "undecodable change; skipped");
+                    continue;
+                };
+                let old = parse_fields(&change.old_json);
+                let span = tracing::info_span!(
+                    "trigger",
+                    object = %msg.object,
+                    record_id = %change.record_id,
+                    version = change.version,
+                    trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
+                );
+                let _guard = span.enter();
+                let view = ChangeView {
+                    old: old.as_ref(),
+                    new: &new,
+                    origin_webhook: (!change.origin_webhook.is_empty()).then_some(change.origin_webhook.as_str()),
+                };
+                for wh in catalog.webhooks_on(&msg.object) {
+                    let decision = decide(&wh.def.id, &wh.plan, view);
+                    tracing::debug!(webhook_id = %wh.def.id, decision = decision.as_str(), "trigger decision");
+                    if decision != Decision::Fire {
+                        continue;
+                    }
+                    let mut entity = new.clone();
+                    entity.entry("id".to_string()).or_insert_with(|| change.record_id.clone().into());
+                    let entities = serde_json::Value::Array(vec![serde_json::Value::Object(entity)]);
+                    jobs.push(Job {
+                        job_id: uuid::Uuid::now_v7().to_string(),
+                        webhook_id: wh.def.id.clone(),
+                        webhook_version: wh.version,
+                        object: msg.object.clone(),
+                        record_ids: vec![change.record_id.clone()],
+                        record_versions: vec![change.version],
+                        entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
+                        attempts: 0,
+                        created_at_ms: now_ms(),
+                        traceparent: trace::child_of(&change.traceparent),
+                    });
+                }
+            }
+            let enqueued = jobs.len();
+            // Jobs first, acknowledgement second: a crash between the two re-reads the
+            // changes and enqueues again (at-least-once), never zero times.
+            store.enqueue(&jobs).await?;
+            store.ack_changes(&msg.object, &ids).await?;
+            tracing::debug!(object = %msg.object, changes = ids.len(), enqueued, "changes processed");
+            Ok(())
+        }.instrument(tracing::Span::current()))
+    }
+}

@@ -1,0 +1,1 @@
+//! The hookline binary: CLI, configuration, roles.

@@ -1,0 +1,510 @@
+//! Webhook definitions: the JSON (or YAML) a user saves, and its validation against the
+//! data objects it names. Field names here are a contract with users' scripts: extend,
+//! never rename.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::condition::{self, Condition};
+use crate::object::{DataObject, FieldError, valid_name};
+
+/// Shown instead of a secret when a definition is read back.
+pub const REDACTED: &str = "***";
+
+/// A webhook as the user defines it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDef {
+    pub id: String,
+    /// The data object whose changes fire it.
+    pub object: String,
+    pub trigger: TriggerDef,
+    pub request: RequestDef,
+    #[serde(default)]
+    pub auth: AuthDef,
+    /// JavaScript run on the final attempt's response; its `write()` output is written back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback: Option<WritebackDef>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDef {
+    #[serde(default)]
+    pub on_create: bool,
+    #[serde(default)]
+    pub on_update: bool,
+    /// Labels or keys. On update the webhook fires only when one of them changed value;
+    /// empty: any field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// Matching condition, evaluated on the new record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Cron schedule (not supported by this version; refused at save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestDef {
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// A minijinja template over `record` (the first record) and `records`.
+    pub url: String,
+    /// Values are minijinja templates like the URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A literal body, sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// A minijinja template rendering the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_template: Option<String>,
+    /// JavaScript building the body with `data.changedEntities` and `write()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_script: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".to_string()
+}
+
+/// How requests authenticate. Secrets are write-only through the API.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthDef {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A shared token sent in a header, e.g. `X-Api-Key: …` or `Authorization: Bearer …`.
+    Token {
+        #[serde(default = "default_token_header")]
+        header: String,
+        value: String,
+    },
+    /// JavaScript returning `{header: value}`; its output is treated as secret.
+    Script {
+        script: String,
+    },
+    /// OAuth 2.0 client credentials (not supported by this version; refused at save).
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
+    },
+}
+
+fn default_token_header() -> String {
+    "Authorization".to_string()
+}
+
+impl AuthDef {
+    /// The same auth with every secret replaced by [`REDACTED`].
+    pub fn redacted(&self) -> AuthDef {
+        let mut a = self.clone();
+        match &mut a {
+            AuthDef::None | AuthDef::Script { .. } => {}
+            AuthDef::Basic { password, .. } => *password = REDACTED.into(),
+            AuthDef::Token { value, .. } => *value = REDACTED.into(),
+            AuthDef::Oauth2 { client_secret, .. } => *client_secret = REDACTED.into(),
+        }
+        a
+    }
+
+    /// Keeps `previous`'s secrets where this definition says [`REDACTED`], so a client can
+    /// PUT back what it read.
+    pub fn keep_secrets_from(&mut self, previous: &AuthDef) {
+        match (self, previous) {
+            (AuthDef::Basic { password, .. }, AuthDef::Basic { password: old, .. }) if password == REDACTED => {
+                *password = old.clone()
+            }
+            (AuthDef::Token { value, .. }, AuthDef::Token { value: old, .. }) if value == REDACTED => {
+                *value = old.clone()
+            }
+            (AuthDef::Oauth2 { client_secret, .. }, AuthDef::Oauth2 { client_secret: old, .. })
+                if client_secret == REDACTED =>
+            {
+                *client_secret = old.clone()
+            }
+            _ => {}
+        }
+    }
+
+    /// Secret values, for redaction of attempt records and logs.
+    pub fn secrets(&self) -> Vec<&str> {
+        match self {
+            AuthDef::None | AuthDef::Script { .. } => vec![],
+            AuthDef::Basic { password, .. } => vec![password.as_str()],
+            AuthDef::Token { value, .. } => vec![value.as_str()],
+            AuthDef::Oauth2 { client_secret, .. } => vec![client_secret.as_str()],
+        }
+    }
+}
+
+/// How the response script's output becomes a record update (the import mapping).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackDef {
+    /// The object to update; default: the webhook's object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub key: KeyMap,
+    /// Output name → record field key. Output fields not named here keep their names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyMap {
+    /// The output field holding the record id.
+    pub from: String,
+    /// `id`, or the object's id field.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    #[default]
+    Fixed,
+    Exponential,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Records per call; >1 is a bulk call (not supported by this version).
+    pub max_batch_size: u32,
+    pub batch_linger_ms: u64,
+    /// In-flight requests for this webhook.
+    pub max_concurrency: u32,
+    /// `N/s` or `N/m` (not supported by this version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    /// Attempts after the first.
+    pub retries: u32,
+    pub retry_wait: Dur,
+    pub backoff: Backoff,
+    /// Cap of the exponential backoff.
+    pub max_retry_wait: Dur,
+    pub timeout: Dur,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_batch_size: 1,
+            batch_linger_ms: 200,
+            max_concurrency: 4,
+            rate_limit: None,
+            retries: 5,
+            retry_wait: Dur(Duration::from_secs(10)),
+            backoff: Backoff::Fixed,
+            max_retry_wait: Dur(Duration::from_secs(3600)),
+            timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A duration written as `10s`, `200ms`, `1h 30m` (or a number of milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(Dur(Duration::from_millis(ms))),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map(Dur)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration `{t}`: {e}"))),
+        }
+    }
+}
+
+/// The parts of a definition the trigger needs, checked against the schema.
+#[derive(Debug, Clone)]
+pub struct TriggerPlan {
+    pub on_create: bool,
+    pub on_update: bool,
+    /// Field keys; empty: any field.
+    pub fields: Vec<String>,
+    pub condition: Option<Condition>,
+}
+
+const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+
+impl WebhookDef {
+    /// Checks the definition against the data objects it names and returns its trigger
+    /// plan. Errors name the field at fault (`trigger.condition`, `settings.retries`, …).
+    /// Templates and scripts are checked by the engine, which owns their engines.
+    pub fn validate<'a>(&self, object_of: impl Fn(&str) -> Option<&'a DataObject>) -> Result<TriggerPlan, FieldError> {
+        if !valid_name(&self.id) {
+            return Err(FieldError::new("id", "must be 1-128 characters of A-Z a-z 0-9 _ - ."));
+        }
+        let object = object_of(&self.object)
+            .ok_or_else(|| FieldError::new("object", format!("no data object named `{}`", self.object)))?;
+
+        let t = &self.trigger;
+        if t.schedule.is_some() {
+            return Err(FieldError::new("trigger.schedule", "scheduled webhooks are not supported by this version"));
+        }
+        if !t.on_create && !t.on_update {
+            return Err(FieldError::new("trigger", "the webhook never fires: set on_create and/or on_update"));
+        }
+        let mut fields = Vec::with_capacity(t.fields.len());
+        for (i, name) in t.fields.iter().enumerate() {
+            let f = object.resolve(name).ok_or_else(|| {
+                FieldError::new(format!("trigger.fields[{i}]"), format!("`{name}` is not a field of `{}`", object.name))
+            })?;
+            fields.push(f.key.clone());
+        }
+        let condition = match t.condition.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(src) => {
+                Some(condition::parse(src, object).map_err(|e| FieldError::new("trigger.condition", e.to_string()))?)
+            }
+        };
+
+        let r = &self.request;
+        let method = r.method.to_ascii_uppercase();
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+            return Err(FieldError::new("request.method", "must be one of GET, POST, PUT, PATCH, DELETE"));
+        }
+        if r.url.trim().is_empty() {
+            return Err(FieldError::new("request.url", "must not be empty"));
+        }
+        let bodies = [r.body.is_some(), r.body_template.is_some(), r.body_script.is_some()];
+        if bodies.iter().filter(|b| **b).count() > 1 {
+            return Err(FieldError::new("request", "set at most one of body, body_template and body_script"));
+        }
+        for (name, _) in &r.headers {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return Err(FieldError::new(format!("request.headers.{name}"), "invalid header name"));
+            }
+        }
+        for (path, script) in self.scripts() {
+            if script.len() > MAX_SCRIPT_BYTES {
+                return Err(FieldError::new(path, format!("scripts are limited to {MAX_SCRIPT_BYTES} bytes")));
+            }
+        }
+
+        match &self.auth {
+            AuthDef::Oauth2 { .. } => {
+                return Err(FieldError::new("auth.type", "oauth2 is not supported by this version"));
+            }
+            AuthDef::Token { header, value } => {
+                if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                    return Err(FieldError::new("auth.header", "invalid header name"));
+                }
+                if value.is_empty() {
+                    return Err(FieldError::new("auth.value", "must not be empty"));
+                }
+            }
+            AuthDef::Basic { username, .. } if username.contains(':') => {
+                return Err(FieldError::new("auth.username", "must not contain `:`"));
+            }
+            _ => {}
+        }
+
+        if let Some(wb) = &self.writeback {
+            if self.response_script.is_none() {
+                return Err(FieldError::new("writeback", "a write-back needs a response_script to produce its input"));
+            }
+            let target_name = wb.object.as_deref().unwrap_or(&self.object);
+            let target = object_of(target_name)
+                .ok_or_else(|| FieldError::new("writeback.object", format!("no data object named `{target_name}`")))?;
+            if wb.key.from.is_empty() {
+                return Err(FieldError::new("writeback.key.from", "must name the output field holding the record id"));
+            }
+            if wb.key.to != "id" && target.id_field.as_deref() != Some(wb.key.to.as_str()) {
+                return Err(FieldError::new(
+                    "writeback.key.to",
+                    format!("must be `id` or the id field of `{}`", target.name),
+                ));
+            }
+            for (from, to) in &wb.fields {
+                if target.field(to).is_none() {
+                    return Err(FieldError::new(
+                        format!("writeback.fields.{from}"),
+                        format!("`{to}` is not a field of `{}`", target.name),
+                    ));
+                }
+            }
+        }
+
+        let s = &self.settings;
+        let check = |ok: bool, field: &str, msg: &str| if ok { Ok(()) } else { Err(FieldError::new(field, msg)) };
+        check(s.max_batch_size >= 1, "settings.max_batch_size", "must be at least 1")?;
+        check(
+            s.max_batch_size == 1,
+            "settings.max_batch_size",
+            "bulk calls (above 1) are not supported by this version",
+        )?;
+        check(s.batch_linger_ms <= 60_000, "settings.batch_linger_ms", "must be at most 60000")?;
+        check((1..=1000).contains(&s.max_concurrency), "settings.max_concurrency", "must be 1 to 1000")?;
+        check(s.rate_limit.is_none(), "settings.rate_limit", "rate limits are not supported by this version")?;
+        check(s.retries <= 100, "settings.retries", "must be at most 100")?;
+        check(s.retry_wait.0 <= Duration::from_secs(86_400), "settings.retry_wait", "must be at most 24h")?;
+        check(s.max_retry_wait.0 >= s.retry_wait.0, "settings.max_retry_wait", "must be at least retry_wait")?;
+        check(
+            s.timeout.0 >= Duration::from_millis(10) && s.timeout.0 <= Duration::from_secs(300),
+            "settings.timeout",
+            "must be between 10ms and 5m",
+        )?;
+
+        Ok(TriggerPlan { on_create: t.on_create, on_update: t.on_update, fields, condition })
+    }
+
+    /// Every script of the definition with its path, for checks and caching.
+    pub fn scripts(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.request.body_script {
+            out.push(("request.body_script", s.as_str()));
+        }
+        if let AuthDef::Script { script } = &self.auth {
+            out.push(("auth.script", script.as_str()));
+        }
+        if let Some(s) = &self.response_script {
+            out.push(("response_script", s.as_str()));
+        }
+        out
+    }
+
+    /// The definition as shown to API clients: secrets replaced by [`REDACTED`].
+    pub fn redacted(&self) -> WebhookDef {
+        WebhookDef { auth: self.auth.redacted(), ..self.clone() }
+    }
+}
+
+/// A stored webhook: the definition plus the state the API manages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredWebhook {
+    pub definition: WebhookDef,
+    /// +1 on every save; jobs carry the version they were made under.
+    pub version: u64,
+    pub paused: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn survey() -> DataObject {
+        serde_json::from_value(json!({
+            "name": "survey", "id_field": "a_surveyid",
+            "fields": [
+                {"key": "a_surveyid", "type": "string"},
+                {"key": "status", "label": "Status", "type": "string"},
+                {"key": "transactional_satisfaction", "label": "Transactional Satisfaction", "type": "number"},
+                {"key": "t_ticket_id", "type": "string"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn def(extra: serde_json::Value) -> Result<WebhookDef, serde_json::Error> {
+        let mut base = json!({
+            "id": "it-negative-feedback", "object": "survey",
+            "trigger": {"on_update": true, "fields": ["Status", "Transactional Satisfaction"],
+                        "condition": "Status = Completed and Transactional Satisfaction = 0"},
+            "request": {"url": "https://tickets.example.com/rest/api/2/issue"}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base)
+    }
+
+    fn validate(d: &WebhookDef) -> Result<TriggerPlan, FieldError> {
+        let o = survey();
+        d.validate(|name| (name == "survey").then_some(&o))
+    }
+
+    #[test]
+    fn the_seed_definition_validates_and_resolves_labels() {
+        let d = def(json!({})).unwrap();
+        let plan = validate(&d).unwrap();
+        assert_eq!(plan.fields, ["status", "transactional_satisfaction"]);
+        assert!(plan.condition.is_some());
+        assert_eq!(d.settings.retry_wait.0, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (json!({"object": "nope"}), "object"),
+            (json!({"trigger": {"on_update": true, "fields": ["Nope"]}}), "trigger.fields[0]"),
+            (json!({"trigger": {"on_update": true, "condition": "Status = "}}), "trigger.condition"),
+            (json!({"trigger": {}}), "trigger"),
+            (json!({"settings": {"max_concurrency": 0}}), "settings.max_concurrency"),
+            (json!({"request": {"url": "https://x", "method": "BREW"}}), "request.method"),
+            (
+                json!({"response_script": "write('{}')", "writeback": {"key": {"from": "a", "to": "t_ticket_id"}}}),
+                "writeback.key.to",
+            ),
+            (
+                json!({"response_script": "write('{}')", "writeback": {"key": {"from": "a", "to": "a_surveyid"}, "fields": {"x": "nope"}}}),
+                "writeback.fields.x",
+            ),
+        ];
+        for (extra, field) in cases {
+            let d = def(extra.clone()).unwrap();
+            assert_eq!(validate(&d).unwrap_err().field, field, "{extra}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_refused_by_the_parser() {
+        assert!(def(json!({"sttings": {}})).unwrap_err().to_string().contains("sttings"));
+        assert!(def(json!({"settings": {"retry_wait": "soon"}})).unwrap_err().to_string().contains("soon"));
+        let d = def(json!({"settings": {"retry_wait": "250ms", "timeout": 5000}})).unwrap();
+        assert_eq!(d.settings.retry_wait.0, Duration::from_millis(250));
+        assert_eq!(d.settings.timeout.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_kept_on_put_back() {
+        let d = def(json!({"auth": {"type": "basic", "username": "batman", "password": "robin"}})).unwrap();
+        let shown = serde_json::to_string(&d.redacted()).unwrap();
+        assert!(!shown.contains("robin") && shown.contains(REDACTED));
+        let mut back: WebhookDef = serde_json::from_str(&shown).unwrap();
+        back.auth.keep_secrets_from(&d.auth);
+        assert_eq!(back.auth, d.auth);
+    }
+}

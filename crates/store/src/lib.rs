@@ -1,0 +1,198 @@
+//! Hookline's store: everything that must survive a process and be shared by nodes.
+//!
+//! [`Store`] is the one interface the engine and the API use: data objects and webhook
+//! definitions (with a change feed so every node's coordinator stays current), versioned
+//! records whose every change lands on a change stream in the same atomic step, per-webhook
+//! job queues with acknowledgement, delayed retries and dead letters, write-back queues,
+//! the attempt log, and a lease-based concurrency semaphore.
+//!
+//! Backends: [`RedisStore`] (clusters; [`keys`] documents its layout, `lua/` its atomic
+//! steps). Delivery is at-least-once: a queued entry stays pending until it is
+//! acknowledged, and a consumer that died holding one is taken over by another through
+//! `claim_*` once the entry has been idle long enough.
+
+pub mod keys;
+mod redis_store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hookline_model::{DataObject, Fields, Record, StoredWebhook};
+use hookline_proto::{Attempt, Change, Job, Outcome, WritebackJob};
+
+pub use redis_store::RedisStore;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached right now; callers retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt value at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// One entry taken from a queue: its id (for acknowledgement) and its value.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub id: String,
+    pub value: T,
+    /// Set on entries that were redriven from the dead letters.
+    pub redriven: bool,
+}
+
+/// The result of a conditional record write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    Written {
+        version: u64,
+    },
+    /// Another writer got there first; re-read and retry.
+    Conflict {
+        current: u64,
+    },
+}
+
+/// What follows an attempt; enqueued atomically with the attempt record and the ack.
+/// A final failure may both dead-letter the job and hand the response to the write-back.
+#[derive(Debug, Clone, Default)]
+pub struct FollowUp {
+    /// Another attempt, due at the given Unix ms.
+    pub retry: Option<(Job, i64)>,
+    /// The job goes to the dead letters, with the reason.
+    pub dead_letter: Option<(Job, String)>,
+    /// The final attempt's result goes to the write-back role.
+    pub writeback: Option<WritebackJob>,
+}
+
+/// Filters of the attempt log; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptFilter {
+    pub record_id: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+/// A job in the dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    pub job: Job,
+    pub reason: String,
+}
+
+/// A change of a definition, announced to every coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefEvent {
+    Object(String),
+    Webhook(String),
+}
+
+/// How long attempts are kept.
+pub const ATTEMPT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails when the backend is unreachable (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    // --- definitions ---
+    async fn put_object(&self, object: &DataObject) -> Result<()>;
+    async fn get_object(&self, name: &str) -> Result<Option<DataObject>>;
+    async fn list_objects(&self) -> Result<Vec<DataObject>>;
+    /// Saves `webhook` if the stored version is `webhook.version - 1` (0: new). False on a conflict.
+    async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<StoredWebhook>>;
+    async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>>;
+    /// Deletes a webhook stored at `version`, with its queues and attempts. False on a conflict.
+    async fn delete_webhook(&self, id: &str, version: u64) -> Result<bool>;
+    /// The position of the newest definition event, to follow from.
+    async fn events_cursor(&self) -> Result<String>;
+    /// Definition events after `cursor`, waiting up to `block` for one; advances `cursor`.
+    async fn next_events(&self, cursor: &mut String, block: Duration) -> Result<Vec<DefEvent>>;
+
+    // --- records and changes ---
+    async fn get_record(&self, object: &str, id: &str) -> Result<Option<Record>>;
+    /// Stores `fields` as version `expected + 1` of the record and appends `change`, atomically.
+    async fn write_record(
+        &self,
+        object: &str,
+        id: &str,
+        expected: u64,
+        fields: &Fields,
+        change: &Change,
+    ) -> Result<WriteResult>;
+    async fn read_changes(
+        &self,
+        object: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry<Change>>>;
+    /// Takes over changes another consumer read but did not acknowledge within `min_idle`.
+    async fn claim_changes(&self, object: &str, consumer: &str, min_idle: Duration) -> Result<Vec<Entry<Change>>>;
+    async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()>;
+
+    // --- jobs ---
+    /// Appends jobs to their webhooks' queues.
+    async fn enqueue(&self, jobs: &[Job]) -> Result<()>;
+    async fn read_jobs(&self, webhook: &str, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry<Job>>>;
+    async fn claim_jobs(
+        &self,
+        webhook: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry<Job>>>;
+    /// Moves due delayed jobs to the queue; returns when the next one is due (Unix ms).
+    async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>>;
+    /// Records `attempt`, enqueues `follow_up` and acknowledges entry `entry_id`, atomically.
+    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()>;
+    /// Number of jobs waiting: ready, pending and delayed.
+    async fn queue_depth(&self, webhook: &str) -> Result<u64>;
+
+    // --- write-backs ---
+    async fn read_writebacks(
+        &self,
+        webhook: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry<WritebackJob>>>;
+    async fn claim_writebacks(
+        &self,
+        webhook: &str,
+        consumer: &str,
+        min_idle: Duration,
+    ) -> Result<Vec<Entry<WritebackJob>>>;
+    /// Notes the write-back's result on its attempt and acknowledges it.
+    async fn finish_writeback(
+        &self,
+        webhook: &str,
+        entry_id: &str,
+        attempt_id: &str,
+        error: Option<&str>,
+    ) -> Result<()>;
+
+    // --- attempt log and dead letters ---
+    async fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>>;
+    async fn get_attempt(&self, webhook: &str, attempt_id: &str) -> Result<Option<Attempt>>;
+    async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// Moves every dead letter back to the queue with a fresh attempt budget.
+    async fn redrive(&self, webhook: &str) -> Result<u64>;
+
+    // --- concurrency ---
+    /// Takes or renews one of `limit` permits for `holder`, leased for `lease`.
+    async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool>;
+    async fn release_permit(&self, webhook: &str, holder: &str) -> Result<()>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

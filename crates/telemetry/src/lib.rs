@@ -1,0 +1,1 @@
+//! Tracing set-up: structured logs (and, later, OTLP export and metrics).
