@@ -1,1 +1,107 @@
-//! Hookline's HTTP API (actix-web): objects, records, webhooks, attempts; one error-to-HTTP mapping.
+//! Hookline's HTTP API (actix-web, JSON under `/v1`): data objects and records
+//! ([`objects`]), webhook definitions ([`webhooks`]), the attempt log and dead letters
+//! ([`attempts`]), and health and metrics ([`health`]). Errors become HTTP statuses in one
+//! place, [`error`]. Request bodies are parsed by hand so a bad one gets a 4xx naming the
+//! line and column or the field at fault.
+
+pub mod attempts;
+pub mod error;
+pub mod health;
+pub mod objects;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::web;
+use hookline_script::ScriptPool;
+use hookline_store::Store;
+
+pub use error::ApiError;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub scripts: ScriptPool,
+    /// When set, `/v1` requires `Authorization: Bearer <token>`.
+    pub api_token: Option<Arc<str>>,
+}
+
+/// Parses a JSON body; serde's message names the line, column and field at fault.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let expected = req.app_data::<web::Data<ApiState>>().and_then(|s| s.api_token.clone());
+    if let Some(expected) = expected {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), expected.as_bytes()) {
+            return Err(ApiError::Unauthorized.into());
+        }
+    }
+    next.call(req).await
+}
+
+/// Mounts every route; `state` is shared by all workers.
+pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .app_data(web::PayloadConfig::new(MAX_BODY))
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(health::metrics))
+            .service(
+                web::scope("/v1")
+                    .wrap(from_fn(require_token))
+                    .route("/objects", web::post().to(objects::put_object))
+                    .route("/objects", web::get().to(objects::list_objects))
+                    .route("/objects/{object}", web::get().to(objects::get_object))
+                    .route("/objects/{object}/records", web::post().to(objects::post_records))
+                    .route("/objects/{object}/records/{id}", web::get().to(objects::get_record))
+                    .route("/objects/{object}/records/{id}", web::patch().to(objects::patch_record))
+                    .route("/webhooks", web::post().to(webhooks::create))
+                    .route("/webhooks", web::get().to(webhooks::list))
+                    .route("/webhooks/{id}", web::get().to(webhooks::get))
+                    .route("/webhooks/{id}", web::put().to(webhooks::replace))
+                    .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+                    .route("/webhooks/{id}/pause", web::post().to(webhooks::pause))
+                    .route("/webhooks/{id}/resume", web::post().to(webhooks::resume))
+                    .route("/webhooks/{id}/test", web::post().to(webhooks::test))
+                    .route("/webhooks/{id}/attempts", web::get().to(attempts::list))
+                    .route("/webhooks/{id}/dead-letters", web::get().to(attempts::dead_letters))
+                    .route("/webhooks/{id}/dead-letters/redrive", web::post().to(attempts::redrive))
+                    .route("/attempts/{id}", web::get().to(attempts::get)),
+            )
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into())) }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"ab"));
+    }
+}

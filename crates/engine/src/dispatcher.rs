@@ -96,6 +96,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
 
 /// One webhook's delivery loop.
 async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch::Receiver<bool>) {
+    let _running = ctx.drain.guard();
     let id = wh.def.id.clone();
     let limit = wh.def.settings.max_concurrency as usize;
     let timeout = wh.def.settings.timeout.0;

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod coordinator;
 pub mod dispatcher;
+pub mod drain;
 pub mod messages;
 pub mod records;
 pub mod render;
@@ -40,6 +41,8 @@ pub struct EngineContext {
     pub node_id: String,
     /// Turns true once, when the node stops.
     pub shutdown: watch::Receiver<bool>,
+    /// Every worker loop holds a guard, so shutdown can wait for in-flight work.
+    pub drain: Arc<drain::Drain>,
 }
 
 /// Which roles a node runs.

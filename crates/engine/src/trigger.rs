@@ -43,6 +43,7 @@ impl Trigger {
 const CLAIM_IDLE: Duration = Duration::from_secs(60);
 
 async fn follow_object(ctx: EngineContext, object: String, addr: Addr<Trigger>) {
+    let _running = ctx.drain.guard();
     let mut shutdown = ctx.shutdown.clone();
     let mut last_claim = tokio::time::Instant::now();
     let mut first = true;

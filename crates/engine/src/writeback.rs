@@ -79,6 +79,7 @@ async fn run_worker(
     catalog: Arc<Catalog>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let _running = ctx.drain.guard();
     let id = wh.def.id.clone();
     let mut claimed_at = None::<tokio::time::Instant>;
     while !*stop.borrow() && !*ctx.shutdown.borrow() {

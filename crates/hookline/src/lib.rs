@@ -1,1 +1,135 @@
-//! The hookline binary: CLI, configuration, roles.
+//! The `hookline` process: configuration ([`config`]) and [`run`], which wires the store,
+//! the script pool, the outbound client, the engine's actors and the HTTP API for the roles
+//! this node plays, and stops them cleanly. `main` is a thin shell around it; tests call
+//! [`run`] with their own listener and shutdown signal.
+
+pub mod config;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use anyhow::{Context, bail};
+use hookline_api::ApiState;
+use hookline_engine::{Engine, EngineContext, drain::Drain};
+use hookline_outbound::{ClientConfig, Outbound, TargetPolicy};
+use hookline_script::{PoolConfig, ScriptPool};
+use hookline_store::{RedisStore, Store};
+use tokio::sync::watch;
+
+pub use config::{Config, ServeArgs};
+
+/// How long in-flight deliveries get to finish after a stop is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.redis {
+        Some(url) => {
+            let store = RedisStore::connect(url, &config.namespace)
+                .await
+                .context("connecting to Redis (--redis)")?;
+            Ok(Arc::new(store))
+        }
+        None => bail!(
+            "no --redis given, and this build has no embedded store yet: pass --redis redis://127.0.0.1:6379 \
+             (scripts/run.sh starts a local Redis for you)"
+        ),
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then drains: the API stops taking requests,
+/// workers stop taking jobs and in-flight deliveries finish (a job not finished in time
+/// stays pending in the store and is delivered again — nothing accepted is lost).
+/// Prints the address it listens on. Must run inside an actix system.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    if config.otlp_endpoint.is_some() {
+        tracing::warn!("--otlp-endpoint is accepted but span export is not built yet; spans go to the log");
+    }
+    let scripts = ScriptPool::new(PoolConfig::default());
+    let outbound = Outbound::new(ClientConfig {
+        policy: TargetPolicy { allow: config.allow_targets.clone() },
+        ..ClientConfig::default()
+    })
+    .context("building the HTTP client")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = Arc::new(Drain::default());
+    let ctx = EngineContext {
+        store: store.clone(),
+        outbound,
+        scripts: scripts.clone(),
+        node_id: config.node_id.clone(),
+        shutdown: stop_rx,
+        drain: drain.clone(),
+    };
+    let roles = config.roles;
+    let engine = if roles.coordinator || roles.trigger || roles.dispatcher || roles.writeback {
+        Some(Engine::start(ctx, roles).await.context("starting the engine")?)
+    } else {
+        None
+    };
+
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let server = if config.api {
+        let state = ApiState { store, scripts, api_token: config.api_token.as_deref().map(Arc::from) };
+        let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone())))
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(10)
+            .listen(listener)?
+            .run();
+        Some(server)
+    } else {
+        drop(listener);
+        None
+    };
+    println!("hookline listening on http://{addr} (node {}, roles {:?}, api {})", config.node_id, roles, config.api);
+    tracing::info!(%addr, node_id = %config.node_id, "hookline started");
+
+    let handle = server.as_ref().map(|s| s.handle());
+    let serving = async {
+        match server {
+            Some(s) => s.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = serving => result.context("the HTTP server failed")?,
+        _ = shutdown => tracing::info!("stopping"),
+    }
+    if let Some(h) = handle {
+        h.stop(true).await;
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain.wait()).await.is_err() {
+        tracing::warn!("in-flight work did not finish in time; it will be delivered again");
+    }
+    drop(engine);
+    tracing::info!("hookline stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,162 @@
+//! Webhook definitions: CRUD, pause and resume, and a dry run. Definitions are validated
+//! and compiled (condition, templates, scripts) before they are saved; secrets are shown
+//! as `***` and kept when a client PUTs back what it read.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use hookline_engine::catalog::{self, CompiledWebhook};
+use hookline_engine::render::{build_request, display_url};
+use hookline_model::{DataObject, FieldError, Fields, StoredWebhook, WebhookDef};
+use hookline_proto::Job;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{ApiError, ApiState, parse_json};
+
+fn view(stored: &StoredWebhook) -> Value {
+    let mut v = serde_json::to_value(stored.definition.redacted()).unwrap_or_default();
+    v["version"] = json!(stored.version);
+    v["paused"] = json!(stored.paused);
+    v
+}
+
+async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWebhook, ApiError> {
+    let objects: HashMap<String, DataObject> =
+        state.store.list_objects().await?.into_iter().map(|o| (o.name.clone(), o)).collect();
+    Ok(catalog::compile(stored, |name| objects.get(name))?)
+}
+
+async fn load(state: &ApiState, id: &str) -> Result<StoredWebhook, ApiError> {
+    state.store.get_webhook(id).await?.ok_or_else(|| ApiError::NotFound(format!("no webhook `{id}`")))
+}
+
+pub async fn create(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let definition: WebhookDef = parse_json(&body)?;
+    let stored = StoredWebhook { definition, version: 1, paused: false };
+    compile(&state, &stored).await?;
+    if !state.store.put_webhook(&stored).await? {
+        return Err(ApiError::Conflict(format!("webhook `{}` exists; PUT to change it", stored.definition.id)));
+    }
+    tracing::info!(webhook_id = %stored.definition.id, "webhook created");
+    Ok(HttpResponse::Created().json(view(&stored)))
+}
+
+pub async fn list(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let all: Vec<Value> = state.store.list_webhooks().await?.iter().map(view).collect();
+    Ok(HttpResponse::Ok().json(all))
+}
+
+pub async fn get(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(view(&load(&state, &path).await?)))
+}
+
+pub async fn replace(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let mut definition: WebhookDef = parse_json(&body)?;
+    if definition.id != *path {
+        return Err(FieldError::new("id", format!("must equal the id in the path, `{path}`")).into());
+    }
+    let previous = state.store.get_webhook(&path).await?;
+    let stored = match &previous {
+        Some(p) => {
+            definition.auth.keep_secrets_from(&p.definition.auth);
+            StoredWebhook { definition, version: p.version + 1, paused: p.paused }
+        }
+        None => StoredWebhook { definition, version: 1, paused: false },
+    };
+    compile(&state, &stored).await?;
+    if !state.store.put_webhook(&stored).await? {
+        return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));
+    }
+    let mut out = if previous.is_some() { HttpResponse::Ok() } else { HttpResponse::Created() };
+    Ok(out.json(view(&stored)))
+}
+
+pub async fn delete(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let stored = load(&state, &path).await?;
+    if !state.store.delete_webhook(&path, stored.version).await? {
+        return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<HttpResponse, ApiError> {
+    for _ in 0..8 {
+        let stored = load(state, id).await?;
+        if stored.paused == paused {
+            return Ok(HttpResponse::Ok().json(view(&stored)));
+        }
+        let next = StoredWebhook { version: stored.version + 1, paused, ..stored };
+        if state.store.put_webhook(&next).await? {
+            return Ok(HttpResponse::Ok().json(view(&next)));
+        }
+    }
+    Err(ApiError::Conflict(format!("webhook `{id}` is changing too often; try again")))
+}
+
+pub async fn pause(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    set_paused(&state, &path, true).await
+}
+
+pub async fn resume(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    set_paused(&state, &path, false).await
+}
+
+/// A dry run: `{record_id}` (a stored record) or `{fields}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestInput {
+    #[serde(default)]
+    record_id: Option<String>,
+    #[serde(default)]
+    fields: Option<Fields>,
+}
+
+/// Shows whether the condition holds for a record and the request that would be sent,
+/// with secrets redacted. Nothing is sent.
+pub async fn test(state: web::Data<ApiState>, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let stored = load(&state, &path).await?;
+    let compiled = compile(&state, &stored).await?;
+    let input: TestInput = parse_json(&body)?;
+    let (id, fields) = match (input.record_id, input.fields) {
+        (Some(id), None) => {
+            let r = state
+                .store
+                .get_record(&compiled.def.object, &id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("record `{id}` of `{}` does not exist", compiled.def.object)))?;
+            (id, r.fields)
+        }
+        (None, Some(fields)) => ("test".to_string(), fields),
+        _ => return Err(FieldError::new("record_id", "give either record_id or fields").into()),
+    };
+    let condition = compiled.plan.condition.as_ref().is_none_or(|c| c.eval(&fields, None));
+    let mut entity = fields;
+    entity.entry("id".to_string()).or_insert_with(|| id.clone().into());
+    let entities = Value::Array(vec![Value::Object(entity)]);
+    let job = Job {
+        job_id: "dry-run".into(),
+        webhook_id: compiled.def.id.clone(),
+        record_ids: vec![id],
+        entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
+        ..Default::default()
+    };
+    let request = match build_request(&compiled, &job, &entities, &state.scripts).await {
+        Ok(r) => {
+            let values: Vec<&str> = r.secret_values.iter().map(String::as_str).collect();
+            let names: Vec<&str> = r.secret_headers.iter().map(String::as_str).collect();
+            let headers: serde_json::Map<String, Value> = hookline_outbound::redact_headers(&r.headers, &names, &values)
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            json!({"method": r.method, "url": display_url(&r.url), "headers": headers,
+                   "body": String::from_utf8_lossy(&r.body)})
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    Ok(HttpResponse::Ok().json(json!({"condition": condition, "request": request})))
+}
