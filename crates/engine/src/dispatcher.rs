@@ -174,6 +174,14 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
                 }
             }
         }
+        if stopping(&ctx, &stop) && !entries.is_empty() {
+            // Told to stop while reading (paused, changed, shutting down): hand the jobs back.
+            if let Err(error) = ctx.store.requeue_jobs(&id, &entries).await {
+                tracing::warn!(webhook_id = %id, %error, "cannot requeue jobs; they are reclaimed after their idle time");
+            }
+            release_all(&ctx, &id, permits).await;
+            break;
+        }
         let mut permits = permits.into_iter();
         for entry in entries {
             // Reads never return more entries than permits asked for.

@@ -42,19 +42,19 @@ pub fn check(object: &DataObject, id: &str, patch: &Fields) -> Result<(), FieldE
         return Err(FieldError::new("id", "must be 1-512 characters"));
     }
     object.check_fields(patch)?;
-    if let Some(id_field) = &object.id_field {
-        if let Some(v) = patch.get(id_field) {
-            let matches = match v {
-                Value::String(s) => s == id,
-                Value::Number(n) => n.to_string() == id,
-                _ => false,
-            };
-            if !matches {
-                return Err(FieldError::new(
-                    format!("fields.{id_field}"),
-                    format!("is the record id and cannot differ from `{id}`"),
-                ));
-            }
+    if let Some(id_field) = &object.id_field
+        && let Some(v) = patch.get(id_field)
+    {
+        let matches = match v {
+            Value::String(s) => s == id,
+            Value::Number(n) => n.to_string() == id,
+            _ => false,
+        };
+        if !matches {
+            return Err(FieldError::new(
+                format!("fields.{id_field}"),
+                format!("is the record id and cannot differ from `{id}`"),
+            ));
         }
     }
     Ok(())
@@ -89,15 +89,16 @@ pub async fn write(
                 fields.insert(k.clone(), v.clone());
             }
         }
-        if let (Some(id_field), None) = (&object.id_field, old) {
-            if !fields.contains_key(id_field) {
-                let is_number = object.field(id_field).is_some_and(|f| f.ty == hookline_model::FieldType::Number);
-                let value = match id.parse::<serde_json::Number>() {
-                    Ok(n) if is_number => Value::Number(n),
-                    _ => Value::String(id.to_string()),
-                };
-                fields.insert(id_field.clone(), value);
-            }
+        // A new record of an object with an id field carries its id in that field.
+        if let (Some(id_field), None) = (&object.id_field, old)
+            && !fields.contains_key(id_field)
+        {
+            let is_number = object.field(id_field).is_some_and(|f| f.ty == hookline_model::FieldType::Number);
+            let value = match id.parse::<serde_json::Number>() {
+                Ok(n) if is_number => Value::Number(n),
+                _ => Value::String(id.to_string()),
+            };
+            fields.insert(id_field.clone(), value);
         }
         if let Some(current) = current.as_ref().filter(|r| r.fields == fields) {
             return Ok(Written { record: current.clone(), created: false, changed: false });

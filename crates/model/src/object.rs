@@ -107,13 +107,13 @@ impl DataObject {
             if !seen.insert(f.key.as_str()) {
                 return Err(FieldError::new(format!("fields[{i}].key"), format!("duplicate key `{}`", f.key)));
             }
-            if let Some(label) = &f.label {
-                if label.trim().is_empty() || label.contains(['[', ']', '(', ')', ',', '"', '\'']) {
-                    return Err(FieldError::new(
-                        format!("fields[{i}].label"),
-                        "must be non-empty and contain none of [ ] ( ) , \" '",
-                    ));
-                }
+            if let Some(label) = &f.label
+                && (label.trim().is_empty() || label.contains(['[', ']', '(', ')', ',', '"', '\'']))
+            {
+                return Err(FieldError::new(
+                    format!("fields[{i}].label"),
+                    "must be non-empty and contain none of [ ] ( ) , \" '",
+                ));
             }
         }
         for (i, f) in self.fields.iter().enumerate() {

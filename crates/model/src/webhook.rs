@@ -312,7 +312,7 @@ impl WebhookDef {
         if bodies.iter().filter(|b| **b).count() > 1 {
             return Err(FieldError::new("request", "set at most one of body, body_template and body_script"));
         }
-        for (name, _) in &r.headers {
+        for name in r.headers.keys() {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
                 return Err(FieldError::new(format!("request.headers.{name}"), "invalid header name"));
             }

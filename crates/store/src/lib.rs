@@ -149,6 +149,8 @@ pub trait Store: Send + Sync + 'static {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Entry<Job>>>;
+    /// Gives jobs read by `read_jobs` back to the queue undelivered (the reader is stopping).
+    async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()>;
     /// Moves due delayed jobs to the queue; returns when the next one is due (Unix ms).
     async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>>;
     /// Records `attempt`, enqueues `follow_up` and acknowledges entry `entry_id`, atomically.

@@ -26,6 +26,7 @@ struct Scripts {
     complete: Script,
     acquire_permit: Script,
     redrive: Script,
+    requeue: Script,
 }
 
 pub struct RedisStore {
@@ -82,6 +83,7 @@ impl RedisStore {
                 complete: Script::new(include_str!("lua/complete.lua")),
                 acquire_permit: Script::new(include_str!("lua/acquire_permit.lua")),
                 redrive: Script::new(include_str!("lua/redrive.lua")),
+                requeue: Script::new(include_str!("lua/requeue.lua")),
             },
         })
     }
@@ -440,6 +442,19 @@ impl Store for RedisStore {
         let stream = self.keys.jobs(webhook);
         let ids = self.autoclaim(&stream, DISPATCH_GROUP, consumer, min_idle, count).await?;
         self.decode_entries(&stream, DISPATCH_GROUP, "j", ids).await
+    }
+
+    async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.requeue.key(self.keys.jobs(webhook));
+        inv.arg(DISPATCH_GROUP);
+        for e in entries {
+            inv.arg(&e.id).arg(e.value.encode_to_vec());
+        }
+        inv.invoke_async::<i64>(&mut self.conn()).await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>> {
