@@ -48,8 +48,12 @@ async fn seed_scenario_creates_a_ticket_and_writes_it_back() {
     setup(&api, &tracker, "it-negative-feedback", false).await;
 
     // Created Open: on_create is false, and the condition does not hold anyway.
-    put_survey(&api, "S1", json!({"e_email": "ann@example.com", "k_bp_main_score_scale": 3, "status": "Open",
-                                  "transactional_satisfaction": 0}))
+    put_survey(
+        &api,
+        "S1",
+        json!({"e_email": "ann@example.com", "k_bp_main_score_scale": 3, "status": "Open",
+                                  "transactional_satisfaction": 0}),
+    )
     .await;
     // Updated to Completed with satisfaction 0: exactly one call.
     patch(&api, "S1", json!({"status": "Completed"})).await;
@@ -75,8 +79,12 @@ async fn seed_scenario_creates_a_ticket_and_writes_it_back() {
     patch(&api, "S2", json!({"status": "Completed"})).await;
     // A control change after them fires; once its call arrives the earlier changes were
     // decided (one stream per object, read in order), so the count proves they did not fire.
-    put_survey(&api, "S3", json!({"e_email": "cy@example.com", "status": "Open", "transactional_satisfaction": 0,
-                                  "k_bp_main_score_scale": 1}))
+    put_survey(
+        &api,
+        "S3",
+        json!({"e_email": "cy@example.com", "status": "Open", "transactional_satisfaction": 0,
+                                  "k_bp_main_score_scale": 1}),
+    )
     .await;
     patch(&api, "S3", json!({"status": "Completed"})).await;
     wait_until(WAIT, || async { tracker.count() >= 2 }).await;
@@ -87,10 +95,8 @@ async fn seed_scenario_creates_a_ticket_and_writes_it_back() {
     assert_ne!(calls[0].header("webhook-id"), calls[1].header("webhook-id"));
 
     // Every attempt is listed, with the secret header redacted.
-    wait_until(WAIT, || async {
-        api.record("survey", "S3").await["fields"]["ticketSystemRecordId"] == json!("IT-2")
-    })
-    .await;
+    wait_until(WAIT, || async { api.record("survey", "S3").await["fields"]["ticketSystemRecordId"] == json!("IT-2") })
+        .await;
     let attempts = api.attempts("it-negative-feedback", "").await;
     assert_eq!(attempts.len(), 2);
     for a in &attempts {
@@ -189,7 +195,13 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_half_applied() {
     setup(&api, &tracker, "wh", false).await;
 
     let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
-        ("POST", "/v1/objects/survey/records", json!({"fields": {"a_surveyid": "X", "k_bp_main_score_scale": "high"}}), 422, "fields.k_bp_main_score_scale"),
+        (
+            "POST",
+            "/v1/objects/survey/records",
+            json!({"fields": {"a_surveyid": "X", "k_bp_main_score_scale": "high"}}),
+            422,
+            "fields.k_bp_main_score_scale",
+        ),
         ("POST", "/v1/objects/survey/records", json!({"fields": {"a_surveyid": "X", "nope": 1}}), 422, "fields.nope"),
         ("POST", "/v1/objects/survey/records", json!({"fields": {"status": "Open"}}), 422, "fields.a_surveyid"),
         ("PATCH", "/v1/objects/survey/records/missing", json!({"fields": {"status": "Open"}}), 404, ""),
@@ -220,9 +232,15 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_half_applied() {
     assert_eq!(v["error"]["field"], "[1].fields.transactional_satisfaction");
     let (status, _) = api.call("GET", "/v1/objects/survey/records/B1", None).await;
     assert_eq!(status, 404);
-    let ok = api.ok("POST", "/v1/objects/survey/records", Some(json!([
-        {"fields": {"a_surveyid": "B1", "status": "Open"}}, {"fields": {"a_surveyid": "B2"}}
-    ]))).await;
+    let ok = api
+        .ok(
+            "POST",
+            "/v1/objects/survey/records",
+            Some(json!([
+                {"fields": {"a_surveyid": "B1", "status": "Open"}}, {"fields": {"a_surveyid": "B2"}}
+            ])),
+        )
+        .await;
     assert_eq!(ok["results"][0]["status"], "created");
     assert_eq!(api.record("survey", "B1").await["version"], 1);
 
@@ -321,5 +339,51 @@ async fn the_api_token_guards_v1() {
     api.token = Some("s3cret-token".into());
     let (status, _) = api.call("GET", "/v1/webhooks", None).await;
     assert_eq!(status, 200);
+    node.stop().await;
+}
+
+#[actix_rt::test]
+async fn write_back_errors_are_recorded_on_the_attempt() {
+    let ns = namespace();
+    let tracker = Tracker::start();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok("POST", "/v1/objects", Some(survey_object())).await;
+    let mut wh = seed_webhook("wb", &tracker, false);
+    // Writes to a record that does not exist, and to a field the object lacks.
+    wh["response_script"] = json!(
+        "write(JSON.stringify([{medalliaRecordId: 'ghost', ticketSystemSynced: 1}, \
+         {medalliaRecordId: data.changedEntities[0].a_surveyid, noSuchField: 1}]));"
+    );
+    api.ok("POST", "/v1/webhooks", Some(wh)).await;
+    put_survey(&api, "W1", json!({"e_email": "w@example.com", "status": "Open", "transactional_satisfaction": 0}))
+        .await;
+    patch(&api, "W1", json!({"status": "Completed"})).await;
+
+    wait_until(WAIT, || async {
+        api.attempts("wb", "").await.first().is_some_and(|a| a["writeback"]["status"] == "error")
+    })
+    .await;
+    let attempt = &api.attempts("wb", "").await[0];
+    assert_eq!(attempt["outcome"], "success");
+    let error = attempt["writeback"]["error"].as_str().unwrap();
+    assert!(error.contains("`ghost`") && error.contains("does not exist"), "{error}");
+    assert!(error.contains("fields.noSuchField"), "{error}");
+    // Nothing was half-written to W1.
+    assert!(api.record("survey", "W1").await["fields"].get("ticketSystemSynced").is_none());
+
+    // The attempt log as NDJSON: one JSON document per line.
+    let text = reqwest::Client::new()
+        .get(format!("{}/v1/webhooks/wb/attempts", node.url))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], attempt["id"]);
     node.stop().await;
 }

@@ -61,8 +61,10 @@ impl Node {
         });
         let node = Node { url, stop: Some(stop), done: Some(done) };
         if roles.contains("api") || roles == "all" {
-            wait_until(Duration::from_secs(10), || async { reqwest::get(format!("{}/healthz", node.url)).await.is_ok() })
-                .await;
+            wait_until(Duration::from_secs(10), || async {
+                reqwest::get(format!("{}/healthz", node.url)).await.is_ok()
+            })
+            .await;
         }
         node
     }

@@ -78,12 +78,13 @@ pub async fn list(
     query: web::Query<AttemptQuery>,
 ) -> Result<HttpResponse, ApiError> {
     ensure_webhook(&state, &path).await?;
-    let outcome = match query.outcome.as_deref() {
-        None => None,
-        Some(s) => Some(Outcome::parse(s).ok_or_else(|| {
-            FieldError::new("outcome", "must be one of success, retry_scheduled, failed, exhausted")
-        })?),
-    };
+    let outcome =
+        match query.outcome.as_deref() {
+            None => None,
+            Some(s) => Some(Outcome::parse(s).ok_or_else(|| {
+                FieldError::new("outcome", "must be one of success, retry_scheduled, failed, exhausted")
+            })?),
+        };
     let since_ms = match query.since.as_deref() {
         None => None,
         Some(s) => Some(match s.parse::<i64>() {
@@ -101,11 +102,8 @@ pub async fn list(
     }
     let filter = AttemptFilter { record_id: query.record_id.clone(), outcome, since_ms, limit };
     let attempts = state.store.list_attempts(&path, &filter).await?;
-    let ndjson = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let ndjson =
+        req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
     if ndjson {
         let mut body = String::new();
         for a in &attempts {

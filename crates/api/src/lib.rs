@@ -92,7 +92,9 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/webhooks/{id}/dead-letters/redrive", web::post().to(attempts::redrive))
                     .route("/attempts/{id}", web::get().to(attempts::get)),
             )
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into())) }));
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
+            }));
     }
 }
 

@@ -80,8 +80,9 @@ pub async fn post_records(
     let mut checked = Vec::with_capacity(inputs.len());
     for (i, item) in inputs.into_iter().enumerate() {
         let prefix = if bulk { format!("[{i}].") } else { String::new() };
-        let input: RecordInput = serde_json::from_value(item)
-            .map_err(|e| ApiError::BadJson(format!("invalid record{}: {e}", if bulk { format!(" [{i}]") } else { String::new() })))?;
+        let input: RecordInput = serde_json::from_value(item).map_err(|e| {
+            ApiError::BadJson(format!("invalid record{}: {e}", if bulk { format!(" [{i}]") } else { String::new() }))
+        })?;
         let id = record_id(&object, &input, &prefix)?;
         records::check(&object, &id, &input.fields)
             .map_err(|e| FieldError::new(format!("{prefix}{}", e.field), e.message))?;
@@ -90,7 +91,8 @@ pub async fn post_records(
     let mut results = Vec::with_capacity(checked.len());
     for (id, fields) in checked {
         let traceparent = trace::new_traceparent();
-        let w = records::write(state.store.as_ref(), &object, &id, &fields, WriteMode::Upsert, None, &traceparent).await?;
+        let w =
+            records::write(state.store.as_ref(), &object, &id, &fields, WriteMode::Upsert, None, &traceparent).await?;
         let status = if w.created {
             "created"
         } else if w.changed {
@@ -134,7 +136,10 @@ pub async fn patch_record(
     Ok(HttpResponse::Ok().json(record_json(&w.record)))
 }
 
-pub async fn get_record(state: web::Data<ApiState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn get_record(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (name, id) = path.into_inner();
     let object = object(&state, &name).await?;
     let record = state

@@ -118,17 +118,19 @@ struct TestInput {
 
 /// Shows whether the condition holds for a record and the request that would be sent,
 /// with secrets redacted. Nothing is sent.
-pub async fn test(state: web::Data<ApiState>, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn test(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let stored = load(&state, &path).await?;
     let compiled = compile(&state, &stored).await?;
     let input: TestInput = parse_json(&body)?;
     let (id, fields) = match (input.record_id, input.fields) {
         (Some(id), None) => {
-            let r = state
-                .store
-                .get_record(&compiled.def.object, &id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("record `{id}` of `{}` does not exist", compiled.def.object)))?;
+            let r = state.store.get_record(&compiled.def.object, &id).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("record `{id}` of `{}` does not exist", compiled.def.object))
+            })?;
             (id, r.fields)
         }
         (None, Some(fields)) => ("test".to_string(), fields),
@@ -149,10 +151,11 @@ pub async fn test(state: web::Data<ApiState>, path: web::Path<String>, body: web
         Ok(r) => {
             let values: Vec<&str> = r.secret_values.iter().map(String::as_str).collect();
             let names: Vec<&str> = r.secret_headers.iter().map(String::as_str).collect();
-            let headers: serde_json::Map<String, Value> = hookline_outbound::redact_headers(&r.headers, &names, &values)
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
+            let headers: serde_json::Map<String, Value> =
+                hookline_outbound::redact_headers(&r.headers, &names, &values)
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
             json!({"method": r.method, "url": display_url(&r.url), "headers": headers,
                    "body": String::from_utf8_lossy(&r.body)})
         }

@@ -122,7 +122,8 @@ impl Config {
 
     pub fn from_args(a: ServeArgs) -> anyhow::Result<Config> {
         let listen_text = a.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr = listen_text.parse().with_context(|| format!("--listen: `{listen_text}` is not an address"))?;
+        let listen: SocketAddr =
+            listen_text.parse().with_context(|| format!("--listen: `{listen_text}` is not an address"))?;
         let mut roles = Roles { coordinator: false, trigger: false, dispatcher: false, writeback: false };
         let mut api = false;
         let names = a.roles.unwrap_or_else(|| vec!["all".into()]);
@@ -161,7 +162,12 @@ impl Config {
             let host = if host.is_empty() { "node".to_string() } else { host };
             format!("{host}-{}", std::process::id())
         });
-        let log_format = a.log_format.as_deref().unwrap_or("text").parse().map_err(|e: String| anyhow::anyhow!("--log-format: {e}"))?;
+        let log_format = a
+            .log_format
+            .as_deref()
+            .unwrap_or("text")
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--log-format: {e}"))?;
         Ok(Config {
             listen,
             redis: a.redis.filter(|r| !r.is_empty()),
@@ -187,7 +193,9 @@ mod tests {
         let c = Config::from_args(ServeArgs::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert!(c.api && c.roles == Roles::ALL);
-        let file: ServeArgs = toml::from_str("listen = \"127.0.0.1:0\"\nroles = [\"dispatcher\"]\nallow-target = [\"127.0.0.0/8\"]").unwrap();
+        let file: ServeArgs =
+            toml::from_str("listen = \"127.0.0.1:0\"\nroles = [\"dispatcher\"]\nallow-target = [\"127.0.0.0/8\"]")
+                .unwrap();
         let cli = ServeArgs { listen: Some("127.0.0.1:9".into()), ..Default::default() };
         let c = Config::from_args(cli.or(file)).unwrap();
         assert_eq!(c.listen.port(), 9);
@@ -200,7 +208,10 @@ mod tests {
         let bad = |a: ServeArgs| Config::from_args(a).unwrap_err().to_string();
         assert!(bad(ServeArgs { roles: Some(vec!["chef".into()]), ..Default::default() }).contains("--roles"));
         assert!(bad(ServeArgs { listen: Some("nope".into()), ..Default::default() }).contains("--listen"));
-        assert!(bad(ServeArgs { allow_target: Some(vec!["10.0.0.0/99".into()]), ..Default::default() }).contains("--allow-target"));
+        assert!(
+            bad(ServeArgs { allow_target: Some(vec!["10.0.0.0/99".into()]), ..Default::default() })
+                .contains("--allow-target")
+        );
         assert!(toml::from_str::<ServeArgs>("lisen = 1").is_err());
     }
 }

@@ -27,9 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match &config.redis {
         Some(url) => {
-            let store = RedisStore::connect(url, &config.namespace)
-                .await
-                .context("connecting to Redis (--redis)")?;
+            let store = RedisStore::connect(url, &config.namespace).await.context("connecting to Redis (--redis)")?;
             Ok(Arc::new(store))
         }
         None => bail!(

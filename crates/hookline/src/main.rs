@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let Cli { command: Command::Serve(args) } = Cli::parse();
     let config = Config::load(args)?;
     hookline_telemetry::init(config.log_format);
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
     actix_rt::System::new().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
 }
