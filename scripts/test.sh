@@ -34,4 +34,6 @@ echo "test.sh: Redis at $HOOKLINE_TEST_REDIS"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The process tests run the real binary.
+cargo build -p hookline --locked
 cargo test --workspace --locked

@@ -101,7 +101,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(node: &Node) -> Api {
-        Api { base: node.url.clone(), client: reqwest::Client::new(), token: None }
+        Api::at(&node.url)
+    }
+
+    pub fn at(base: &str) -> Api {
+        Api { base: base.to_string(), client: reqwest::Client::new(), token: None }
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

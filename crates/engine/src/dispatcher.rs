@@ -30,6 +30,9 @@ use crate::trace;
 const MAX_RECORDED_BODY: usize = 64 * 1024;
 /// Jobs taken from a queue in one read, at most.
 const MAX_READ: usize = 64;
+/// A permit's lease. A delivery renews it every third of the lease while it runs, so a
+/// dead node's permits come back within one lease.
+const PERMIT_LEASE: Duration = Duration::from_secs(10);
 
 /// A running worker: its webhook version, and the switch that stops it.
 struct Worker {
@@ -100,10 +103,10 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
     let id = wh.def.id.clone();
     let limit = wh.def.settings.max_concurrency as usize;
     let timeout = wh.def.settings.timeout.0;
-    // A permit outlives any delivery that holds it: the request timeout plus the scripts.
-    let lease = timeout + Duration::from_secs(60);
-    // A job idle this long was taken by a node that died; a live node finishes sooner.
-    let reclaim_after = lease + Duration::from_secs(10);
+    let lease = PERMIT_LEASE;
+    // A job idle this long was taken by a node that died: a live node finishes a delivery
+    // within the request timeout plus its scripts' time limits.
+    let reclaim_after = timeout + Duration::from_secs(15);
     let slots = Arc::new(Semaphore::new(limit));
     let mut last_claim: Option<Instant> = None;
     tracing::info!(webhook_id = %id, version = wh.version, "dispatcher worker started");
@@ -188,7 +191,16 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
             let Some((slot, holder)) = permits.next() else { break };
             let (ctx, wh) = (ctx.clone(), wh.clone());
             actix::spawn(async move {
-                deliver(&ctx, &wh, entry).await;
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(lease / 3).await;
+                        let _ = ctx.store.acquire_permit(&wh.def.id, &holder, limit as u32, lease).await;
+                    }
+                };
+                tokio::select! {
+                    _ = deliver(&ctx, &wh, entry) => {}
+                    _ = renew => {}
+                }
                 if let Err(error) = ctx.store.release_permit(&wh.def.id, &holder).await {
                     tracing::warn!(webhook_id = %wh.def.id, %error, "cannot release a permit; it expires with its lease");
                 }

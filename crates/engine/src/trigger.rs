@@ -40,20 +40,18 @@ impl Trigger {
 }
 
 /// How long a change may stay unacknowledged by a consumer before another takes it over.
-const CLAIM_IDLE: Duration = Duration::from_secs(60);
+const CLAIM_IDLE: Duration = Duration::from_secs(30);
 
 async fn follow_object(ctx: EngineContext, object: String, addr: Addr<Trigger>) {
     let _running = ctx.drain.guard();
     let mut shutdown = ctx.shutdown.clone();
-    let mut last_claim = tokio::time::Instant::now();
-    let mut first = true;
+    let mut last_claim: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
-        // Changes left pending by a dead consumer (or by this node before a restart).
-        let claimed = if first || last_claim.elapsed() > Duration::from_secs(10) {
-            last_claim = tokio::time::Instant::now();
-            let idle = if first { Duration::ZERO } else { CLAIM_IDLE };
-            first = false;
-            ctx.store.claim_changes(&object, &ctx.node_id, idle.max(Duration::from_millis(1))).await
+        // Changes a dead consumer read but never acknowledged (processing takes
+        // milliseconds, so an entry idle this long has no live owner).
+        let claimed = if last_claim.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            last_claim = Some(tokio::time::Instant::now());
+            ctx.store.claim_changes(&object, &ctx.node_id, CLAIM_IDLE).await
         } else {
             Ok(Vec::new())
         };

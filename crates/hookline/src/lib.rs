@@ -4,6 +4,7 @@
 //! [`run`] with their own listener and shutdown signal.
 
 pub mod config;
+pub mod demo;
 
 use std::future::Future;
 use std::net::TcpListener;

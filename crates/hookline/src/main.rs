@@ -1,4 +1,4 @@
-//! `hookline serve`: reads configuration, starts telemetry, runs the node until SIGTERM.
+//! `hookline serve` and `hookline demo`: read configuration, start telemetry, run.
 
 use clap::{Parser, Subcommand};
 use hookline::{Config, ServeArgs};
@@ -14,13 +14,25 @@ struct Cli {
 enum Command {
     /// Run a node (every role by default).
     Serve(ServeArgs),
+    /// Run the seed's example end to end against a built-in ticket tracker, print what
+    /// happened, and keep serving.
+    Demo(ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
-    let config = Config::load(args)?;
-    hookline_telemetry::init(config.log_format);
-    let listener =
-        std::net::TcpListener::bind(config.listen).map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
-    actix_rt::System::new().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = Config::load(args)?;
+            hookline_telemetry::init(config.log_format, "info");
+            let listener = std::net::TcpListener::bind(config.listen)
+                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+            actix_rt::System::new().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
+        }
+        Command::Demo(args) => {
+            let config = Config::load(args)?;
+            // Quiet logs so the story reads clearly; RUST_LOG still wins.
+            hookline_telemetry::init(config.log_format, "warn");
+            actix_rt::System::new().block_on(hookline::demo::run(config, hookline::shutdown_signal()))
+        }
+    }
 }

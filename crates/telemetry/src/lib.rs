@@ -24,9 +24,10 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber; a second call (tests starting several nodes) is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, logging at `default_level` unless `RUST_LOG` says
+/// otherwise; a second call (tests starting several nodes) is a no-op.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
