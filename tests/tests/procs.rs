@@ -34,13 +34,28 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(hookline_bin())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--node-id", name, "--allow-target", "127.0.0.0/8"])
+        let level = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
+        Proc::spawn(name, args, Stdio::inherit(), &level)
+    }
+
+    /// Like [`Proc::start`], with stderr (the logs) written to `log` at `level`.
+    pub fn start_logging(name: &str, args: &[&str], log: &std::path::Path, level: &str) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        Proc::spawn(name, args, Stdio::from(file), level)
+    }
+
+    fn spawn(name: &str, args: &[&str], stderr: Stdio, level: &str) -> Proc {
+        let has = |flag: &str| args.contains(&flag);
+        let mut cmd = Command::new(hookline_bin());
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--node-id", name, "--allow-target", "127.0.0.0/8"]);
+        if !has("--secret-key") {
+            cmd.args(["--secret-key", crate::support::TEST_SECRET_KEY]);
+        }
+        let mut child = cmd
             .args(args)
-            .env("RUST_LOG", std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start hookline");
         let stdout = child.stdout.take().expect("stdout");

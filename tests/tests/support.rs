@@ -16,6 +16,9 @@ pub fn redis_url() -> String {
     std::env::var("HOOKLINE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The secret key every test node shares (nodes of one namespace must agree on it).
+pub const TEST_SECRET_KEY: &str = "aG9va2xpbmUtdGVzdHMtc2VjcmV0LWtleS0zMmJ5dGU=";
+
 /// A namespace no other test shares.
 pub fn namespace() -> String {
     format!("hl-test-{}", uuid::Uuid::new_v4().simple())
@@ -41,6 +44,7 @@ impl Node {
             roles: Some(roles.split(',').map(String::from).collect()),
             node_id: Some(format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
             allow_target: Some(vec!["127.0.0.0/8".into()]),
+            secret_key: Some(TEST_SECRET_KEY.into()),
             ..Default::default()
         };
         tweak(&mut args);

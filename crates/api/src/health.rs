@@ -16,9 +16,10 @@ pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
-/// Queue depth per webhook (more metrics come with the observability work).
+/// This node's counters, plus the queue depth of every webhook (cluster-wide, from the store).
 pub async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut out = String::new();
+    state.metrics.render(&mut out);
     let _ = writeln!(out, "# HELP hookline_queue_depth Jobs waiting per webhook (ready and delayed).");
     let _ = writeln!(out, "# TYPE hookline_queue_depth gauge");
     for wh in state.store.list_webhooks().await? {

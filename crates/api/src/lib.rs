@@ -31,6 +31,10 @@ pub struct ApiState {
     pub scripts: ScriptPool,
     /// When set, `/v1` requires `Authorization: Bearer <token>`.
     pub api_token: Option<Arc<str>>,
+    /// Seals webhook secrets at rest.
+    pub secrets: hookline_secrets::SecretBox,
+    /// This node's metrics, shown at `/metrics`.
+    pub metrics: Arc<hookline_telemetry::Metrics>,
 }
 
 /// Parses a JSON body; serde's message names the line, column and field at fault.

@@ -27,15 +27,33 @@ async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWeb
     Ok(catalog::compile(stored, |name| objects.get(name))?)
 }
 
+/// A stored webhook with its secrets opened.
 async fn load(state: &ApiState, id: &str) -> Result<StoredWebhook, ApiError> {
-    state.store.get_webhook(id).await?.ok_or_else(|| ApiError::NotFound(format!("no webhook `{id}`")))
+    match state.store.get_webhook(id).await? {
+        Some(mut stored) => {
+            catalog::open_secrets(&mut stored, &state.secrets).map_err(|_| {
+                ApiError::Internal(format!(
+                    "cannot decrypt the secrets of `{id}`: is --secret-key the same on every node?"
+                ))
+            })?;
+            Ok(stored)
+        }
+        None => Err(ApiError::NotFound(format!("no webhook `{id}`"))),
+    }
+}
+
+/// Saves with every secret sealed; false on a version conflict.
+async fn save(state: &ApiState, stored: &StoredWebhook) -> Result<bool, ApiError> {
+    let mut sealed = stored.clone();
+    catalog::seal_secrets(&mut sealed, &state.secrets);
+    Ok(state.store.put_webhook(&sealed).await?)
 }
 
 pub async fn create(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let definition: WebhookDef = parse_json(&body)?;
     let stored = StoredWebhook { definition, version: 1, paused: false };
     compile(&state, &stored).await?;
-    if !state.store.put_webhook(&stored).await? {
+    if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{}` exists; PUT to change it", stored.definition.id)));
     }
     tracing::info!(webhook_id = %stored.definition.id, "webhook created");
@@ -60,16 +78,20 @@ pub async fn replace(
     if definition.id != *path {
         return Err(FieldError::new("id", format!("must equal the id in the path, `{path}`")).into());
     }
-    let previous = state.store.get_webhook(&path).await?;
+    let previous = match load(&state, &path).await {
+        Ok(p) => Some(p),
+        Err(ApiError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
     let stored = match &previous {
         Some(p) => {
-            definition.auth.keep_secrets_from(&p.definition.auth);
+            definition.keep_secrets_from(&p.definition);
             StoredWebhook { definition, version: p.version + 1, paused: p.paused }
         }
         None => StoredWebhook { definition, version: 1, paused: false },
     };
     compile(&state, &stored).await?;
-    if !state.store.put_webhook(&stored).await? {
+    if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));
     }
     let mut out = if previous.is_some() { HttpResponse::Ok() } else { HttpResponse::Created() };
@@ -91,7 +113,7 @@ async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<HttpResp
             return Ok(HttpResponse::Ok().json(view(&stored)));
         }
         let next = StoredWebhook { version: stored.version + 1, paused, ..stored };
-        if state.store.put_webhook(&next).await? {
+        if save(state, &next).await? {
             return Ok(HttpResponse::Ok().json(view(&next)));
         }
     }
@@ -147,7 +169,7 @@ pub async fn test(
         entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
         ..Default::default()
     };
-    let request = match build_request(&compiled, &job, &entities, &state.scripts).await {
+    let request = match build_request(&state.scripts, None, &compiled, &job, &entities).await {
         Ok(r) => {
             let values: Vec<&str> = r.secret_values.iter().map(String::as_str).collect();
             let names: Vec<&str> = r.secret_headers.iter().map(String::as_str).collect();

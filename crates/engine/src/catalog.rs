@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hookline_model::webhook::Backoff as DefBackoff;
 use hookline_model::{AuthDef, DataObject, FieldError, StoredWebhook, TriggerPlan, WebhookDef};
 use hookline_outbound::{Backoff, RetryPolicy};
+use hookline_secrets::SecretBox;
 use hookline_store::{Store, StoreError};
 
 /// Template names inside a webhook's environment.
@@ -28,6 +29,8 @@ pub struct CompiledWebhook {
     pub body_script: Option<Arc<str>>,
     pub header_script: Option<Arc<str>>,
     pub response_script: Option<Arc<str>>,
+    /// Standard Webhooks signing secrets (empty: unsigned).
+    pub signing: Vec<hookline_outbound::SigningSecret>,
 }
 
 /// Validates and compiles a stored webhook against the objects it names. Errors name the
@@ -61,6 +64,12 @@ pub fn compile<'a>(
         hookline_script::check_syntax(script).map_err(|e| FieldError::new(path, e.to_string()))?;
     }
 
+    let mut signing = Vec::new();
+    for (i, secret) in def.signing.iter().flat_map(|s| &s.secrets).enumerate() {
+        let parsed = hookline_outbound::SigningSecret::parse(secret)
+            .map_err(|e| FieldError::new(format!("signing.secrets[{i}]"), e.to_string()))?;
+        signing.push(parsed);
+    }
     let s = &def.settings;
     let retry = RetryPolicy {
         retries: s.retries,
@@ -84,7 +93,28 @@ pub fn compile<'a>(
         body_script: def.request.body_script.as_deref().map(Arc::from),
         header_script,
         response_script: def.response_script.as_deref().map(Arc::from),
+        signing,
     })
+}
+
+/// Seals every secret of a definition for storage. Already sealed values stay as they are.
+pub fn seal_secrets(stored: &mut StoredWebhook, secrets: &SecretBox) {
+    for s in stored.definition.secrets_mut() {
+        if !SecretBox::is_sealed(s) {
+            *s = secrets.seal(s);
+        }
+    }
+}
+
+/// Opens the sealed secrets of a stored definition (plain values, from before encryption,
+/// are kept).
+pub fn open_secrets(stored: &mut StoredWebhook, secrets: &SecretBox) -> Result<(), hookline_secrets::SecretError> {
+    for s in stored.definition.secrets_mut() {
+        if SecretBox::is_sealed(s) {
+            *s = secrets.open(s)?;
+        }
+    }
+    Ok(())
 }
 
 /// An immutable snapshot of all definitions; replaced whole when any changes.
@@ -97,11 +127,15 @@ pub struct Catalog {
 impl Catalog {
     /// Loads and compiles every definition. A webhook that no longer compiles (say, its
     /// object lost a field) is left out and logged, rather than stopping the node.
-    pub async fn load(store: &dyn Store) -> Result<Catalog, StoreError> {
+    pub async fn load(store: &dyn Store, secrets: &SecretBox) -> Result<Catalog, StoreError> {
         let objects: HashMap<String, Arc<DataObject>> =
             store.list_objects().await?.into_iter().map(|o| (o.name.clone(), Arc::new(o))).collect();
         let mut webhooks = HashMap::new();
-        for stored in store.list_webhooks().await? {
+        for mut stored in store.list_webhooks().await? {
+            if let Err(error) = open_secrets(&mut stored, secrets) {
+                tracing::error!(webhook_id = %stored.definition.id, %error, "cannot decrypt the webhook's secrets (is --secret-key the same on every node?); skipped");
+                continue;
+            }
             match compile(&stored, |name| objects.get(name).map(|o| o.as_ref())) {
                 Ok(c) => {
                     webhooks.insert(stored.definition.id.clone(), Arc::new(c));

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::messages::{CatalogChanged, Subscribe};
+use hookline_secrets::SecretBox;
 use hookline_store::Store;
 
 /// Reloads every definition from the store and pushes the result to the subscribers.
@@ -24,6 +25,7 @@ pub struct GetCatalog;
 
 pub struct Coordinator {
     store: Arc<dyn Store>,
+    secrets: SecretBox,
     catalog: Arc<Catalog>,
     subscribers: Vec<Recipient<CatalogChanged>>,
     shutdown: watch::Receiver<bool>,
@@ -33,10 +35,11 @@ impl Coordinator {
     /// Loads the catalog before the actor starts, so subscribers never see an empty one.
     pub async fn start(
         store: Arc<dyn Store>,
+        secrets: SecretBox,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Addr<Self>, hookline_store::StoreError> {
-        let catalog = Arc::new(Catalog::load(store.as_ref()).await?);
-        Ok(Coordinator { store, catalog, subscribers: Vec::new(), shutdown }.start())
+        let catalog = Arc::new(Catalog::load(store.as_ref(), &secrets).await?);
+        Ok(Coordinator { store, secrets, catalog, subscribers: Vec::new(), shutdown }.start())
     }
 }
 
@@ -107,9 +110,9 @@ impl Handler<Reload> for Coordinator {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: Reload, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move { Catalog::load(store.as_ref()).await }.into_actor(self).map(|loaded, act, _ctx| {
-            match loaded {
+        let (store, secrets) = (self.store.clone(), self.secrets.clone());
+        Box::pin(async move { Catalog::load(store.as_ref(), &secrets).await }.into_actor(self).map(
+            |loaded, act, _ctx| match loaded {
                 Ok(catalog) => {
                     act.catalog = Arc::new(catalog);
                     for s in &act.subscribers {
@@ -117,7 +120,7 @@ impl Handler<Reload> for Coordinator {
                     }
                 }
                 Err(error) => tracing::warn!(%error, "reloading definitions failed"),
-            }
-        }))
+            },
+        ))
     }
 }

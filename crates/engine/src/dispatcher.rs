@@ -197,10 +197,13 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
                         let _ = ctx.store.acquire_permit(&wh.def.id, &holder, limit as u32, lease).await;
                     }
                 };
+                let limit = wh.def.settings.max_concurrency as u64;
+                ctx.metrics.in_flight(&wh.def.id, 1, limit);
                 tokio::select! {
                     _ = deliver(&ctx, &wh, entry) => {}
                     _ = renew => {}
                 }
+                ctx.metrics.in_flight(&wh.def.id, -1, limit);
                 if let Err(error) = ctx.store.release_permit(&wh.def.id, &holder).await {
                     tracing::warn!(webhook_id = %wh.def.id, %error, "cannot release a permit; it expires with its lease");
                 }
@@ -226,6 +229,22 @@ fn headers(list: &[(String, String)]) -> Vec<Header> {
 
 fn cut(body: &[u8]) -> (Vec<u8>, bool) {
     if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
+}
+
+async fn send(
+    ctx: &EngineContext,
+    wh: &CompiledWebhook,
+    req: &crate::render::BuiltRequest,
+) -> Result<OutboundResponse, hookline_outbound::SendError> {
+    ctx.outbound
+        .send(OutboundRequest {
+            method: req.method.clone(),
+            url: req.url.clone(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+            timeout: wh.def.settings.timeout.0,
+        })
+        .await
 }
 
 /// Delivers one job once and records what happened. Never panics on the job's content.
@@ -263,13 +282,31 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
         };
 
         let mut request_body = Vec::new();
-        let (verdict, response) = match build_request(wh, &job, &entities, &ctx.scripts).await {
+        let (verdict, response) = match build_request(&ctx.scripts, Some(ctx), wh, &job, &entities).await {
             Err(e) => {
                 attempt.error = e.to_string();
+                if e.step.ends_with("script") {
+                    ctx.metrics.script_error(&wh.def.id);
+                }
                 tracing::Span::current().record("error.type", e.step);
-                (Verdict::Fail, None)
+                (if e.retryable { Verdict::Retry { after: None } } else { Verdict::Fail }, None)
             }
-            Ok(req) => {
+            Ok(mut req) => {
+                let mut result = send(ctx, wh, &req).await;
+                // A refused OAuth token: fetch another once (unless another node already
+                // did) and send again, within this same attempt.
+                if let (Ok(resp), Some(used)) = (&result, req.oauth_token.clone())
+                    && resp.status == 401
+                {
+                    match crate::oauth::bearer(ctx, wh, Some(&used)).await {
+                        Ok(fresh) => {
+                            tracing::info!("target refused the OAuth token; sending again with a fresh one");
+                            req.set_bearer(&fresh);
+                            result = send(ctx, wh, &req).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "refreshing the OAuth token after a 401 failed"),
+                    }
+                }
                 let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
                 let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
                 let (body, truncated) = cut(&req.body);
@@ -280,17 +317,7 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
                     body,
                     body_truncated: truncated,
                 });
-                request_body = req.body.clone();
-                let result = ctx
-                    .outbound
-                    .send(OutboundRequest {
-                        method: req.method,
-                        url: req.url,
-                        headers: req.headers,
-                        body: req.body,
-                        timeout: wh.def.settings.timeout.0,
-                    })
-                    .await;
+                request_body = req.body;
                 let verdict = classify(&result);
                 let response = match result {
                     Ok(resp) => {
@@ -352,6 +379,13 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
             });
         }
         tracing::Span::current().record("outcome", outcome.as_str());
+        ctx.metrics.attempt(&wh.def.id, outcome.as_str(), started.elapsed());
+        if follow.retry.is_some() {
+            ctx.metrics.retry_scheduled(&wh.def.id);
+        }
+        if follow.dead_letter.is_some() {
+            ctx.metrics.dead_lettered(&wh.def.id);
+        }
         tracing::info!(
             attempt_id = %attempt.attempt_id,
             duration_ms = attempt.duration_ms,

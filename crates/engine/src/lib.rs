@@ -17,6 +17,7 @@ pub mod coordinator;
 pub mod dispatcher;
 pub mod drain;
 pub mod messages;
+pub mod oauth;
 pub mod records;
 pub mod render;
 pub mod trace;
@@ -43,6 +44,10 @@ pub struct EngineContext {
     pub shutdown: watch::Receiver<bool>,
     /// Every worker loop holds a guard, so shutdown can wait for in-flight work.
     pub drain: Arc<drain::Drain>,
+    /// Seals secrets the engine stores (OAuth tokens).
+    pub secrets: hookline_secrets::SecretBox,
+    /// This node's metrics.
+    pub metrics: Arc<hookline_telemetry::Metrics>,
 }
 
 /// Which roles a node runs.
@@ -70,7 +75,8 @@ impl Engine {
     /// Starts the actors of `roles` in the current actix system. Every engine role needs
     /// definitions, so a coordinator runs whenever any of them does.
     pub async fn start(ctx: EngineContext, roles: Roles) -> Result<Engine, StoreError> {
-        let coordinator = coordinator::Coordinator::start(ctx.store.clone(), ctx.shutdown.clone()).await?;
+        let coordinator =
+            coordinator::Coordinator::start(ctx.store.clone(), ctx.secrets.clone(), ctx.shutdown.clone()).await?;
         let subscribe =
             |r: Recipient<messages::CatalogChanged>| coordinator.do_send(messages::Subscribe { recipient: r });
         let trigger = roles.trigger.then(|| trigger::Trigger::new(ctx.clone()).start());

@@ -6,6 +6,7 @@ use hookline_proto::Job;
 use hookline_script::{ScriptCall, ScriptKind, ScriptOutput, ScriptPool};
 use serde_json::{Value, json};
 
+use crate::EngineContext;
 use crate::catalog::{BODY_TEMPLATE, CompiledWebhook, URL_TEMPLATE, header_template};
 
 /// A request ready to send.
@@ -19,6 +20,18 @@ pub struct BuiltRequest {
     pub secret_values: Vec<String>,
     /// Header names whose values are secret.
     pub secret_headers: Vec<String>,
+    /// The OAuth token used, so a 401 can replace it.
+    pub oauth_token: Option<String>,
+}
+
+impl BuiltRequest {
+    /// Swaps the bearer token after a refresh.
+    pub fn set_bearer(&mut self, token: &str) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+        self.headers.push(("Authorization".into(), format!("Bearer {token}")));
+        self.secret_values.push(token.to_string());
+        self.oauth_token = Some(token.to_string());
+    }
 }
 
 /// Which step of building a request failed, and why (never holding a secret value).
@@ -27,10 +40,13 @@ pub struct BuiltRequest {
 pub struct BuildError {
     pub step: &'static str,
     pub message: String,
+    /// Whether a later attempt may succeed (a token endpoint that is down) or not (a
+    /// script error).
+    pub retryable: bool,
 }
 
 fn template_error(step: &'static str, e: minijinja::Error) -> BuildError {
-    BuildError { step, message: e.to_string() }
+    BuildError { step, message: e.to_string(), retryable: false }
 }
 
 /// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
@@ -44,15 +60,17 @@ fn template_context(wh: &CompiledWebhook, job: &Job, entities: &Value) -> Value 
 }
 
 /// Renders the request for `job`. Scripts run on the script pool, never on this thread.
+/// OAuth tokens come through `ctx`; without one (a dry run) a placeholder stands in.
 pub async fn build_request(
+    scripts: &ScriptPool,
+    ctx: Option<&EngineContext>,
     wh: &CompiledWebhook,
     job: &Job,
     entities: &Value,
-    scripts: &ScriptPool,
 ) -> Result<BuiltRequest, BuildError> {
-    let ctx = template_context(wh, job, entities);
+    let vars = template_context(wh, job, entities);
     let render = |name: &str, step: &'static str| {
-        wh.templates.get_template(name).and_then(|t| t.render(&ctx)).map_err(|e| template_error(step, e))
+        wh.templates.get_template(name).and_then(|t| t.render(&vars)).map_err(|e| template_error(step, e))
     };
     let url = render(URL_TEMPLATE, "url template")?.trim().to_string();
     let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
@@ -66,7 +84,7 @@ pub async fn build_request(
         match scripts.run(call).await {
             Ok(ScriptOutput::Written(text)) => text.into_bytes(),
             Ok(ScriptOutput::Headers(_)) => Vec::new(),
-            Err(e) => return Err(BuildError { step: "body script", message: e.to_string() }),
+            Err(e) => return Err(BuildError { step: "body script", message: e.to_string(), retryable: false }),
         }
     } else if request.body_template.is_some() {
         render(BODY_TEMPLATE, "body template")?.into_bytes()
@@ -82,8 +100,18 @@ pub async fn build_request(
 
     let mut secret_values = Vec::new();
     let mut secret_headers = Vec::new();
+    let mut oauth_token = None;
     match &wh.def.auth {
-        AuthDef::None | AuthDef::Oauth2 { .. } => {}
+        AuthDef::None => {}
+        AuthDef::Oauth2 { .. } => {
+            let token = match ctx {
+                Some(ctx) => crate::oauth::bearer(ctx, wh, None).await?,
+                None => hookline_model::webhook::REDACTED.to_string(),
+            };
+            headers.push(("Authorization".into(), format!("Bearer {token}")));
+            secret_values.push(token.clone());
+            oauth_token = Some(token);
+        }
         AuthDef::Basic { username, password } => {
             headers.push(hookline_outbound::basic_auth(username, password));
             secret_values.push(password.clone());
@@ -105,7 +133,7 @@ pub async fn build_request(
                 }
                 Ok(ScriptOutput::Written(_)) => {}
                 // Script errors carry the JS message and line, never the header values.
-                Err(e) => return Err(BuildError { step: "auth script", message: e.to_string() }),
+                Err(e) => return Err(BuildError { step: "auth script", message: e.to_string(), retryable: false }),
             }
         }
     }
@@ -114,12 +142,24 @@ pub async fn build_request(
     if !body.is_empty() && !has(&headers, "content-type") {
         headers.push(("Content-Type".into(), "application/json".into()));
     }
-    headers.push(("webhook-id".into(), job.job_id.clone()));
+    // Standard Webhooks: webhook-id (the job's idempotency id, the same on every attempt),
+    // webhook-timestamp and, when the webhook has secrets, webhook-signature.
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    headers.extend(hookline_outbound::signature_headers(&wh.signing, &job.job_id, now, &body));
     if !job.traceparent.is_empty() && !has(&headers, "traceparent") {
         headers.push(("traceparent".into(), crate::trace::child_of(&job.traceparent)));
     }
     secret_values.retain(|v| !v.is_empty());
-    Ok(BuiltRequest { method: request.method.to_ascii_uppercase(), url, headers, body, secret_values, secret_headers })
+    Ok(BuiltRequest {
+        method: request.method.to_ascii_uppercase(),
+        url,
+        headers,
+        body,
+        secret_values,
+        secret_headers,
+        oauth_token,
+    })
 }
 
 /// The URL without userinfo, for attempt records and logs.

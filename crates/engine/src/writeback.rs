@@ -161,7 +161,10 @@ async fn write_back(
         let written = match ctx.scripts.run(call).await {
             Ok(ScriptOutput::Written(text)) => text,
             Ok(ScriptOutput::Headers(_)) => String::new(),
-            Err(e) => return Err(format!("response script: {e}")),
+            Err(e) => {
+                ctx.metrics.script_error(&wh.def.id);
+                return Err(format!("response script: {e}"));
+            }
         };
         let Some(mapping) = &wh.def.writeback else { return Ok(()) };
         if written.trim().is_empty() {

@@ -44,6 +44,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_API_TOKEN", hide_env_values = true)]
     #[serde(alias = "api_token")]
     pub api_token: Option<String>,
+    /// Key sealing secrets at rest: base64 of 32 bytes (every node of a cluster needs the
+    /// same); none: a key file created in --data-dir
+    #[arg(long, env = "HOOKLINE_SECRET_KEY", hide_env_values = true)]
+    #[serde(alias = "secret_key")]
+    pub secret_key: Option<String>,
     /// OTLP/HTTP endpoint for traces (Jaeger's 4318)
     #[arg(long, env = "HOOKLINE_OTLP_ENDPOINT")]
     #[serde(alias = "otlp_endpoint")]
@@ -70,6 +75,7 @@ impl ServeArgs {
             node_id: self.node_id.or(other.node_id),
             allow_target: self.allow_target.or(other.allow_target),
             api_token: self.api_token.or(other.api_token),
+            secret_key: self.secret_key.or(other.secret_key),
             otlp_endpoint: self.otlp_endpoint.or(other.otlp_endpoint),
             log_format: self.log_format.or(other.log_format),
             config: self.config,
@@ -89,6 +95,7 @@ pub struct Config {
     pub node_id: String,
     pub allow_targets: Vec<ipnet::IpNet>,
     pub api_token: Option<String>,
+    pub secret_key: Option<String>,
     pub otlp_endpoint: Option<String>,
     pub log_format: hookline_telemetry::LogFormat,
 }
@@ -103,6 +110,7 @@ impl std::fmt::Debug for Config {
             .field("api", &self.api)
             .field("node_id", &self.node_id)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +186,7 @@ impl Config {
             node_id,
             allow_targets,
             api_token: a.api_token.filter(|t| !t.is_empty()),
+            secret_key: a.secret_key.filter(|t| !t.is_empty()),
             otlp_endpoint: a.otlp_endpoint.filter(|t| !t.is_empty()),
             log_format,
         })

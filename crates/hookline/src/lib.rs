@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hookline_api::ApiState;
 use hookline_engine::{Engine, EngineContext, drain::Drain};
 use hookline_outbound::{ClientConfig, Outbound, TargetPolicy};
 use hookline_script::{PoolConfig, ScriptPool};
-use hookline_store::{RedisStore, Store};
+use hookline_secrets::SecretBox;
+use hookline_store::{EmbeddedStore, RedisStore, Store};
 use tokio::sync::watch;
 
 pub use config::{Config, ServeArgs};
@@ -31,10 +32,16 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             let store = RedisStore::connect(url, &config.namespace).await.context("connecting to Redis (--redis)")?;
             Ok(Arc::new(store))
         }
-        None => bail!(
-            "no --redis given, and this build has no embedded store yet: pass --redis redis://127.0.0.1:6379 \
-             (scripts/run.sh starts a local Redis for you)"
-        ),
+        None => {
+            // Opening may repair the file after a crash: off the async threads.
+            let dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .context("opening the embedded store")?
+                .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+            tracing::info!(path = %config.data_dir.display(), "using the embedded store (single node)");
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -47,7 +54,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     if config.otlp_endpoint.is_some() {
         tracing::warn!("--otlp-endpoint is accepted but span export is not built yet; spans go to the log");
     }
+    let secrets = match &config.secret_key {
+        Some(key) => SecretBox::from_key_text(key).context("--secret-key")?,
+        None => {
+            let (secrets, created) =
+                SecretBox::load_or_create(&config.data_dir).context("the secret key file in --data-dir")?;
+            if config.redis.is_some() {
+                tracing::warn!(
+                    "no --secret-key: secrets are sealed with the key file in --data-dir; every node sharing this \
+                     Redis needs the same key, so pass --secret-key (or HOOKLINE_SECRET_KEY) in a cluster"
+                );
+            } else if created {
+                tracing::info!(dir = %config.data_dir.display(), "created a secret key file");
+            }
+            secrets
+        }
+    };
     let scripts = ScriptPool::new(PoolConfig::default());
+    let metrics = Arc::new(hookline_telemetry::Metrics::default());
     let outbound = Outbound::new(ClientConfig {
         policy: TargetPolicy { allow: config.allow_targets.clone() },
         ..ClientConfig::default()
@@ -62,6 +86,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         node_id: config.node_id.clone(),
         shutdown: stop_rx,
         drain: drain.clone(),
+        secrets: secrets.clone(),
+        metrics: metrics.clone(),
     };
     let roles = config.roles;
     let engine = if roles.coordinator || roles.trigger || roles.dispatcher || roles.writeback {
@@ -73,7 +99,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let server = if config.api {
-        let state = ApiState { store, scripts, api_token: config.api_token.as_deref().map(Arc::from) };
+        let state =
+            ApiState { store, scripts, api_token: config.api_token.as_deref().map(Arc::from), secrets, metrics };
         let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone())))
             .workers(2)
             .disable_signals()

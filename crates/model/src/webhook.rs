@@ -32,6 +32,9 @@ pub struct WebhookDef {
     pub writeback: Option<WritebackDef>,
     #[serde(default)]
     pub settings: Settings,
+    /// Standard Webhooks signatures on every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningDef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +101,8 @@ pub enum AuthDef {
     Script {
         script: String,
     },
-    /// OAuth 2.0 client credentials (not supported by this version; refused at save).
+    /// OAuth 2.0 client credentials: a token is fetched on the first call, shared by every
+    /// node, refreshed before it expires and once more when the target answers 401.
     Oauth2 {
         token_url: String,
         client_id: String,
@@ -107,7 +111,28 @@ pub enum AuthDef {
         scope: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         audience: Option<String>,
+        /// `header` (HTTP Basic, RFC 6749 §2.3.1) or `body` (form parameters).
+        #[serde(default)]
+        credentials_in: CredentialsIn,
     },
+}
+
+/// Where OAuth client credentials go in the token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialsIn {
+    #[default]
+    Header,
+    Body,
+}
+
+/// Standard Webhooks signing: `webhook-signature` with one `v1,` signature per secret, so
+/// secrets can be rotated by listing the new one beside the old.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningDef {
+    /// `whsec_<base64>` secrets.
+    pub secrets: Vec<String>,
 }
 
 fn default_token_header() -> String {
@@ -115,45 +140,18 @@ fn default_token_header() -> String {
 }
 
 impl AuthDef {
-    /// The same auth with every secret replaced by [`REDACTED`].
-    pub fn redacted(&self) -> AuthDef {
-        let mut a = self.clone();
-        match &mut a {
-            AuthDef::None | AuthDef::Script { .. } => {}
-            AuthDef::Basic { password, .. } => *password = REDACTED.into(),
-            AuthDef::Token { value, .. } => *value = REDACTED.into(),
-            AuthDef::Oauth2 { client_secret, .. } => *client_secret = REDACTED.into(),
-        }
-        a
-    }
-
-    /// Keeps `previous`'s secrets where this definition says [`REDACTED`], so a client can
-    /// PUT back what it read.
-    pub fn keep_secrets_from(&mut self, previous: &AuthDef) {
-        match (self, previous) {
-            (AuthDef::Basic { password, .. }, AuthDef::Basic { password: old, .. }) if password == REDACTED => {
-                *password = old.clone()
-            }
-            (AuthDef::Token { value, .. }, AuthDef::Token { value: old, .. }) if value == REDACTED => {
-                *value = old.clone()
-            }
-            (AuthDef::Oauth2 { client_secret, .. }, AuthDef::Oauth2 { client_secret: old, .. })
-                if client_secret == REDACTED =>
-            {
-                *client_secret = old.clone()
-            }
-            _ => {}
-        }
-    }
-
-    /// Secret values, for redaction of attempt records and logs.
-    pub fn secrets(&self) -> Vec<&str> {
+    /// The secret of this auth, if it has one (each kind has at most one).
+    fn secret_mut(&mut self) -> Option<&mut String> {
         match self {
-            AuthDef::None | AuthDef::Script { .. } => vec![],
-            AuthDef::Basic { password, .. } => vec![password.as_str()],
-            AuthDef::Token { value, .. } => vec![value.as_str()],
-            AuthDef::Oauth2 { client_secret, .. } => vec![client_secret.as_str()],
+            AuthDef::None | AuthDef::Script { .. } => None,
+            AuthDef::Basic { password, .. } => Some(password),
+            AuthDef::Token { value, .. } => Some(value),
+            AuthDef::Oauth2 { client_secret, .. } => Some(client_secret),
         }
+    }
+
+    fn same_kind(&self, other: &AuthDef) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 }
 
@@ -324,8 +322,16 @@ impl WebhookDef {
         }
 
         match &self.auth {
-            AuthDef::Oauth2 { .. } => {
-                return Err(FieldError::new("auth.type", "oauth2 is not supported by this version"));
+            AuthDef::Oauth2 { token_url, client_id, client_secret, .. } => {
+                if !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
+                    return Err(FieldError::new("auth.token_url", "must be an http or https URL"));
+                }
+                if client_id.is_empty() {
+                    return Err(FieldError::new("auth.client_id", "must not be empty"));
+                }
+                if client_secret.is_empty() {
+                    return Err(FieldError::new("auth.client_secret", "must not be empty"));
+                }
             }
             AuthDef::Token { header, value } => {
                 if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
@@ -339,6 +345,12 @@ impl WebhookDef {
                 return Err(FieldError::new("auth.username", "must not contain `:`"));
             }
             _ => {}
+        }
+
+        if let Some(signing) = &self.signing
+            && signing.secrets.is_empty()
+        {
+            return Err(FieldError::new("signing.secrets", "list at least one whsec_ secret"));
         }
 
         if let Some(wb) = &self.writeback {
@@ -405,9 +417,46 @@ impl WebhookDef {
         out
     }
 
+    /// Every secret of the definition: the auth's and the signing secrets.
+    pub fn secrets_mut(&mut self) -> Vec<&mut String> {
+        let mut out: Vec<&mut String> = self.auth.secret_mut().into_iter().collect();
+        if let Some(signing) = &mut self.signing {
+            out.extend(signing.secrets.iter_mut());
+        }
+        out
+    }
+
+    /// Secret values, for redaction of attempt records and logs.
+    pub fn secrets(&self) -> Vec<String> {
+        self.clone().secrets_mut().into_iter().map(|s| s.clone()).filter(|s| !s.is_empty()).collect()
+    }
+
     /// The definition as shown to API clients: secrets replaced by [`REDACTED`].
     pub fn redacted(&self) -> WebhookDef {
-        WebhookDef { auth: self.auth.redacted(), ..self.clone() }
+        let mut d = self.clone();
+        for s in d.secrets_mut() {
+            *s = REDACTED.into();
+        }
+        d
+    }
+
+    /// Keeps `previous`'s secrets where this definition says [`REDACTED`], so a client can
+    /// PUT back what it read (signing secrets by position).
+    pub fn keep_secrets_from(&mut self, previous: &WebhookDef) {
+        let mut previous = previous.clone();
+        if self.auth.same_kind(&previous.auth)
+            && let (Some(new), Some(old)) = (self.auth.secret_mut(), previous.auth.secret_mut())
+            && new == REDACTED
+        {
+            *new = old.clone();
+        }
+        if let (Some(new), Some(old)) = (&mut self.signing, &previous.signing) {
+            for (n, o) in new.secrets.iter_mut().zip(&old.secrets) {
+                if n == REDACTED {
+                    *n = o.clone();
+                }
+            }
+        }
     }
 }
 
@@ -500,11 +549,14 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_and_kept_on_put_back() {
-        let d = def(json!({"auth": {"type": "basic", "username": "batman", "password": "robin"}})).unwrap();
+        let d = def(json!({"auth": {"type": "basic", "username": "batman", "password": "robin"},
+                           "signing": {"secrets": ["whsec_old", "whsec_new"]}}))
+        .unwrap();
+        assert_eq!(d.secrets(), ["robin", "whsec_old", "whsec_new"]);
         let shown = serde_json::to_string(&d.redacted()).unwrap();
-        assert!(!shown.contains("robin") && shown.contains(REDACTED));
+        assert!(!shown.contains("robin") && !shown.contains("whsec_") && shown.contains(REDACTED), "{shown}");
         let mut back: WebhookDef = serde_json::from_str(&shown).unwrap();
-        back.auth.keep_secrets_from(&d.auth);
+        back.keep_secrets_from(&d);
         assert_eq!(back.auth, d.auth);
     }
 }

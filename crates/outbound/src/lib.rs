@@ -22,12 +22,19 @@
 
 mod auth;
 mod client;
+mod oauth;
 mod policy;
 mod retry;
+mod signing;
 
 pub use auth::{REDACTED, basic_auth, redact_headers};
 pub use client::{
     ClientConfig, DEFAULT_MAX_RESPONSE_BYTES, Outbound, OutboundError, OutboundRequest, OutboundResponse, SendError,
 };
+pub use oauth::{CredentialsIn, OAuthConfig, OAuthError, Token};
 pub use policy::TargetPolicy;
 pub use retry::{Backoff, MAX_RETRY_AFTER, RetryPolicy, Verdict, classify, parse_http_date, parse_retry_after};
+pub use signing::{
+    MAX_SECRET_BYTES, MIN_SECRET_BYTES, SECRET_PREFIX, SigningError, SigningSecret, WEBHOOK_ID, WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP, sign, signature_headers, verify,
+};

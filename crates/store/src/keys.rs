@@ -87,6 +87,16 @@ impl Keys {
         format!("{}:{{wh:{webhook}}}:permits", self.ns)
     }
 
+    /// STRING holding a small value of one webhook (`oauth-token`), with a TTL.
+    pub fn value(&self, webhook: &str, name: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:value:{name}", self.ns)
+    }
+
+    /// STRING holding a lock's holder id, with a TTL.
+    pub fn lock(&self, webhook: &str, name: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:lock:{name}", self.ns)
+    }
+
     /// Every key of one webhook, for deletion.
     pub fn all_of_webhook(&self, webhook: &str) -> Vec<String> {
         vec![
@@ -97,6 +107,7 @@ impl Keys {
             self.attempts(webhook),
             self.attempts_by_time(webhook),
             self.permits(webhook),
+            self.value(webhook, "oauth-token"),
         ]
     }
 }

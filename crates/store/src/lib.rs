@@ -7,10 +7,16 @@
 //! the attempt log, and a lease-based concurrency semaphore.
 //!
 //! Backends: [`RedisStore`] (clusters; [`keys`] documents its layout, `lua/` its atomic
-//! steps). Delivery is at-least-once: a queued entry stays pending until it is
-//! acknowledged, and a consumer that died holding one is taken over by another through
-//! `claim_*` once the entry has been idle long enough.
+//! steps) and [`EmbeddedStore`] (one process, a durable redb file, the default when no
+//! Redis is configured; [`embedded`] documents its tables and why its consumer-group state
+//! is in memory). Both pass one conformance suite, `conformance` (this crate's tests; other
+//! crates' tests with the `conformance` feature). Delivery is at-least-once: a queued entry
+//! stays pending until it is acknowledged, and a consumer that died holding one is taken
+//! over by another through `claim_*` once the entry has been idle long enough.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod embedded;
 pub mod keys;
 mod redis_store;
 
@@ -20,6 +26,7 @@ use async_trait::async_trait;
 use hookline_model::{DataObject, Fields, Record, StoredWebhook};
 use hookline_proto::{Attempt, Change, Job, Outcome, WritebackJob};
 
+pub use embedded::EmbeddedStore;
 pub use redis_store::RedisStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -187,6 +194,16 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Moves every dead letter back to the queue with a fresh attempt budget.
     async fn redrive(&self, webhook: &str) -> Result<u64>;
+
+    // --- small shared values and locks (OAuth tokens, their refresh) ---
+    /// A value stored under the webhook's keys, unless it expired.
+    async fn get_value(&self, webhook: &str, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a value that expires after `ttl`.
+    async fn set_value(&self, webhook: &str, name: &str, value: &[u8], ttl: Duration) -> Result<()>;
+    /// Takes the lock `name` for `holder` unless someone else holds it; it expires after `ttl`.
+    async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
+    /// Releases the lock if `holder` still holds it.
+    async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()>;
 
     // --- concurrency ---
     /// Takes or renews one of `limit` permits for `holder`, leased for `lease`.

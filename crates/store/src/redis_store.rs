@@ -27,6 +27,7 @@ struct Scripts {
     acquire_permit: Script,
     redrive: Script,
     requeue: Script,
+    unlock: Script,
 }
 
 pub struct RedisStore {
@@ -84,6 +85,7 @@ impl RedisStore {
                 acquire_permit: Script::new(include_str!("lua/acquire_permit.lua")),
                 redrive: Script::new(include_str!("lua/redrive.lua")),
                 requeue: Script::new(include_str!("lua/requeue.lua")),
+                unlock: Script::new(include_str!("lua/unlock.lua")),
             },
         })
     }
@@ -631,6 +633,46 @@ impl Store for RedisStore {
             let n: u64 = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
             moved += n;
         }
+    }
+
+    async fn get_value(&self, webhook: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.conn().get(self.keys.value(webhook, name)).await.map_err(map_err)
+    }
+
+    async fn set_value(&self, webhook: &str, name: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        redis::cmd("SET")
+            .arg(self.keys.value(webhook, name))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.lock(webhook, name))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()> {
+        // Only the holder may release: compare and delete in one step.
+        self.scripts
+            .unlock
+            .key(self.keys.lock(webhook, name))
+            .arg(holder)
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool> {

@@ -3,6 +3,9 @@
 //! attempt, record, trace) so one record's journey can be followed in the logs; exporting
 //! spans over OTLP plugs in here.
 
+pub mod metrics;
+
+pub use metrics::Metrics;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

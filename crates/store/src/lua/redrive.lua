@@ -6,7 +6,7 @@
 local moved = 0
 for i = 1, #ARGV, 2 do
   if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'j', ARGV[i + 1])
+    redis.call('XADD', KEYS[2], '*', 'j', ARGV[i + 1], 'redriven', '1')
     moved = moved + 1
   end
 end

@@ -1,0 +1,171 @@
+//! This node's metrics, rendered as Prometheus text at `/metrics`: a handful of counters,
+//! gauges and one histogram keyed by webhook, with no global registry (the node owns one
+//! [`Metrics`] and hands it to whoever records).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the attempt latency histogram.
+const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (webhook, outcome) → attempts
+    attempts: BTreeMap<(String, String), u64>,
+    latency: BTreeMap<String, Histogram>,
+    retries: BTreeMap<String, u64>,
+    dead_letters: BTreeMap<String, u64>,
+    script_errors: BTreeMap<String, u64>,
+    token_refreshes: BTreeMap<String, u64>,
+    /// webhook → (in flight on this node, limit)
+    in_flight: BTreeMap<String, (i64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_string()).or_default() += 1;
+}
+
+/// Label values are webhook ids and outcomes (`[A-Za-z0-9_.-]`), but escape anyway.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A panic while holding the lock leaves counters usable.
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn attempt(&self, webhook: &str, outcome: &str, latency: Duration) {
+        self.with(|m| {
+            *m.attempts.entry((webhook.to_string(), outcome.to_string())).or_default() += 1;
+            let h = m.latency.entry(webhook.to_string()).or_default();
+            let secs = latency.as_secs_f64();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if secs <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += secs;
+            h.count += 1;
+        });
+    }
+
+    pub fn retry_scheduled(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.retries, webhook));
+    }
+
+    pub fn dead_lettered(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.dead_letters, webhook));
+    }
+
+    pub fn script_error(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.script_errors, webhook));
+    }
+
+    pub fn token_refreshed(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.token_refreshes, webhook));
+    }
+
+    /// A delivery started (+1) or ended (-1) on this node.
+    pub fn in_flight(&self, webhook: &str, delta: i64, limit: u64) {
+        self.with(|m| {
+            let e = m.in_flight.entry(webhook.to_string()).or_default();
+            e.0 += delta;
+            e.1 = limit;
+        });
+    }
+
+    /// Appends this node's metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        self.with(|m| {
+            let counter = |out: &mut String, name: &str, help: &str, map: &BTreeMap<String, u64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (wh, n) in map {
+                    let _ = writeln!(out, "{name}{{webhook=\"{}\"}} {n}", label(wh));
+                }
+            };
+            let _ = writeln!(out, "# HELP hookline_attempts_total Delivery attempts by outcome.");
+            let _ = writeln!(out, "# TYPE hookline_attempts_total counter");
+            for ((wh, outcome), n) in &m.attempts {
+                let _ = writeln!(
+                    out,
+                    "hookline_attempts_total{{webhook=\"{}\",outcome=\"{}\"}} {n}",
+                    label(wh),
+                    label(outcome)
+                );
+            }
+            let _ = writeln!(out, "# HELP hookline_attempt_duration_seconds Attempt latency, request to response.");
+            let _ = writeln!(out, "# TYPE hookline_attempt_duration_seconds histogram");
+            for (wh, h) in &m.latency {
+                let wh = label(wh);
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "hookline_attempt_duration_seconds_bucket{{webhook=\"{wh}\",le=\"{bound}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "hookline_attempt_duration_seconds_bucket{{webhook=\"{wh}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(out, "hookline_attempt_duration_seconds_sum{{webhook=\"{wh}\"}} {}", h.sum);
+                let _ = writeln!(out, "hookline_attempt_duration_seconds_count{{webhook=\"{wh}\"}} {}", h.count);
+            }
+            counter(out, "hookline_retries_scheduled_total", "Retries scheduled.", &m.retries);
+            counter(out, "hookline_dead_letters_total", "Jobs dead-lettered.", &m.dead_letters);
+            counter(out, "hookline_script_errors_total", "Script failures (body, header, response).", &m.script_errors);
+            counter(out, "hookline_token_refreshes_total", "OAuth tokens fetched.", &m.token_refreshes);
+            let _ = writeln!(out, "# HELP hookline_in_flight Requests in flight on this node.");
+            let _ = writeln!(out, "# TYPE hookline_in_flight gauge");
+            for (wh, (n, _)) in &m.in_flight {
+                let _ = writeln!(out, "hookline_in_flight{{webhook=\"{}\"}} {n}", label(wh));
+            }
+            let _ = writeln!(out, "# HELP hookline_concurrency_limit The webhook's max_concurrency (cluster-wide).");
+            let _ = writeln!(out, "# TYPE hookline_concurrency_limit gauge");
+            for (wh, (_, limit)) in &m.in_flight {
+                let _ = writeln!(out, "hookline_concurrency_limit{{webhook=\"{}\"}} {limit}", label(wh));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.attempt("it", "success", Duration::from_millis(30));
+        m.attempt("it", "success", Duration::from_millis(3));
+        m.attempt("it", "retry_scheduled", Duration::from_secs(1));
+        m.retry_scheduled("it");
+        m.in_flight("it", 1, 4);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("hookline_attempts_total{webhook=\"it\",outcome=\"success\"} 2"), "{out}");
+        assert!(out.contains("hookline_attempt_duration_seconds_bucket{webhook=\"it\",le=\"0.005\"} 1"), "{out}");
+        assert!(out.contains("hookline_attempt_duration_seconds_bucket{webhook=\"it\",le=\"0.05\"} 2"), "{out}");
+        assert!(out.contains("hookline_attempt_duration_seconds_bucket{webhook=\"it\",le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("hookline_retries_scheduled_total{webhook=\"it\"} 1"));
+        assert!(out.contains("hookline_in_flight{webhook=\"it\"} 1"));
+        assert!(out.contains("hookline_concurrency_limit{webhook=\"it\"} 4"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Delivery throughput, measured against a local sink (not a test: `scripts/bench.sh`).
+//!
+//! For each configuration it reports records/s accepted by the API, Hookline deliveries/s,
+//! and the same sink's raw requests/s driven directly by this program at the same
+//! concurrency, with the ratio of the two measured in the same run — absolute numbers on
+//! shared machines drift, ratios much less.
+//!
+//! Usage: deliveries [--records N] [--nodes 1,2,3] [--concurrency C] [--sink-ms MS]
+//!                   [--store redis|embedded] [--redis URL]
+
+#[path = "../tests/procs.rs"]
+mod procs;
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use procs::{Proc, Sink};
+use serde_json::json;
+use support::{Api, namespace, wait_until};
+
+struct Options {
+    records: usize,
+    nodes: Vec<usize>,
+    concurrency: usize,
+    sink_ms: u64,
+    store: String,
+    redis: String,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        records: 5000,
+        nodes: vec![1],
+        concurrency: 64,
+        sink_ms: 20,
+        store: "redis".into(),
+        redis: support::redis_url(),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < args.len() {
+        let v = args[i + 1].clone();
+        match args[i].as_str() {
+            "--records" => o.records = v.parse().expect("--records N"),
+            "--nodes" => o.nodes = v.split(',').map(|n| n.parse().expect("--nodes 1,2,3")).collect(),
+            "--concurrency" => o.concurrency = v.parse().expect("--concurrency C"),
+            "--sink-ms" => o.sink_ms = v.parse().expect("--sink-ms MS"),
+            "--store" => o.store = v,
+            "--redis" => o.redis = v,
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Requests/s the sink answers when driven directly with `concurrency` keep-alive clients.
+async fn raw_rate(sink: &Sink, total: usize, concurrency: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let url = format!("{}/raw", sink.url);
+    let body = json!({"records": [{"id": "raw"}]}).to_string();
+    let start = Instant::now();
+    let per = total / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        tasks.push(actix_rt::spawn(async move {
+            for _ in 0..per {
+                let _ = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (per * concurrency) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn run_once(o: &Options, nodes: usize) {
+    let sink = Sink::start(Duration::from_millis(o.sink_ms));
+    let ns = namespace();
+    let dirs: Vec<std::path::PathBuf> =
+        (0..nodes).map(|i| std::env::temp_dir().join(format!("hl-bench-{ns}-{i}"))).collect();
+    let procs: Vec<Proc> = (0..nodes)
+        .map(|i| {
+            let name = format!("bench{i}");
+            let dir = dirs[i].display().to_string();
+            if o.store == "embedded" {
+                assert_eq!(nodes, 1, "the embedded store is single-node");
+                Proc::start(&name, &["--data-dir", &dir])
+            } else {
+                Proc::start(&name, &["--redis", &o.redis, "--namespace", &ns])
+            }
+        })
+        .collect();
+    let api = Api::at(&procs[0].url);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "bench", "object": "item", "trigger": {"on_create": true},
+            "request": {"url": format!("{}/in", sink.url)},
+            "settings": {"max_concurrency": o.concurrency, "timeout": "10s", "retries": 3, "retry_wait": "1s"}
+        })),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let start = Instant::now();
+    for chunk in (0..o.records).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<_> = chunk.iter().map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+        api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
+    }
+    let accepted = start.elapsed();
+    wait_until(Duration::from_secs(600), || async { sink.distinct_records() >= o.records }).await;
+    let delivered = start.elapsed();
+    let max_in_flight = sink.max_in_flight.load(Ordering::SeqCst);
+    drop(procs);
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    let raw = raw_rate(&sink, o.records.min(20_000), o.concurrency).await;
+    let records_s = o.records as f64 / accepted.as_secs_f64();
+    let deliveries_s = o.records as f64 / delivered.as_secs_f64();
+    println!(
+        "store={} nodes={} records={} concurrency={} sink_ms={} | records/s accepted {:.0} | deliveries/s {:.0} | \
+         raw sink req/s {:.0} | ratio {:.2} | max in flight {}",
+        o.store,
+        nodes,
+        o.records,
+        o.concurrency,
+        o.sink_ms,
+        records_s,
+        deliveries_s,
+        raw,
+        deliveries_s / raw,
+        max_in_flight
+    );
+}
+
+fn main() {
+    let o = options();
+    actix_rt::System::new().block_on(async {
+        for &n in &o.nodes {
+            run_once(&o, n).await;
+        }
+    });
+}
