@@ -30,6 +30,9 @@ use crate::trace;
 const MAX_RECORDED_BODY: usize = 64 * 1024;
 /// Jobs taken from a queue in one read, at most.
 const MAX_READ: usize = 64;
+/// A job handed out this many times without finishing (its nodes kept dying mid-delivery)
+/// is dead-lettered instead of delivered again.
+const MAX_DELIVERIES: u32 = 5;
 /// A permit's lease. A delivery renews it every third of the lease while it runs, so a
 /// dead node's permits come back within one lease.
 const PERMIT_LEASE: Duration = Duration::from_secs(10);
@@ -231,6 +234,35 @@ fn cut(body: &[u8]) -> (Vec<u8>, bool) {
     if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
 }
 
+/// Dead-letters a job that keeps being taken over, with an attempt saying why.
+async fn give_up(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
+    let job = entry.value;
+    let error = format!(
+        "handed out {} times without finishing (the nodes delivering it stopped); dead-lettered",
+        entry.deliveries
+    );
+    tracing::warn!(webhook_id = %wh.def.id, job_id = %job.job_id, deliveries = entry.deliveries, "{error}");
+    let attempt = Attempt {
+        attempt_id: uuid::Uuid::now_v7().to_string(),
+        webhook_id: wh.def.id.clone(),
+        webhook_version: wh.version,
+        job_id: job.job_id.clone(),
+        record_ids: job.record_ids.clone(),
+        number: job.attempts + 1,
+        node_id: ctx.node_id.clone(),
+        started_at_ms: now_ms(),
+        error: error.clone(),
+        outcome: Outcome::Failed as i32,
+        traceparent: job.traceparent.clone(),
+        ..Default::default()
+    };
+    let follow = FollowUp { dead_letter: Some((job, error)), ..Default::default() };
+    if let Err(e) = ctx.store.complete(&wh.def.id, &entry.id, &attempt, follow).await {
+        tracing::warn!(error = %e, "cannot dead-letter the job; it stays pending");
+    }
+    ctx.metrics.dead_lettered(&wh.def.id);
+}
+
 async fn send(
     ctx: &EngineContext,
     wh: &CompiledWebhook,
@@ -249,6 +281,9 @@ async fn send(
 
 /// Delivers one job once and records what happened. Never panics on the job's content.
 async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
+    if entry.deliveries > MAX_DELIVERIES {
+        return give_up(ctx, wh, entry).await;
+    }
     let job = entry.value;
     let number = job.attempts + 1;
     let span = tracing::info_span!(

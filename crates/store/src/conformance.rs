@@ -257,6 +257,7 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
 
     let first = store.read_jobs(&wh, "a", 2, NO_BLOCK).await.expect("read_jobs");
     assert_eq!(job_ids(&first), [format!("{wh}-1"), format!("{wh}-2")], "in order, at most `count`");
+    assert!(first.iter().all(|e| e.deliveries == 1), "a first read is the first delivery");
     let rest = store.read_jobs(&wh, "b", 10, NO_BLOCK).await.expect("read_jobs");
     assert_eq!(job_ids(&rest), [format!("{wh}-3")]);
     assert!(store.read_jobs(&wh, "c", 10, NO_BLOCK).await.expect("read_jobs").is_empty(), "each delivered once");
@@ -276,6 +277,7 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
     assert_eq!(got, [format!("{wh}-2"), format!("{wh}-3")], "idle jobs taken over, not the completed one");
     let two = claimed.iter().find(|e| e.value.job_id == format!("{wh}-2")).expect("job 2");
     assert_eq!(two.id, first[1].id, "a claim keeps the entry id");
+    assert!(claimed.iter().all(|e| e.deliveries == 2), "a claim counts as another delivery");
     assert!(
         store.claim_jobs(&wh, "d", Duration::from_millis(200), 10).await.expect("claim_jobs").is_empty(),
         "just claimed"

@@ -50,6 +50,9 @@ pub struct Entry<T> {
     pub value: T,
     /// Set on entries that were redriven from the dead letters.
     pub redriven: bool,
+    /// How many times the entry has been handed out, this time included (1 on a first
+    /// read; more after claims of entries whose consumer died).
+    pub deliveries: u32,
 }
 
 /// The result of a conditional record write.

@@ -205,7 +205,7 @@ impl RedisStore {
             match decoded {
                 Ok(value) => {
                     let redriven = sid.get::<String>("redriven").is_some();
-                    out.push(Entry { id: sid.id, value, redriven })
+                    out.push(Entry { id: sid.id, value, redriven, deliveries: 1 })
                 }
                 Err(e) => {
                     tracing::error!(stream, entry = %sid.id, error = %e, "dropping undecodable queue entry");
@@ -214,6 +214,25 @@ impl RedisStore {
             }
         }
         Ok(out)
+    }
+
+    /// Fills in how often each claimed entry was delivered (XAUTOCLAIM counts the claim).
+    async fn delivery_counts<T>(&self, stream: &str, group: &str, entries: &mut [Entry<T>]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for e in entries.iter() {
+            pipe.cmd("XPENDING").arg(stream).arg(group).arg(&e.id).arg(&e.id).arg(1);
+        }
+        let replies: Vec<Vec<(String, String, u64, u32)>> =
+            pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
+        for (e, reply) in entries.iter_mut().zip(replies) {
+            if let Some((_, _, _, count)) = reply.first() {
+                e.deliveries = *count;
+            }
+        }
+        Ok(())
     }
 
     async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<()> {
@@ -443,7 +462,9 @@ impl Store for RedisStore {
     ) -> Result<Vec<Entry<Job>>> {
         let stream = self.keys.jobs(webhook);
         let ids = self.autoclaim(&stream, DISPATCH_GROUP, consumer, min_idle, count).await?;
-        self.decode_entries(&stream, DISPATCH_GROUP, "j", ids).await
+        let mut entries = self.decode_entries(&stream, DISPATCH_GROUP, "j", ids).await?;
+        self.delivery_counts(&stream, DISPATCH_GROUP, &mut entries).await?;
+        Ok(entries)
     }
 
     async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()> {

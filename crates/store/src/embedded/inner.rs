@@ -420,8 +420,15 @@ impl Inner {
                 let (flags, bytes) = v.value();
                 match T::decode(bytes) {
                     Ok(value) => {
-                        state.pending.insert(id, Pending { consumer: consumer.to_string(), delivered: now });
-                        out.push(Entry { id: id.to_string(), value, redriven: flags & FLAG_REDRIVEN != 0 });
+                        state
+                            .pending
+                            .insert(id, Pending { consumer: consumer.to_string(), delivered: now, deliveries: 1 });
+                        out.push(Entry {
+                            id: id.to_string(),
+                            value,
+                            redriven: flags & FLAG_REDRIVEN != 0,
+                            deliveries: 1,
+                        });
                     }
                     Err(e) => {
                         tracing::error!(queue = queue.name(), owner, entry = %id, error = %e, "dropping undecodable queue entry");
@@ -473,8 +480,11 @@ impl Inner {
                 let (flags, bytes) = v.value();
                 match T::decode(bytes) {
                     Ok(value) => {
-                        state.pending.insert(id, Pending { consumer: consumer.to_string(), delivered: now });
-                        out.push(Entry { id: id.to_string(), value, redriven: flags & FLAG_REDRIVEN != 0 });
+                        let deliveries = state.pending.get(&id).map_or(1, |p| p.deliveries + 1);
+                        state
+                            .pending
+                            .insert(id, Pending { consumer: consumer.to_string(), delivered: now, deliveries });
+                        out.push(Entry { id: id.to_string(), value, redriven: flags & FLAG_REDRIVEN != 0, deliveries });
                     }
                     Err(e) => {
                         tracing::error!(queue = queue.name(), owner, entry = %id, error = %e, "dropping undecodable queue entry");

@@ -21,6 +21,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Pending {
     pub consumer: String,
     pub delivered: Instant,
+    /// Times handed out since this process started.
+    pub deliveries: u32,
 }
 
 /// The consumer group of one queue (one webhook's jobs, one object's changes, …).
