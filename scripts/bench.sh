@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p hookline
-export HOOKLINE_BIN="$PWD/target/release/hookline"
+export HOOKLINE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hookline"
 bench() { cargo bench -p hookline-tests --bench deliveries -- "$@"; }
 bench --store redis --nodes 1,2,3 --records 5000 --concurrency 64 --sink-ms 20 "$@"
 bench --store embedded --nodes 1 --records 5000 --concurrency 64 --sink-ms 0 "$@"

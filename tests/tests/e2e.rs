@@ -1,6 +1,7 @@
 //! End-to-end: the seed's example through real HTTP, a real Redis and a local tracker.
 
 mod cluster;
+mod embedded;
 mod oauth;
 mod procs;
 mod support;

@@ -2,7 +2,7 @@
 //! leak: not in the API, the attempt log, the store, or the logs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ struct OAuthWorld {
     issued: Arc<Mutex<HashMap<String, Instant>>>,
     fetches: Arc<AtomicUsize>,
     lifetime_s: Arc<AtomicU64>,
-    revoke_all: Arc<AtomicBool>,
     /// (record id, token) of every accepted delivery
     accepted: Arc<Mutex<Vec<(String, String)>>>,
     refused: Arc<AtomicUsize>,
@@ -53,6 +52,11 @@ impl OAuthWorld {
         w
     }
 
+    /// Every token issued so far stops working.
+    fn revoke_all(&self) {
+        self.issued.lock().unwrap().clear();
+    }
+
     fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
@@ -76,7 +80,6 @@ async fn token(req: HttpRequest, body: String, w: web::Data<OAuthWorld>) -> Http
     let n = w.fetches.fetch_add(1, Ordering::SeqCst) + 1;
     let token = format!("tok-{n}");
     w.issued.lock().unwrap().insert(token.clone(), Instant::now());
-    w.revoke_all.store(false, Ordering::SeqCst);
     HttpResponse::Ok().json(json!({"access_token": token, "token_type": "Bearer",
                                    "expires_in": w.lifetime_s.load(Ordering::SeqCst)}))
 }
@@ -89,8 +92,7 @@ async fn target(req: HttpRequest, body: web::Bytes, w: web::Data<OAuthWorld>) ->
         let lifetime = Duration::from_secs(w.lifetime_s.load(Ordering::SeqCst));
         issued.get(&token).is_some_and(|at| at.elapsed() < lifetime)
     };
-    // A revocation refuses every token until the endpoint issues a new one.
-    if !live || w.revoke_all.load(Ordering::SeqCst) {
+    if !live {
         w.refused.fetch_add(1, Ordering::SeqCst);
         return HttpResponse::Unauthorized().finish();
     }
@@ -148,7 +150,7 @@ async fn tokens_are_fetched_once_reused_refreshed_and_shared() {
 
     // The target refuses every token: a 401 refreshes once and the attempt still succeeds.
     world.lifetime_s.store(60, Ordering::SeqCst);
-    world.revoke_all.store(true, Ordering::SeqCst);
+    world.revoke_all();
     item(&api, "d").await;
     wait_until(Duration::from_secs(10), || async { world.token_of("d").is_some() }).await;
     assert_eq!(world.fetches(), 3);
@@ -157,7 +159,7 @@ async fn tokens_are_fetched_once_reused_refreshed_and_shared() {
     assert_eq!(attempts[0]["outcome"], "success");
 
     // Three nodes, many deliveries at once, one refused token: exactly one refresh.
-    world.revoke_all.store(true, Ordering::SeqCst);
+    world.revoke_all();
     let batch: Vec<Value> = (0..30).map(|i| json!({"id": format!("m{i}"), "fields": {"n": i}})).collect();
     api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
     wait_until(Duration::from_secs(20), || async { world.accepted().len() >= 34 }).await;

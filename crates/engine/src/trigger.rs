@@ -75,8 +75,28 @@ async fn follow_object(ctx: EngineContext, object: String, addr: Addr<Trigger>) 
     }
 }
 
+/// The idempotency id of the job a record version makes for a webhook: derived, not
+/// random, so a change processed twice (a crash between enqueue and acknowledgement)
+/// yields the same `webhook-id` and the target can drop the duplicate.
+pub fn job_id(webhook: &str, object: &str, record_id: &str, version: u64) -> String {
+    let name = format!("{webhook}\n{object}\n{record_id}\n{version}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
 fn parse_fields(bytes: &[u8]) -> Option<Fields> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_id;
+
+    #[test]
+    fn job_ids_are_stable_per_webhook_and_record_version() {
+        assert_eq!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 2));
+        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 3));
+        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("other", "survey", "S1", 2));
+    }
 }
 
 impl Actor for Trigger {
@@ -136,7 +156,7 @@ impl Handler<ChangeBatch> for Trigger {
                     entity.entry("id".to_string()).or_insert_with(|| change.record_id.clone().into());
                     let entities = serde_json::Value::Array(vec![serde_json::Value::Object(entity)]);
                     jobs.push(Job {
-                        job_id: uuid::Uuid::now_v7().to_string(),
+                        job_id: job_id(&wh.def.id, &msg.object, &change.record_id, change.version),
                         webhook_id: wh.def.id.clone(),
                         webhook_version: wh.version,
                         object: msg.object.clone(),

@@ -657,6 +657,7 @@ pub async fn permits(store: &dyn Store, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use crate::{EmbeddedStore, RedisStore, Store};
 
@@ -684,6 +685,18 @@ mod tests {
         let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
         let store = RedisStore::connect(&redis_url(), &ns).await.expect("a Redis at HOOKLINE_TEST_REDIS");
         Harness { store: Arc::new(store), _dir: None, redis_ns: Some(ns) }
+    }
+
+    /// A store on the test run's Redis Cluster ([`local_cluster::shared`]), under a fresh
+    /// namespace, connected through the `redis+cluster://` URL form. Its keys stay: the
+    /// cluster goes away with the test process.
+    async fn cluster() -> Harness {
+        let nodes = tokio::task::block_in_place(local_cluster::shared);
+        let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
+        let url = format!("redis+cluster://127.0.0.1:{},127.0.0.1:{}", nodes.ports[0], nodes.ports[1]);
+        let store = RedisStore::connect(&url, &ns).await.expect("connect to the test Redis Cluster");
+        assert!(store.is_cluster());
+        Harness { store: Arc::new(store), _dir: None, redis_ns: None }
     }
 
     impl Harness {
@@ -726,6 +739,283 @@ mod tests {
 
     backend!(embedded: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
         concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
+    backend!(cluster: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
     backend!(redis: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
         concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
+
+    /// A throwaway Redis Cluster for the `cluster` tests.
+    mod local_cluster {
+        use std::net::TcpListener;
+        use std::path::{Path, PathBuf};
+        use std::process::{Child, Command, Stdio};
+        use std::sync::{Mutex, OnceLock};
+        use std::time::{Duration, Instant};
+
+        /// Three masters on 127.0.0.1, all slots assigned, no replicas.
+        pub struct Cluster {
+            pub ports: [u16; 3],
+            /// The watchdog shell holding the servers. Its stdin is a pipe only this process
+            /// writes to: when the process ends, however it ends (statics are never dropped),
+            /// the watchdog reads EOF, kills the servers and removes their directory.
+            _watchdog: Mutex<Child>,
+        }
+
+        /// Starts the servers in the background, waits for EOF on stdin, then cleans up.
+        /// `$1` the directory, then the ports.
+        const WATCHDOG: &str = r#"
+dir=$1; shift
+trap '' INT HUP
+pids=""
+for port in "$@"; do
+  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+    --cluster-config-file "$dir/nodes-$port.conf" --save "" --appendonly no --dir "$dir" \
+    --logfile "$dir/redis-$port.log" --daemonize no </dev/null &
+  pids="$pids $!"
+done
+read -r _ || true
+kill $pids 2>/dev/null
+wait
+rm -rf "$dir"
+"#;
+
+        /// The test binary's one cluster, started by the first test that asks.
+        pub fn shared() -> &'static Cluster {
+            static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+            CLUSTER.get_or_init(start)
+        }
+
+        fn on_path(program: &str) -> bool {
+            std::env::var_os("PATH")
+                .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+                .unwrap_or(false)
+        }
+
+        /// Free ports `p` whose cluster bus port `p + 10000` is free too.
+        fn free_ports() -> [u16; 3] {
+            let mut held = Vec::new();
+            let mut ports = Vec::new();
+            for _ in 0..1_000 {
+                let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+                let p = l.local_addr().expect("local address").port();
+                if let Some(bus) = p.checked_add(10_000)
+                    && let Ok(b) = TcpListener::bind(("127.0.0.1", bus))
+                {
+                    ports.push(p);
+                    held.push(b);
+                }
+                held.push(l);
+                if ports.len() == 3 {
+                    return [ports[0], ports[1], ports[2]];
+                }
+            }
+            panic!("no three free port pairs (p, p + 10000) on 127.0.0.1");
+        }
+
+        fn redis_cli(args: &[&str]) -> std::process::Output {
+            Command::new("redis-cli").args(args).output().expect("run redis-cli")
+        }
+
+        fn logs(dir: &Path, ports: &[u16]) -> String {
+            ports
+                .iter()
+                .map(|p| {
+                    let log = std::fs::read_to_string(dir.join(format!("redis-{p}.log"))).unwrap_or_default();
+                    format!("--- redis-server {p} ---\n{log}")
+                })
+                .collect()
+        }
+
+        /// Polls `ok` every 50 ms until it holds or `limit` passes.
+        fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+            let deadline = Instant::now() + limit;
+            loop {
+                if ok() {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        fn start() -> Cluster {
+            let missing: Vec<&str> = ["redis-server", "redis-cli"].into_iter().filter(|p| !on_path(p)).collect();
+            assert!(
+                missing.is_empty(),
+                "the Redis Cluster tests need `redis-server` and `redis-cli` on PATH; missing: {} \
+                 (Debian/Ubuntu: apt-get install redis-server)",
+                missing.join(", ")
+            );
+            let started = Instant::now();
+            let ports = free_ports();
+            let dir: PathBuf = tempfile::Builder::new()
+                .prefix("hookline-cluster-")
+                .tempdir()
+                .expect("a temp dir for the cluster")
+                .keep();
+            let watchdog = Command::new("sh")
+                .arg("-c")
+                .arg(WATCHDOG)
+                .arg("hookline-cluster")
+                .arg(&dir)
+                .args(ports.iter().map(|p| p.to_string()))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn sh for the Redis Cluster");
+            // From here on a panic drops the watchdog's stdin, which stops the servers.
+            let cluster = Cluster { ports, _watchdog: Mutex::new(watchdog) };
+
+            for p in ports {
+                let up = wait_for(Duration::from_secs(10), || {
+                    redis_cli(&["-p", &p.to_string(), "ping"]).stdout.starts_with(b"PONG")
+                });
+                assert!(up, "redis-server on port {p} did not answer\n{}", logs(&dir, &ports));
+            }
+            let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let mut create = vec!["--cluster", "create"];
+            create.extend(nodes.iter().map(String::as_str));
+            create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+            let out = redis_cli(&create);
+            assert!(
+                out.status.success(),
+                "redis-cli --cluster create failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                logs(&dir, &ports)
+            );
+            for p in ports {
+                let ok = wait_for(Duration::from_secs(10), || {
+                    let info = redis_cli(&["-p", &p.to_string(), "cluster", "info"]);
+                    String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+                });
+                assert!(ok, "the cluster did not reach cluster_state:ok on port {p}\n{}", logs(&dir, &ports));
+            }
+            eprintln!("Redis Cluster on ports {ports:?} ({}) ready in {:?}", dir.display(), started.elapsed());
+            cluster
+        }
+
+        /// A plain connection to one node (no cluster routing), for inspection.
+        pub async fn node(port: u16) -> ::redis::aio::MultiplexedConnection {
+            let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("node URL");
+            client.get_multiplexed_async_connection().await.expect("connect to a cluster node")
+        }
+    }
+
+    /// The cluster really shards the store: one run's keys land on several nodes, and the
+    /// store's slot function agrees with the cluster's (`CLUSTER KEYSLOT`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_spreads_keys_over_nodes() {
+        let ports = tokio::task::block_in_place(local_cluster::shared).ports;
+        let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
+        let nodes: Vec<String> = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+        let store = RedisStore::connect_cluster(&nodes, &ns).await.expect("connect");
+        let all = crate::conformance::run_all(Arc::new(store));
+        tokio::time::timeout(2 * TIMEOUT, all).await.expect("the suite hung");
+        let mut per_node = Vec::new();
+        for port in ports {
+            let mut conn = local_cluster::node(port).await;
+            let keys: Vec<String> =
+                ::redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.expect("KEYS");
+            for key in &keys {
+                let slot: u16 =
+                    ::redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await.expect("KEYSLOT");
+                assert_eq!(crate::keys::slot(key.as_bytes()), slot, "slot of {key}");
+            }
+            per_node.push(keys.len());
+        }
+        assert!(per_node.iter().sum::<usize>() > 0, "no keys found");
+        assert!(
+            per_node.iter().filter(|n| **n > 0).count() >= 2,
+            "every key on one node ({per_node:?}): the run proved nothing about slots"
+        );
+    }
+
+    /// One `enqueue` of jobs of several webhooks, interleaved, whose queues are on different
+    /// cluster nodes (`--cluster create` splits the slots in three ranges): every queue gets
+    /// its jobs, in order. No conformance check enqueues several webhooks at once.
+    async fn enqueue_across_webhooks(store: &dyn Store) {
+        let prefix = format!("x{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let keys = crate::keys::Keys::new("hl-test");
+        let mut webhooks: Vec<String> = Vec::new();
+        for range in [0..5461u16, 5461..10923, 10923..16384] {
+            let wh = (0..)
+                .map(|n| format!("{prefix}-{n}"))
+                .find(|wh| range.contains(&crate::keys::slot(keys.jobs(wh).as_bytes())))
+                .expect("a webhook id in every slot range");
+            webhooks.push(wh);
+        }
+        for wh in &webhooks {
+            let got = store.read_jobs(wh, "primer", 10, Duration::ZERO).await.expect("read_jobs");
+            assert!(got.is_empty());
+        }
+        let jobs: Vec<_> =
+            (0..4).flat_map(|n| webhooks.iter().map(move |wh| crate::conformance::job(wh, &n.to_string()))).collect();
+        store.enqueue(&jobs).await.expect("enqueue across webhooks");
+        for wh in &webhooks {
+            let got = store.read_jobs(wh, "r", 10, Duration::ZERO).await.expect("read_jobs");
+            let ids: Vec<String> = got.iter().map(|e| e.value.job_id.clone()).collect();
+            let want: Vec<String> = (0..4).map(|n| format!("{wh}-{n}")).collect();
+            assert_eq!(ids, want, "queue of {wh}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_enqueue_across_webhooks() {
+        let h = cluster().await;
+        enqueue_across_webhooks(h.store.as_ref()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_enqueue_across_webhooks() {
+        let h = redis().await;
+        enqueue_across_webhooks(h.store.as_ref()).await;
+        h.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_enqueue_across_webhooks() {
+        let h = embedded().await;
+        enqueue_across_webhooks(h.store.as_ref()).await;
+    }
+
+    /// `EVALSHA` answered `NOSCRIPT` (a flushed script cache: a restart, a failover) falls
+    /// back to loading the script, on the node of the script's keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_reloads_flushed_scripts() {
+        let h = cluster().await;
+        let store = h.store.as_ref();
+        let flush = || async {
+            for port in local_cluster::shared().ports {
+                ::redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async::<()>(&mut local_cluster::node(port).await)
+                    .await
+                    .expect("SCRIPT FLUSH");
+            }
+        };
+        // Loaded once, then flushed everywhere before each check.
+        crate::conformance::permits(store, "warm").await;
+        flush().await;
+        crate::conformance::permits(store, "p").await;
+        flush().await;
+        crate::conformance::delayed_retries(store, "d").await;
+        flush().await;
+        crate::conformance::definitions(store, "w").await;
+    }
+
+    /// One seed node is enough: the others are found from it; `host:port` seeds are accepted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_connects_through_one_seed() {
+        let ports = tokio::task::block_in_place(local_cluster::shared).ports;
+        let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
+        let store = RedisStore::connect_cluster(&[format!("127.0.0.1:{}", ports[2])], &ns).await.expect("connect");
+        store.ping().await.expect("ping every master");
+        crate::conformance::job_queue(&store, "seed").await;
+        let bad = RedisStore::connect_cluster(&["127.0.0.1:1".to_string()], &ns).await;
+        assert!(bad.is_err(), "no reachable seed is an error");
+    }
 }

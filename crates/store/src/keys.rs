@@ -1,9 +1,25 @@
 //! Every Redis key Hookline uses, in one place.
 //!
 //! All keys start with the namespace (`--namespace`, default `hookline`) so several
-//! deployments can share one Redis. Keys that a multi-key Lua script touches together share
-//! a hash tag, so the layout works on Redis Cluster: `{wh:<id>}` for everything of one
-//! webhook, `{obj:<name>}` for one data object's records and its change stream.
+//! deployments can share one Redis. The layout works on Redis Cluster: every key carries a
+//! hash tag, and every multi-key Lua script and every pipeline touches keys of one tag only:
+//!
+//! - `{def}` for the definitions: the objects and webhooks hashes, the webhook versions and
+//!   the definition event stream (`put_webhook.lua` touches the last three together);
+//! - `{wh:<id>}` for everything of one webhook: its queues, delayed set, dead letters,
+//!   write-backs, attempts, permits, values and locks (`complete.lua`, `promote_due.lua`,
+//!   `redrive.lua`, the `DEL` of a deleted webhook);
+//! - `{obj:<name>}` for one data object's records and its change stream
+//!   (`write_record.lua`).
+//!
+//! Redis Cluster hashes only the text between the first `{` and the next `}`, so keys of
+//! one tag are on one slot whatever the namespace (which has no braces) and whatever ids
+//! follow. The `*_keys` functions list the keys of each multi-key script in `KEYS` order;
+//! the store passes exactly those, and this file's tests check that each list is one slot.
+//!
+//! Before the `{def}` tag the definition keys were `<ns>:objects`, `<ns>:webhooks`,
+//! `<ns>:webhook-versions` and `<ns>:events`; [`Keys::legacy_renames`] maps them to the new
+//! names, and a single-Redis store renames them on connect.
 
 /// Consumer group of the trigger role on change streams.
 pub const TRIGGER_GROUP: &str = "trigger";
@@ -11,6 +27,9 @@ pub const TRIGGER_GROUP: &str = "trigger";
 pub const DISPATCH_GROUP: &str = "dispatch";
 /// Consumer group of the writeback role on write-back streams.
 pub const WRITEBACK_GROUP: &str = "writeback";
+
+/// The hash tag of the definition keys.
+pub const DEFINITIONS_TAG: &str = "{def}";
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -24,22 +43,22 @@ impl Keys {
 
     /// HASH object name → DataObject JSON.
     pub fn objects(&self) -> String {
-        format!("{}:objects", self.ns)
+        format!("{}:{DEFINITIONS_TAG}:objects", self.ns)
     }
 
     /// HASH webhook id → StoredWebhook JSON.
     pub fn webhooks(&self) -> String {
-        format!("{}:webhooks", self.ns)
+        format!("{}:{DEFINITIONS_TAG}:webhooks", self.ns)
     }
 
     /// HASH webhook id → stored version (read by the compare-and-set script).
     pub fn webhook_versions(&self) -> String {
-        format!("{}:webhook-versions", self.ns)
+        format!("{}:{DEFINITIONS_TAG}:webhook-versions", self.ns)
     }
 
     /// STREAM of definition changes (`k` = object|webhook, `id`), read by every coordinator.
     pub fn events(&self) -> String {
-        format!("{}:events", self.ns)
+        format!("{}:{DEFINITIONS_TAG}:events", self.ns)
     }
 
     /// HASH `v` (version), `f` (fields JSON) of one record.
@@ -110,25 +129,137 @@ impl Keys {
             self.value(webhook, "oauth-token"),
         ]
     }
+
+    /// `KEYS` of `put_webhook.lua`: webhooks, versions, events.
+    pub fn put_webhook_keys(&self) -> [String; 3] {
+        [self.webhooks(), self.webhook_versions(), self.events()]
+    }
+
+    /// `KEYS` of `write_record.lua`: the record, the object's change stream.
+    pub fn write_record_keys(&self, object: &str, id: &str) -> [String; 2] {
+        [self.record(object, id), self.changes(object)]
+    }
+
+    /// `KEYS` of `promote_due.lua`: delayed set, job stream.
+    pub fn promote_due_keys(&self, webhook: &str) -> [String; 2] {
+        [self.delayed(webhook), self.jobs(webhook)]
+    }
+
+    /// `KEYS` of `complete.lua`: jobs, attempts, attempts by time, delayed, dead, write-backs.
+    pub fn complete_keys(&self, webhook: &str) -> [String; 6] {
+        [
+            self.jobs(webhook),
+            self.attempts(webhook),
+            self.attempts_by_time(webhook),
+            self.delayed(webhook),
+            self.dead(webhook),
+            self.writeback(webhook),
+        ]
+    }
+
+    /// `KEYS` of `redrive.lua`: dead letters, job stream.
+    pub fn redrive_keys(&self, webhook: &str) -> [String; 2] {
+        [self.dead(webhook), self.jobs(webhook)]
+    }
+
+    /// The keys `queue_depth` reads in one pipeline: job stream, delayed set.
+    pub fn queue_depth_keys(&self, webhook: &str) -> [String; 2] {
+        [self.jobs(webhook), self.delayed(webhook)]
+    }
+
+    /// The definition keys' names before they had a hash tag, and their names now.
+    pub fn legacy_renames(&self) -> [(String, String); 4] {
+        [
+            (format!("{}:objects", self.ns), self.objects()),
+            (format!("{}:webhooks", self.ns), self.webhooks()),
+            (format!("{}:webhook-versions", self.ns), self.webhook_versions()),
+            (format!("{}:events", self.ns), self.events()),
+        ]
+    }
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the
+/// first `{` and the next `}`, when not empty — or of the whole key, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16_xmodem(hashed) % 16384
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Redis Cluster hashes only the part inside the first `{…}`.
-    fn hash_tag(key: &str) -> &str {
-        let open = key.find('{').unwrap();
-        let close = key[open..].find('}').unwrap() + open;
-        &key[open + 1..close]
+    #[track_caller]
+    fn one_slot(what: &str, keys: &[String]) {
+        let slots: Vec<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
+        assert!(slots.windows(2).all(|w| w[0] == w[1]), "{what}: keys on several slots: {keys:?} → {slots:?}");
+    }
+
+    #[test]
+    fn slots_are_computed_as_redis_does() {
+        // Values from Redis Cluster's specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384, "an empty tag hashes the whole key");
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
     }
 
     #[test]
     fn keys_of_one_webhook_share_a_slot() {
-        let k = Keys::new("ns");
-        for key in k.all_of_webhook("it") {
-            assert_eq!(hash_tag(&key), "wh:it", "{key}");
+        for ns in ["hookline", "ns", "a:b"] {
+            let k = Keys::new(ns);
+            for wh in ["it", "it-negative-feedback", "", "a}b", "{x}", "ünï"] {
+                let mut all = k.all_of_webhook(wh);
+                all.extend([k.value(wh, "x"), k.lock(wh, "refresh")]);
+                one_slot("every key of one webhook", &all);
+                assert!(all.iter().all(|key| key.contains(&format!("{{wh:{wh}}}"))), "{all:?}");
+                one_slot("complete.lua", &k.complete_keys(wh));
+                one_slot("promote_due.lua", &k.promote_due_keys(wh));
+                one_slot("redrive.lua", &k.redrive_keys(wh));
+                one_slot("queue_depth", &k.queue_depth_keys(wh));
+            }
         }
-        assert_eq!(hash_tag(&k.record("survey", "{x}")), hash_tag(&k.changes("survey")));
+    }
+
+    #[test]
+    fn records_share_a_slot_with_their_change_stream() {
+        let k = Keys::new("hookline");
+        for (object, id) in [("survey", "S1"), ("survey", "{x}"), ("a}b", "1"), ("", "")] {
+            one_slot("write_record.lua", &k.write_record_keys(object, id));
+        }
+    }
+
+    #[test]
+    fn definition_keys_share_a_slot() {
+        for ns in ["hookline", "ns", "a:b"] {
+            let k = Keys::new(ns);
+            one_slot("put_webhook.lua", &k.put_webhook_keys());
+            one_slot("definitions", &[k.objects(), k.webhooks(), k.webhook_versions(), k.events()]);
+            assert_eq!(slot(k.events().as_bytes()), slot(b"def"));
+            for (old, new) in k.legacy_renames() {
+                assert_ne!(old, new);
+                assert!(!old.contains('{'), "{old}");
+            }
+        }
     }
 }

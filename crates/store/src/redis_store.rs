@@ -1,21 +1,95 @@
 //! The Redis backend: streams with consumer groups for queues, Lua for every step that
 //! must be atomic, hashes for records and definitions. Key names live in [`crate::keys`].
+//!
+//! One Redis or a Redis Cluster. [`RedisStore::connect`] takes
+//!
+//! - `redis://[user:password@]host:port[/db]` — one Redis (the default);
+//! - `redis+cluster://[user:password@]host:port[,host:port…]` — a Redis Cluster, reached
+//!   through any of the listed nodes (one is enough; the others are found from it);
+//! - several comma-separated `redis://…` URLs — a Redis Cluster with those seed nodes;
+//!
+//! and [`RedisStore::connect_cluster`] takes the seed nodes as a list. Every command goes
+//! through [`Conn`], which is a `ConnectionManager` (one Redis) or a cluster connection that
+//! routes each command, pipeline and script to the node of its key's slot, so one code path
+//! serves both. The key layout ([`crate::keys`]) keeps each script's and each pipeline's keys
+//! on one slot; [`Store::enqueue`], the one call that writes to several webhooks at once,
+//! sends one pipeline per webhook.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hookline_model::{DataObject, Fields, Record, StoredWebhook};
 use hookline_proto::{Attempt, Change, Job, Message, WritebackJob};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 
 use crate::keys::{DISPATCH_GROUP, Keys, TRIGGER_GROUP, WRITEBACK_GROUP};
 use crate::{
     ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, Result, Store, StoreError, WriteResult,
     now_ms,
 };
+
+/// A connection to one Redis or to a Redis Cluster. Cheap to clone: both kinds are handles
+/// to one multiplexed connection (per node, for a cluster) that reconnects by itself.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    /// Routes every command by its first key's slot (a script by its first key, a
+    /// pipeline by its first command's key) and follows `MOVED`/`ASK` redirections.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where dedicated connections for blocking reads come from.
+enum Connector {
+    Single(redis::Client),
+    /// Built without a response timeout: a blocking read answers when its block ends.
+    Cluster(Box<ClusterClient>),
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<Conn> {
+        match self {
+            Connector::Single(client) => ConnectionManager::new_with_config(client.clone(), config(None))
+                .await
+                .map(Conn::Single)
+                .map_err(map_err),
+            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster).map_err(map_err),
+        }
+    }
+}
 
 /// The atomic steps, loaded once; `Script` sends EVALSHA and falls back to EVAL after a
 /// Redis restart flushed the script cache.
@@ -32,12 +106,13 @@ struct Scripts {
 
 pub struct RedisStore {
     keys: Keys,
-    client: redis::Client,
+    connector: Connector,
     /// Shared multiplexed connection for every non-blocking command.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Dedicated connections for blocking reads (`XREADGROUP … BLOCK`), which would stall
-    /// every other command on a multiplexed connection. Taken per read, given back after.
-    blocking: Mutex<Vec<ConnectionManager>>,
+    /// every other command on a multiplexed connection (on a cluster: every command to the
+    /// same node). Taken per read, given back after.
+    blocking: Mutex<Vec<Conn>>,
     scripts: Scripts,
 }
 
@@ -57,6 +132,16 @@ fn json<T: serde::de::DeserializeOwned>(key: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
 
+/// An invocation of `script` with `keys` as its `KEYS`, in order; on a cluster it is sent to
+/// the node of the first key's slot (the others share it, see [`crate::keys`]).
+fn invocation<'a>(script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    for key in keys {
+        inv.key(key);
+    }
+    inv
+}
+
 fn config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -65,16 +150,102 @@ fn config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(1))
 }
 
+/// Cluster connections: a few quick retries (redirections during a failover or a
+/// resharding are retried at once and do not wait).
+fn cluster_client(nodes: &[String], response_timeout: Option<Duration>) -> Result<ClusterClient> {
+    let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(Duration::from_secs(2))
+        .retries(4)
+        .min_retry_wait(50)
+        .max_retry_wait(1_000);
+    if let Some(t) = response_timeout {
+        builder = builder.response_timeout(t);
+    }
+    builder.build().map_err(|e| StoreError::Backend(format!("invalid Redis Cluster nodes {nodes:?}: {e}")))
+}
+
+/// The seed nodes of a cluster URL (see the module docs), or `None` for a single Redis.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>> {
+    let invalid = |why: &str| StoreError::Backend(format!("invalid Redis Cluster URL `{url}`: {why}"));
+    let url = url.trim();
+    for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+        let Some(rest) = url.strip_prefix(scheme) else { continue };
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (format!("{u}@"), r),
+            None => (String::new(), rest),
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (hosts, suffix) = rest.split_at(end);
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .map(|h| {
+                if h.is_empty() {
+                    Err(invalid("an empty host"))
+                } else {
+                    Ok(format!("{node_scheme}{userinfo}{h}{suffix}"))
+                }
+            })
+            .collect::<Result<_>>()?;
+        return Ok(Some(nodes));
+    }
+    if url.contains(',') {
+        let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+        if nodes.iter().any(|n| !(n.starts_with("redis://") || n.starts_with("rediss://"))) {
+            return Err(invalid("a list of nodes must be redis:// URLs, or use redis+cluster://host:port,host:port"));
+        }
+        return Ok(Some(nodes));
+    }
+    Ok(None)
+}
+
+fn check_namespace(namespace: &str) -> Result<()> {
+    // A brace would become (part of) the hash tag and split the keys of one tag over slots.
+    if namespace.is_empty() || namespace.contains(['{', '}']) {
+        return Err(StoreError::Backend(format!("invalid namespace `{namespace}`: empty or with braces")));
+    }
+    Ok(())
+}
+
 impl RedisStore {
-    /// Connects to `url` (redis://…) with every key under `namespace`.
+    /// Connects with every key under `namespace` to one Redis (`redis://host:port`) or to a
+    /// Redis Cluster: `redis+cluster://host:port[,host:port…]` or several comma-separated
+    /// `redis://host:port` URLs (the cluster's seed nodes; one reachable node is enough).
+    /// On one Redis, also renames definition keys of the layout before hash tags
+    /// ([`Keys::legacy_renames`]).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+        if let Some(nodes) = cluster_nodes(url)? {
+            return Self::connect_cluster(&nodes, namespace).await;
+        }
+        check_namespace(namespace)?;
         let client = redis::Client::open(url).map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?;
         let conn = ConnectionManager::new_with_config(client.clone(), config(Some(Duration::from_secs(5))))
             .await
             .map_err(map_err)?;
-        Ok(RedisStore {
+        let store = Self::new(namespace, Connector::Single(client), Conn::Single(conn));
+        store.migrate_legacy_keys().await?;
+        Ok(store)
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (`redis://host:port` URLs, or `host:port`)
+    /// belong to, with every key under `namespace`.
+    pub async fn connect_cluster(nodes: &[String], namespace: &str) -> Result<Self> {
+        check_namespace(namespace)?;
+        if nodes.is_empty() {
+            return Err(StoreError::Backend("no Redis Cluster nodes given".into()));
+        }
+        let nodes: Vec<String> =
+            nodes.iter().map(|n| if n.contains("://") { n.clone() } else { format!("redis://{n}") }).collect();
+        let shared = cluster_client(&nodes, Some(Duration::from_secs(5)))?;
+        let conn = shared.get_async_connection().await.map_err(map_err)?;
+        let blocking = cluster_client(&nodes, None)?;
+        Ok(Self::new(namespace, Connector::Cluster(Box::new(blocking)), Conn::Cluster(conn)))
+    }
+
+    fn new(namespace: &str, connector: Connector, conn: Conn) -> Self {
+        RedisStore {
             keys: Keys::new(namespace),
-            client,
+            connector,
             conn,
             blocking: Mutex::new(Vec::new()),
             scripts: Scripts {
@@ -87,28 +258,55 @@ impl RedisStore {
                 requeue: Script::new(include_str!("lua/requeue.lua")),
                 unlock: Script::new(include_str!("lua/unlock.lua")),
             },
-        })
+        }
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Renames the definition keys of the layout before hash tags to their new names, once
+    /// (on one Redis; a cluster could not run that layout). Keeps the new key if both exist.
+    async fn migrate_legacy_keys(&self) -> Result<()> {
+        for (old, new) in self.keys.legacy_renames() {
+            let exists: bool = self.conn().exists(&old).await.map_err(map_err)?;
+            if !exists {
+                continue;
+            }
+            let renamed: redis::RedisResult<bool> = self.conn().rename_nx(&old, &new).await;
+            match renamed {
+                Ok(true) => tracing::info!(from = %old, to = %new, "renamed a key to the cluster-ready layout"),
+                Ok(false) => {
+                    tracing::warn!(old = %old, new = %new, "both the old and the new key exist; using the new")
+                }
+                // Another node renamed it meanwhile.
+                Err(e) if e.to_string().contains("no such key") => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    async fn take_blocking(&self) -> Result<ConnectionManager> {
+    async fn take_blocking(&self) -> Result<Conn> {
         // The lock is held only to pop; never across an await.
         let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match pooled {
             Some(c) => Ok(c),
             // No response timeout: the server answers a BLOCK read when its block ends.
-            None => ConnectionManager::new_with_config(self.client.clone(), config(None)).await.map_err(map_err),
+            None => self.connector.connect().await,
         }
     }
 
-    fn give_back(&self, conn: ConnectionManager) {
+    fn give_back(&self, conn: Conn) {
         self.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 
@@ -297,12 +495,7 @@ impl Store for RedisStore {
 
     async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool> {
         let text = serde_json::to_string(webhook).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let ok: i64 = self
-            .scripts
-            .put_webhook
-            .key(self.keys.webhooks())
-            .key(self.keys.webhook_versions())
-            .key(self.keys.events())
+        let ok: i64 = invocation(&self.scripts.put_webhook, &self.keys.put_webhook_keys())
             .arg(&webhook.definition.id)
             .arg(webhook.version.saturating_sub(1))
             .arg(text)
@@ -328,12 +521,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_webhook(&self, id: &str, version: u64) -> Result<bool> {
-        let ok: i64 = self
-            .scripts
-            .put_webhook
-            .key(self.keys.webhooks())
-            .key(self.keys.webhook_versions())
-            .key(self.keys.events())
+        let ok: i64 = invocation(&self.scripts.put_webhook, &self.keys.put_webhook_keys())
             .arg(id)
             .arg(version)
             .arg("")
@@ -400,17 +588,14 @@ impl Store for RedisStore {
         change: &Change,
     ) -> Result<WriteResult> {
         let text = serde_json::to_string(fields).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let (ok, version): (i64, u64) = self
-            .scripts
-            .write_record
-            .key(self.keys.record(object, id))
-            .key(self.keys.changes(object))
-            .arg(expected)
-            .arg(text)
-            .arg(change.encode_to_vec())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(map_err)?;
+        let (ok, version): (i64, u64) =
+            invocation(&self.scripts.write_record, &self.keys.write_record_keys(object, id))
+                .arg(expected)
+                .arg(text)
+                .arg(change.encode_to_vec())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(map_err)?;
         Ok(if ok == 1 { WriteResult::Written { version } } else { WriteResult::Conflict { current: version } })
     }
 
@@ -440,11 +625,26 @@ impl Store for RedisStore {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        // One pipeline per webhook: a webhook's keys share a slot, different webhooks' need not.
+        // In order within each webhook; the pipelines go out side by side.
+        let mut pipes: HashMap<&str, Pipeline> = HashMap::new();
         for job in jobs {
-            pipe.cmd("XADD").arg(self.keys.jobs(&job.webhook_id)).arg("*").arg("j").arg(job.encode_to_vec()).ignore();
+            pipes
+                .entry(job.webhook_id.as_str())
+                .or_insert_with(redis::pipe)
+                .cmd("XADD")
+                .arg(self.keys.jobs(&job.webhook_id))
+                .arg("*")
+                .arg("j")
+                .arg(job.encode_to_vec())
+                .ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(map_err)
+        let sends = pipes.values().map(|pipe| {
+            let mut conn = self.conn();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        futures_util::future::try_join_all(sends).await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn read_jobs(&self, webhook: &str, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry<Job>>> {
@@ -481,11 +681,7 @@ impl Store for RedisStore {
     }
 
     async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>> {
-        let (_moved, next): (i64, i64) = self
-            .scripts
-            .promote_due
-            .key(self.keys.delayed(webhook))
-            .key(self.keys.jobs(webhook))
+        let (_moved, next): (i64, i64) = invocation(&self.scripts.promote_due, &self.keys.promote_due_keys(webhook))
             .arg(now_ms)
             .arg(500)
             .invoke_async(&mut self.conn())
@@ -499,14 +695,7 @@ impl Store for RedisStore {
         let (dead, reason) = follow_up.dead_letter.map(|(j, r)| (j.encode_to_vec(), r)).unwrap_or_default();
         let writeback = follow_up.writeback.map(|w| w.encode_to_vec()).unwrap_or_default();
         let cutoff = now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
-        self.scripts
-            .complete
-            .key(self.keys.jobs(webhook))
-            .key(self.keys.attempts(webhook))
-            .key(self.keys.attempts_by_time(webhook))
-            .key(self.keys.delayed(webhook))
-            .key(self.keys.dead(webhook))
-            .key(self.keys.writeback(webhook))
+        invocation(&self.scripts.complete, &self.keys.complete_keys(webhook))
             .arg(entry_id)
             .arg(DISPATCH_GROUP)
             .arg(&attempt.attempt_id)
@@ -524,11 +713,12 @@ impl Store for RedisStore {
     }
 
     async fn queue_depth(&self, webhook: &str) -> Result<u64> {
+        let [jobs, delayed] = self.keys.queue_depth_keys(webhook);
         let (ready, delayed): (u64, u64) = redis::pipe()
             .cmd("XLEN")
-            .arg(self.keys.jobs(webhook))
+            .arg(jobs)
             .cmd("ZCARD")
-            .arg(self.keys.delayed(webhook))
+            .arg(delayed)
             .query_async(&mut self.conn())
             .await
             .map_err(map_err)?;
@@ -645,8 +835,7 @@ impl Store for RedisStore {
             if batch.is_empty() {
                 return Ok(moved);
             }
-            let mut inv = self.scripts.redrive.key(self.keys.dead(webhook));
-            inv.key(self.keys.jobs(webhook));
+            let mut inv = invocation(&self.scripts.redrive, &self.keys.redrive_keys(webhook));
             for d in &batch {
                 let job = Job { attempts: 0, ..d.job.clone() };
                 inv.arg(&d.id).arg(job.encode_to_vec());
@@ -712,5 +901,75 @@ impl Store for RedisStore {
 
     async fn release_permit(&self, webhook: &str, holder: &str) -> Result<()> {
         self.conn().zrem::<_, _, ()>(self.keys.permits(webhook), holder).await.map_err(map_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(url: &str) -> Option<Vec<String>> {
+        cluster_nodes(url).expect("a valid URL")
+    }
+
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(nodes("redis://127.0.0.1:6379"), None);
+        assert_eq!(nodes("redis://:secret@127.0.0.1:6379/2"), None);
+        assert_eq!(nodes("redis+cluster://10.0.0.1:7000"), Some(vec!["redis://10.0.0.1:7000".to_string()]));
+        assert_eq!(
+            nodes("redis+cluster://user:p%40ss@a:7000, b:7001?protocol=resp3"),
+            Some(vec![
+                "redis://user:p%40ss@a:7000?protocol=resp3".to_string(),
+                "redis://user:p%40ss@b:7001?protocol=resp3".to_string()
+            ])
+        );
+        assert_eq!(nodes("rediss+cluster://a:7000"), Some(vec!["rediss://a:7000".to_string()]));
+        assert_eq!(
+            nodes("redis://a:7000,redis://b:7001"),
+            Some(vec!["redis://a:7000".to_string(), "redis://b:7001".to_string()])
+        );
+        assert!(cluster_nodes("redis+cluster://a:7000,,b:7001").is_err());
+        assert!(cluster_nodes("redis://a:7000,b:7001").is_err(), "a list of nodes needs a scheme on each");
+    }
+
+    #[test]
+    fn namespaces_without_braces() {
+        assert!(check_namespace("hookline").is_ok());
+        for bad in ["", "a{b", "a}b", "{x}"] {
+            assert!(check_namespace(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Definitions stored under the key names from before the `{def}` hash tag are renamed
+    /// on connect, and read back through the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_definition_keys_are_renamed() {
+        let url = std::env::var("HOOKLINE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+        let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
+        let client = redis::Client::open(url.as_str()).expect("Redis URL");
+        let mut raw = client.get_multiplexed_async_connection().await.expect("a Redis at HOOKLINE_TEST_REDIS");
+        let object = r#"{"name":"survey","fields":[{"key":"a","type":"string"}]}"#;
+        let _: () = raw.hset(format!("{ns}:objects"), "survey", object).await.expect("HSET");
+        let _: () = raw.hset(format!("{ns}:webhook-versions"), "w", 3).await.expect("HSET");
+        let _: String =
+            raw.xadd(format!("{ns}:events"), "*", &[("k", "object"), ("id", "survey")]).await.expect("XADD");
+
+        let store = RedisStore::connect(&url, &ns).await.expect("connect");
+        let objects = store.list_objects().await.expect("list_objects");
+        assert_eq!(objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["survey"]);
+        assert_ne!(store.events_cursor().await.expect("events_cursor"), "0-0", "the event stream moved along");
+        let version: Option<u64> = raw.hget(store.keys().webhook_versions(), "w").await.expect("HGET");
+        assert_eq!(version, Some(3));
+        for (old, _) in store.keys().legacy_renames() {
+            let exists: bool = raw.exists(&old).await.expect("EXISTS");
+            assert!(!exists, "{old} is gone");
+        }
+        // Connecting again (another node starting) changes nothing.
+        let again = RedisStore::connect(&url, &ns).await.expect("connect");
+        assert_eq!(again.list_objects().await.expect("list_objects").len(), 1);
+
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut raw).await.expect("KEYS");
+        let _: () = raw.del(keys).await.expect("DEL");
     }
 }
