@@ -87,18 +87,6 @@ fn parse_fields(bytes: &[u8]) -> Option<Fields> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::job_id;
-
-    #[test]
-    fn job_ids_are_stable_per_webhook_and_record_version() {
-        assert_eq!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 2));
-        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 3));
-        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("other", "survey", "S1", 2));
-    }
-}
-
 impl Actor for Trigger {
     type Context = Context<Self>;
 }
@@ -177,5 +165,17 @@ impl Handler<ChangeBatch> for Trigger {
             tracing::debug!(object = %msg.object, changes = ids.len(), enqueued, "changes processed");
             Ok(())
         }.instrument(tracing::Span::current()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_id;
+
+    #[test]
+    fn job_ids_are_stable_per_webhook_and_record_version() {
+        assert_eq!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 2));
+        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("wh", "survey", "S1", 3));
+        assert_ne!(job_id("wh", "survey", "S1", 2), job_id("other", "survey", "S1", 2));
     }
 }
