@@ -1,5 +1,6 @@
 //! End-to-end: the seed's example through real HTTP, a real Redis and a local tracker.
 
+mod bulk;
 mod cluster;
 mod embedded;
 mod oauth;

@@ -111,6 +111,9 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
     // within the request timeout plus its scripts' time limits.
     let reclaim_after = timeout + Duration::from_secs(15);
     let slots = Arc::new(Semaphore::new(limit));
+    // Each permit is one call; a call carries up to `batch_size` jobs.
+    let batch_size = wh.def.settings.max_batch_size.max(1) as usize;
+    let linger = Duration::from_millis(wh.def.settings.batch_linger_ms);
     let mut last_claim: Option<Instant> = None;
     tracing::info!(webhook_id = %id, version = wh.version, "dispatcher worker started");
 
@@ -156,7 +159,7 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
         let mut entries = Vec::new();
         if last_claim.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
             last_claim = Some(Instant::now());
-            match ctx.store.claim_jobs(&id, &ctx.node_id, reclaim_after, permits.len()).await {
+            match ctx.store.claim_jobs(&id, &ctx.node_id, reclaim_after, permits.len() * batch_size).await {
                 Ok(claimed) => {
                     if !claimed.is_empty() {
                         tracing::info!(webhook_id = %id, count = claimed.len(), "took over jobs of a stopped consumer");
@@ -170,13 +173,32 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
             let block = next_due
                 .map(|due| Duration::from_millis((due - now).clamp(1, 1000) as u64))
                 .unwrap_or(Duration::from_secs(1));
-            match ctx.store.read_jobs(&id, &ctx.node_id, permits.len(), block).await {
+            match ctx.store.read_jobs(&id, &ctx.node_id, permits.len() * batch_size, block).await {
                 Ok(read) => entries = read,
                 Err(error) => {
                     tracing::warn!(webhook_id = %id, %error, "cannot read jobs");
                     release_all(&ctx, &id, permits).await;
                     pause(&mut stop, Duration::from_secs(1)).await;
                     continue;
+                }
+            }
+        }
+        // Bulk calls: wait up to the linger time for the batches to fill.
+        let want = permits.len() * batch_size;
+        if batch_size > 1 && !entries.is_empty() && entries.len() < want {
+            let until = Instant::now() + linger;
+            while entries.len() < want && !stopping(&ctx, &stop) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match ctx.store.read_jobs(&id, &ctx.node_id, want - entries.len(), left).await {
+                    Ok(more) if more.is_empty() => break,
+                    Ok(more) => entries.extend(more),
+                    Err(error) => {
+                        tracing::warn!(webhook_id = %id, %error, "cannot read jobs");
+                        break;
+                    }
                 }
             }
         }
@@ -189,8 +211,8 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
             break;
         }
         let mut permits = permits.into_iter();
-        for entry in entries {
-            // Reads never return more entries than permits asked for.
+        for batch in batches(entries, batch_size) {
+            // Reads never return more entries than the permits' batches hold.
             let Some((slot, holder)) = permits.next() else { break };
             let (ctx, wh) = (ctx.clone(), wh.clone());
             actix::spawn(async move {
@@ -203,7 +225,7 @@ async fn run_worker(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watc
                 let limit = wh.def.settings.max_concurrency as u64;
                 ctx.metrics.in_flight(&wh.def.id, 1, limit);
                 tokio::select! {
-                    _ = deliver(&ctx, &wh, entry) => {}
+                    _ = deliver(&ctx, &wh, batch) => {}
                     _ = renew => {}
                 }
                 ctx.metrics.in_flight(&wh.def.id, -1, limit);
@@ -234,14 +256,65 @@ fn cut(body: &[u8]) -> (Vec<u8>, bool) {
     if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
 }
 
+/// Groups entries into calls of up to `size` jobs. A job that already holds several
+/// records (a retried or redriven batch) or has been attempted before travels alone, so
+/// its attempt count and membership stay as they were.
+pub fn batches(entries: Vec<Entry<Job>>, size: usize) -> Vec<Vec<Entry<Job>>> {
+    let mut out: Vec<Vec<Entry<Job>>> = Vec::new();
+    let mut open: Vec<Entry<Job>> = Vec::new();
+    for e in entries {
+        if size <= 1 || e.value.record_ids.len() > 1 || e.value.attempts > 0 {
+            out.push(vec![e]);
+            continue;
+        }
+        open.push(e);
+        if open.len() == size {
+            out.push(std::mem::take(&mut open));
+        }
+    }
+    if !open.is_empty() {
+        out.push(open);
+    }
+    out
+}
+
+/// One job standing for a whole batch: every record, one idempotency id derived from the
+/// members' ids (so the same batch has the same id on every attempt).
+pub fn combine(members: &[Entry<Job>]) -> Job {
+    if let [one] = members {
+        return one.value.clone();
+    }
+    let first = &members[0].value;
+    let mut ids: Vec<&str> = members.iter().map(|e| e.value.job_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut entities = Vec::new();
+    for m in members {
+        if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(&m.value.entities_json) {
+            entities.extend(items);
+        }
+    }
+    Job {
+        job_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ids.join("\n").as_bytes()).to_string(),
+        webhook_id: first.webhook_id.clone(),
+        webhook_version: first.webhook_version,
+        object: first.object.clone(),
+        record_ids: members.iter().flat_map(|e| e.value.record_ids.clone()).collect(),
+        record_versions: members.iter().flat_map(|e| e.value.record_versions.clone()).collect(),
+        entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
+        attempts: 0,
+        created_at_ms: members.iter().map(|e| e.value.created_at_ms).min().unwrap_or_default(),
+        traceparent: first.traceparent.clone(),
+    }
+}
+
 /// Dead-letters a job that keeps being taken over, with an attempt saying why.
-async fn give_up(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
-    let job = entry.value;
-    let error = format!(
-        "handed out {} times without finishing (the nodes delivering it stopped); dead-lettered",
-        entry.deliveries
-    );
-    tracing::warn!(webhook_id = %wh.def.id, job_id = %job.job_id, deliveries = entry.deliveries, "{error}");
+async fn give_up(ctx: &EngineContext, wh: &CompiledWebhook, entries: Vec<Entry<Job>>) {
+    let job = combine(&entries);
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let deliveries = entries.iter().map(|e| e.deliveries).max().unwrap_or(0);
+    let error =
+        format!("handed out {deliveries} times without finishing (the nodes delivering it stopped); dead-lettered");
+    tracing::warn!(webhook_id = %wh.def.id, job_id = %job.job_id, deliveries, "{error}");
     let attempt = Attempt {
         attempt_id: uuid::Uuid::now_v7().to_string(),
         webhook_id: wh.def.id.clone(),
@@ -257,7 +330,7 @@ async fn give_up(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
         ..Default::default()
     };
     let follow = FollowUp { dead_letter: Some((job, error)), ..Default::default() };
-    if let Err(e) = ctx.store.complete(&wh.def.id, &entry.id, &attempt, follow).await {
+    if let Err(e) = ctx.store.complete_batch(&wh.def.id, &ids, &attempt, follow).await {
         tracing::warn!(error = %e, "cannot dead-letter the job; it stays pending");
     }
     ctx.metrics.dead_lettered(&wh.def.id);
@@ -280,11 +353,12 @@ async fn send(
 }
 
 /// Delivers one job once and records what happened. Never panics on the job's content.
-async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
-    if entry.deliveries > MAX_DELIVERIES {
-        return give_up(ctx, wh, entry).await;
+async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entries: Vec<Entry<Job>>) {
+    if entries.iter().any(|e| e.deliveries > MAX_DELIVERIES) {
+        return give_up(ctx, wh, entries).await;
     }
-    let job = entry.value;
+    let job = combine(&entries);
+    let entry_ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
     let number = job.attempts + 1;
     let span = tracing::info_span!(
         "attempt",
@@ -433,7 +507,7 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
         // unreachable, try again before leaving the job pending for a later reclaim.
         let mut wait = Duration::from_millis(100);
         for _ in 0..6 {
-            match ctx.store.complete(&wh.def.id, &entry.id, &attempt, follow.clone()).await {
+            match ctx.store.complete_batch(&wh.def.id, &entry_ids, &attempt, follow.clone()).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, "cannot record the attempt; retrying");
@@ -450,7 +524,47 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entry: Entry<Job>) {
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::{batches, combine, cut};
+    use hookline_proto::Job;
+    use hookline_store::Entry;
+
+    fn entry(n: usize, records: usize, attempts: u32) -> Entry<Job> {
+        let ids: Vec<String> = (0..records).map(|r| format!("r{n}-{r}")).collect();
+        let entities: Vec<serde_json::Value> = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
+        Entry {
+            id: format!("{n}-0"),
+            value: Job {
+                job_id: format!("job{n}"),
+                record_ids: ids,
+                entities_json: serde_json::to_vec(&entities).unwrap(),
+                attempts,
+                ..Default::default()
+            },
+            redriven: false,
+            deliveries: 1,
+        }
+    }
+
+    #[test]
+    fn fresh_jobs_are_grouped_and_batches_travel_alone() {
+        let entries =
+            vec![entry(1, 1, 0), entry(2, 1, 0), entry(3, 3, 1), entry(4, 1, 0), entry(5, 1, 2), entry(6, 1, 0)];
+        let sizes: Vec<Vec<String>> =
+            batches(entries, 2).iter().map(|b| b.iter().map(|e| e.value.job_id.clone()).collect()).collect();
+        assert_eq!(sizes, [vec!["job1", "job2"], vec!["job3"], vec!["job5"], vec!["job4", "job6"]]);
+        assert_eq!(batches(vec![entry(1, 1, 0), entry(2, 1, 0)], 1).len(), 2);
+    }
+
+    #[test]
+    fn a_combined_job_holds_every_record_under_a_stable_id() {
+        let a = combine(&[entry(1, 1, 0), entry(2, 1, 0)]);
+        let b = combine(&[entry(2, 1, 0), entry(1, 1, 0)]);
+        assert_eq!(a.job_id, b.job_id, "the same members give the same idempotency id");
+        assert_eq!(a.record_ids, ["r1-0", "r2-0"]);
+        let entities: serde_json::Value = serde_json::from_slice(&a.entities_json).unwrap();
+        assert_eq!(entities, serde_json::json!([{"id": "r1-0"}, {"id": "r2-0"}]));
+        assert_eq!(combine(&[entry(7, 1, 0)]).job_id, "job7");
+    }
 
     #[test]
     fn recorded_bodies_are_cut() {

@@ -188,7 +188,8 @@ pub enum Backoff {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Records per call; >1 is a bulk call (not supported by this version).
+    /// Records per call; >1 is a bulk call: `data.changedEntities` (and `records` in
+    /// templates) hold every record of the call.
     pub max_batch_size: u32,
     pub batch_linger_ms: u64,
     /// In-flight requests for this webhook.
@@ -382,11 +383,7 @@ impl WebhookDef {
         let s = &self.settings;
         let check = |ok: bool, field: &str, msg: &str| if ok { Ok(()) } else { Err(FieldError::new(field, msg)) };
         check(s.max_batch_size >= 1, "settings.max_batch_size", "must be at least 1")?;
-        check(
-            s.max_batch_size == 1,
-            "settings.max_batch_size",
-            "bulk calls (above 1) are not supported by this version",
-        )?;
+        check(s.max_batch_size <= 1000, "settings.max_batch_size", "must be at most 1000")?;
         check(s.batch_linger_ms <= 60_000, "settings.batch_linger_ms", "must be at most 60000")?;
         check((1..=1000).contains(&s.max_concurrency), "settings.max_concurrency", "must be 1 to 1000")?;
         check(s.rate_limit.is_none(), "settings.rate_limit", "rate limits are not supported by this version")?;

@@ -42,6 +42,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     attempt_log(s, &p).await;
     permits(s, &p).await;
     values_and_locks(s, &p).await;
+    batch_complete(s, &p).await;
 }
 
 // --- helpers ---
@@ -293,6 +294,36 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
     assert!(store.claim_jobs(&wh, "d", Duration::from_millis(1), 10).await.expect("claim_jobs").is_empty(), "acked");
     assert!(store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs").is_empty());
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
+}
+
+/// A bulk call completes every job of its batch in one step: all acknowledged, one
+/// attempt, the combined job retried whole.
+pub async fn batch_complete(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-batch");
+    prime_jobs(store, &wh).await;
+    store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
+    let read = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
+    assert_eq!(read.len(), 3);
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+    let mut combined = job(&wh, "batch");
+    combined.record_ids = vec!["r1".into(), "r2".into(), "r3".into()];
+    combined.attempts = 1;
+    let failed = attempt(&combined, Outcome::RetryScheduled, now_ms());
+    let follow = FollowUp { retry: Some((combined.clone(), now_ms() - 1)), ..Default::default() };
+    store.complete_batch(&wh, &ids, &failed, follow).await.expect("complete_batch");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        store.claim_jobs(&wh, "b", Duration::from_millis(1), 10).await.expect("claim_jobs").is_empty(),
+        "every job of the batch acknowledged"
+    );
+    store.promote_due(&wh, now_ms()).await.expect("promote_due");
+    let again = store.read_jobs(&wh, "b", 10, NO_BLOCK).await.expect("read_jobs");
+    assert_eq!(again.len(), 1, "the batch comes back as one job");
+    assert_eq!(again[0].value.record_ids, combined.record_ids);
+    assert_eq!(
+        store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").len(),
+        1
+    );
 }
 
 /// Jobs handed back are delivered again (same job); a job no longer pending is not duplicated.
@@ -738,11 +769,11 @@ mod tests {
     }
 
     backend!(embedded: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
     backend!(cluster: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
     backend!(redis: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
 
     /// A throwaway Redis Cluster for the `cluster` tests.
     mod local_cluster {

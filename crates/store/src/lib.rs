@@ -163,8 +163,21 @@ pub trait Store: Send + Sync + 'static {
     async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()>;
     /// Moves due delayed jobs to the queue; returns when the next one is due (Unix ms).
     async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>>;
-    /// Records `attempt`, enqueues `follow_up` and acknowledges entry `entry_id`, atomically.
-    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()>;
+    /// Records `attempt`, enqueues `follow_up` and acknowledges entry `entry_id` (`""`: a
+    /// job that was never on the queue), atomically.
+    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()> {
+        let ids: Vec<String> = if entry_id.is_empty() { vec![] } else { vec![entry_id.to_string()] };
+        self.complete_batch(webhook, &ids, attempt, follow_up).await
+    }
+    /// Like [`Store::complete`] for a bulk call: every entry of the batch is acknowledged
+    /// in the same atomic step as the one attempt and its follow-up.
+    async fn complete_batch(
+        &self,
+        webhook: &str,
+        entry_ids: &[String],
+        attempt: &Attempt,
+        follow_up: FollowUp,
+    ) -> Result<()>;
     /// Number of jobs waiting: ready, pending and delayed.
     async fn queue_depth(&self, webhook: &str) -> Result<u64>;
 

@@ -690,13 +690,19 @@ impl Store for RedisStore {
         Ok((next >= 0).then_some(next))
     }
 
-    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()> {
+    async fn complete_batch(
+        &self,
+        webhook: &str,
+        entry_ids: &[String],
+        attempt: &Attempt,
+        follow_up: FollowUp,
+    ) -> Result<()> {
         let (retry, due) = follow_up.retry.map(|(j, due)| (j.encode_to_vec(), due)).unwrap_or_default();
         let (dead, reason) = follow_up.dead_letter.map(|(j, r)| (j.encode_to_vec(), r)).unwrap_or_default();
         let writeback = follow_up.writeback.map(|w| w.encode_to_vec()).unwrap_or_default();
         let cutoff = now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
         invocation(&self.scripts.complete, &self.keys.complete_keys(webhook))
-            .arg(entry_id)
+            .arg(entry_ids.join(" "))
             .arg(DISPATCH_GROUP)
             .arg(&attempt.attempt_id)
             .arg(attempt.encode_to_vec())

@@ -585,7 +585,7 @@ impl Inner {
     pub(super) fn complete(
         &self,
         webhook: &str,
-        entry: Option<Id>,
+        entries: Vec<Id>,
         attempt: &Attempt,
         cutoff_ms: i64,
         retry: Option<(Vec<u8>, i64)>,
@@ -612,7 +612,7 @@ impl Inner {
                 let mut table = txn.open_table(WRITEBACKS).map_err(db)?;
                 append(&mut table, fx, Queue::Writebacks, webhook, 0, wb)?;
             }
-            if let Some(id) = entry {
+            for id in entries {
                 txn.open_table(JOBS).map_err(db)?.remove(id.key(webhook)).map_err(db)?;
                 fx.settled.push((Queue::Jobs, webhook.to_string(), id));
             }

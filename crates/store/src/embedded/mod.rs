@@ -287,9 +287,14 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.promote_due(&webhook, now_ms)).await
     }
 
-    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()> {
-        // '' : the job was never on the stream (as complete.lua).
-        let entry = if entry_id.is_empty() { None } else { Some(Id::parse(entry_id)?) };
+    async fn complete_batch(
+        &self,
+        webhook: &str,
+        entry_ids: &[String],
+        attempt: &Attempt,
+        follow_up: FollowUp,
+    ) -> Result<()> {
+        let entry = entry_ids.iter().map(|id| Id::parse(id)).collect::<Result<Vec<Id>>>()?;
         let cutoff = crate::now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
         let retry = follow_up.retry.map(|(j, due)| (j.encode_to_vec(), due));
         let dead = follow_up.dead_letter.map(|(j, r)| (j.encode_to_vec(), r));

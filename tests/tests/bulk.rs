@@ -1,0 +1,145 @@
+//! Bulk calls: `max_batch_size` > 1 gathers jobs into one call; the response script's array
+//! output writes back to every record; a failing batch is retried, dead-lettered and
+//! redriven whole.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+use crate::support::{Api, Node, namespace, wait_until};
+
+#[derive(Clone, Default)]
+struct BulkTarget {
+    url: String,
+    /// The record ids of every call.
+    calls: Arc<Mutex<Vec<Vec<String>>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl BulkTarget {
+    fn start() -> BulkTarget {
+        let mut t = BulkTarget::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        t.url = format!("http://{}", listener.local_addr().unwrap());
+        let state = web::Data::new(t.clone());
+        let server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).default_service(web::to(
+                |body: web::Bytes, t: web::Data<BulkTarget>| async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let ids: Vec<String> = v["records"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect())
+                        .unwrap_or_default();
+                    let n = {
+                        let mut calls = t.calls.lock().unwrap();
+                        calls.push(ids);
+                        calls.len()
+                    };
+                    if t.failing.load(Ordering::SeqCst) {
+                        HttpResponse::ServiceUnavailable().finish()
+                    } else {
+                        HttpResponse::Ok().json(json!({ "batch": n }))
+                    }
+                },
+            ))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        t
+    }
+
+    fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn records_seen(&self) -> usize {
+        self.calls().iter().map(Vec::len).sum()
+    }
+}
+
+const RESPONSE_SCRIPT: &str = "var status = http.getResponseStatusCode();\n\
+var body = status == 200 ? JSON.parse(http.getResponseBodyUtf8()) : {batch: -1};\n\
+write(JSON.stringify(data.changedEntities.map(function (r) { return {id: r.id, batch: body.batch}; })));";
+
+#[actix_rt::test]
+async fn bulk_calls_carry_many_records_and_write_each_back() {
+    let ns = namespace();
+    let target = BulkTarget::start();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok(
+        "POST",
+        "/v1/objects",
+        Some(json!({"name": "item", "fields": [
+        {"key": "n", "type": "number"}, {"key": "batch", "type": "number"}]})),
+    )
+    .await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "bulk", "object": "item",
+            "trigger": {"on_create": true},
+            "request": {"url": format!("{}/bulk", target.url)},
+            "response_script": RESPONSE_SCRIPT,
+            "writeback": {"key": {"from": "id", "to": "id"}},
+            "settings": {"max_batch_size": 5, "batch_linger_ms": 300, "max_concurrency": 2,
+                         "retries": 1, "retry_wait": "200ms", "timeout": "5s"}
+        })),
+    )
+    .await;
+
+    let batch: Vec<Value> = (0..12).map(|i| json!({"id": format!("b{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 12 }).await;
+    let calls = target.calls();
+    assert!(calls.iter().all(|c| !c.is_empty() && c.len() <= 5), "{calls:?}");
+    assert!(calls.len() < 12 && calls.iter().any(|c| c.len() == 5), "jobs were gathered: {calls:?}");
+    // Each record got the number of the call that carried it.
+    for (n, call) in calls.iter().enumerate() {
+        for id in call {
+            let id = id.clone();
+            wait_until(Duration::from_secs(10), || {
+                let id = id.clone();
+                let api = &api;
+                async move { api.record("item", &id).await["fields"]["batch"] == json!(n + 1) }
+            })
+            .await;
+        }
+    }
+    // One attempt per call, listing every record of it.
+    let attempts = api.attempts("bulk", "").await;
+    assert_eq!(attempts.len(), calls.len());
+    assert!(attempts.iter().any(|a| a["record_ids"].as_array().unwrap().len() == 5));
+
+    // A failing batch: retried whole, dead-lettered whole, redriven whole.
+    target.failing.store(true, Ordering::SeqCst);
+    let before = target.calls().len();
+    let batch: Vec<Value> = (0..3).map(|i| json!({"id": format!("f{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
+    wait_until(Duration::from_secs(20), || async {
+        api.ok("GET", "/v1/webhooks/bulk/dead-letters", None).await.as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+    let dead = api.ok("GET", "/v1/webhooks/bulk/dead-letters", None).await;
+    assert_eq!(dead.as_array().unwrap().len(), 1);
+    assert_eq!(dead[0]["record_ids"], json!(["f0", "f1", "f2"]));
+    let failed_calls = &target.calls()[before..];
+    assert_eq!(failed_calls.len(), 2, "first attempt and one retry: {failed_calls:?}");
+    assert!(failed_calls.iter().all(|c| c == &failed_calls[0]), "the retry carries the same batch");
+    target.failing.store(false, Ordering::SeqCst);
+    api.ok("POST", "/v1/webhooks/bulk/dead-letters/redrive", None).await;
+    wait_until(Duration::from_secs(20), || async {
+        api.record("item", "f2").await["fields"]["batch"].as_i64() > Some(0)
+    })
+    .await;
+    assert_eq!(target.calls().last().unwrap(), &failed_calls[0]);
+    node.stop().await;
+}
