@@ -143,3 +143,42 @@ async fn bulk_calls_carry_many_records_and_write_each_back() {
     assert_eq!(target.calls().last().unwrap(), &failed_calls[0]);
     node.stop().await;
 }
+
+#[actix_rt::test]
+async fn ndjson_ingestion_answers_per_record() {
+    let ns = namespace();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let mut body = String::new();
+    for i in 0..2000 {
+        body.push_str(&json!({"id": format!("i{i}"), "fields": {"n": i}}).to_string());
+        body.push('\n');
+    }
+    body.push_str("{\"id\": \"bad\", \"fields\": {\"n\": \"x\"}}\n\nnot json\n");
+    body.push_str(&json!({"id": "i0", "fields": {"n": 0}}).to_string()); // unchanged, no trailing newline
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/objects/item/records", node.url))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2000 + 3 + 1, "one result per non-empty line, then the summary");
+    assert_eq!(lines[0]["status"], "created");
+    assert_eq!(lines[2000]["status"], "rejected");
+    assert_eq!(lines[2000]["error"]["field"], "fields.n");
+    assert_eq!(lines[2001]["line"], 2003, "line numbers count the blank line");
+    assert_eq!(lines[2001]["status"], "rejected");
+    assert_eq!(lines[2002]["status"], "unchanged");
+    assert_eq!(
+        lines[2003]["summary"],
+        json!({"lines": 2004, "created": 2000, "updated": 0, "unchanged": 1, "rejected": 2})
+    );
+    assert_eq!(api.record("item", "i1999").await["fields"]["n"], 1999);
+    node.stop().await;
+}

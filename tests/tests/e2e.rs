@@ -2,10 +2,12 @@
 
 mod bulk;
 mod cluster;
+mod deploy;
 mod embedded;
 mod oauth;
 mod procs;
 mod support;
+mod traces;
 
 use std::time::Duration;
 

@@ -1,11 +1,13 @@
 //! Data objects and records.
 
 use actix_web::{HttpResponse, web};
+use futures_util::StreamExt;
 use hookline_engine::records::{self, WriteMode};
 use hookline_engine::trace;
 use hookline_model::{DataObject, FieldError, Fields};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{ApiError, ApiState, parse_json};
 
@@ -64,14 +66,40 @@ fn record_json(r: &hookline_model::Record) -> Value {
     json!({"id": r.id, "version": r.version, "fields": r.fields})
 }
 
-/// Creates or updates one record, or many (a JSON array). Every record of an array is
-/// checked before any is written, so a bad one refuses the whole request.
+/// Longest accepted NDJSON line.
+const MAX_LINE: usize = 1024 * 1024;
+
+/// Creates or updates one record, or many (a JSON array: every record is checked before
+/// any is written, so a bad one refuses the whole request). With
+/// `Content-Type: application/x-ndjson` the body is a stream of records, one per line, read
+/// as it arrives (never held whole), each applied or rejected on its own; the answer is
+/// NDJSON, one result per line and a summary last.
 pub async fn post_records(
     state: web::Data<ApiState>,
     path: web::Path<String>,
-    body: web::Bytes,
+    req: actix_web::HttpRequest,
+    mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let object = object(&state, &path).await?;
+    let ndjson = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if ndjson {
+        return ingest_ndjson(&state, &object, payload).await;
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("reading the request body: {e}")))?;
+        if body.len() + chunk.len() > crate::MAX_BODY {
+            return Err(ApiError::BadJson(format!(
+                "request body above {} bytes: send large imports as NDJSON (application/x-ndjson)",
+                crate::MAX_BODY
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
     let value: Value = parse_json(&body)?;
     let (inputs, bulk) = match value {
         Value::Array(items) => (items, true),
@@ -90,9 +118,11 @@ pub async fn post_records(
     }
     let mut results = Vec::with_capacity(checked.len());
     for (id, fields) in checked {
-        let traceparent = trace::new_traceparent();
-        let w =
-            records::write(state.store.as_ref(), &object, &id, &fields, WriteMode::Upsert, None, &traceparent).await?;
+        let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
+        let traceparent = trace::start(&span);
+        let w = records::write(state.store.as_ref(), &object, &id, &fields, WriteMode::Upsert, None, &traceparent)
+            .instrument(span)
+            .await?;
         let status = if w.created {
             "created"
         } else if w.changed {
@@ -116,6 +146,107 @@ pub async fn post_records(
     }
 }
 
+/// Applies one NDJSON line; the result line says what happened.
+async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line: &[u8]) -> Value {
+    let rejected = |id: Option<&str>, field: Option<&str>, message: String| json!({"line": line_no, "id": id, "status": "rejected", "error": {"field": field, "message": message}});
+    let input: RecordInput = match serde_json::from_slice(line) {
+        Ok(i) => i,
+        Err(e) => return rejected(None, None, format!("invalid record: {e}")),
+    };
+    let id = match record_id(object, &input, "") {
+        Ok(id) => id,
+        Err(e) => return rejected(None, Some(&e.field), e.message),
+    };
+    let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
+    let traceparent = trace::start(&span);
+    match records::write(state.store.as_ref(), object, &id, &input.fields, WriteMode::Upsert, None, &traceparent)
+        .instrument(span)
+        .await
+    {
+        Ok(w) => {
+            let status = if w.created {
+                "created"
+            } else if w.changed {
+                "updated"
+            } else {
+                "unchanged"
+            };
+            json!({"line": line_no, "id": id, "status": status, "version": w.record.version})
+        }
+        Err(records::RecordError::Invalid(f)) => rejected(Some(&id), Some(&f.field), f.message),
+        Err(e) => rejected(Some(&id), None, e.to_string()),
+    }
+}
+
+async fn ingest_ndjson(
+    state: &ApiState,
+    object: &DataObject,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let mut out = String::new();
+    let mut counts = [0u64; 4]; // created, updated, unchanged, rejected
+    let mut pending: Vec<u8> = Vec::new();
+    let mut line_no = 0;
+    let apply = |line: Vec<u8>, line_no: usize| {
+        let state = state.clone();
+        let object = object.clone();
+        async move {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return None;
+            }
+            if line.len() > MAX_LINE {
+                return Some(json!({"line": line_no, "status": "rejected",
+                                   "error": {"message": format!("line longer than {MAX_LINE} bytes")}}));
+            }
+            Some(ingest_line(&state, &object, line_no, &line).await)
+        }
+    };
+    let mut record = |result: Option<Value>, out: &mut String| {
+        if let Some(r) = result {
+            let i = match r["status"].as_str() {
+                Some("created") => 0,
+                Some("updated") => 1,
+                Some("unchanged") => 2,
+                _ => 3,
+            };
+            counts[i] += 1;
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+    };
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("reading the request body: {e}")))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            line_no += 1;
+            let result = apply(line, line_no).await;
+            record(result, &mut out);
+        }
+        if pending.len() > MAX_LINE {
+            // A line this long is refused without buffering the rest of it.
+            line_no += 1;
+            record(
+                Some(json!({"line": line_no, "status": "rejected",
+                               "error": {"message": format!("line longer than {MAX_LINE} bytes")}})),
+                &mut out,
+            );
+            return Err(ApiError::BadJson(format!("line {line_no} is longer than {MAX_LINE} bytes")));
+        }
+    }
+    if !pending.is_empty() {
+        line_no += 1;
+        let result = apply(std::mem::take(&mut pending), line_no).await;
+        record(result, &mut out);
+    }
+    let summary = json!({"summary": {"lines": line_no, "created": counts[0], "updated": counts[1],
+                                     "unchanged": counts[2], "rejected": counts[3]}});
+    out.push_str(&summary.to_string());
+    out.push('\n');
+    tracing::info!(object = %object.name, lines = line_no, rejected = counts[3], "NDJSON import");
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(out))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchInput {
@@ -130,8 +261,10 @@ pub async fn patch_record(
     let (name, id) = path.into_inner();
     let object = object(&state, &name).await?;
     let input: PatchInput = parse_json(&body)?;
-    let traceparent = trace::new_traceparent();
+    let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
+    let traceparent = trace::start(&span);
     let w = records::write(state.store.as_ref(), &object, &id, &input.fields, WriteMode::Update, None, &traceparent)
+        .instrument(span)
         .await?;
     Ok(HttpResponse::Ok().json(record_json(&w.record)))
 }

@@ -31,6 +31,8 @@ pub struct CompiledWebhook {
     pub response_script: Option<Arc<str>>,
     /// Standard Webhooks signing secrets (empty: unsigned).
     pub signing: Vec<hookline_outbound::SigningSecret>,
+    /// Calls per period across the cluster, if limited.
+    pub rate: Option<hookline_model::webhook::RateLimit>,
 }
 
 /// Validates and compiles a stored webhook against the objects it names. Errors name the
@@ -94,6 +96,8 @@ pub fn compile<'a>(
         header_script,
         response_script: def.response_script.as_deref().map(Arc::from),
         signing,
+        // validate() checked the text already.
+        rate: def.settings.rate_limit.as_deref().and_then(|r| hookline_model::webhook::parse_rate_limit(r).ok()),
     })
 }
 

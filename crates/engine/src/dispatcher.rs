@@ -336,11 +336,28 @@ async fn give_up(ctx: &EngineContext, wh: &CompiledWebhook, entries: Vec<Entry<J
     ctx.metrics.dead_lettered(&wh.def.id);
 }
 
+/// Waits for the webhook's rate limit (shared by every node) to allow one more call.
+async fn rate_gate(ctx: &EngineContext, wh: &CompiledWebhook) {
+    let Some(limit) = wh.rate else { return };
+    loop {
+        match ctx.store.rate_wait(&wh.def.id, limit.interval(), 0).await {
+            Ok(wait) if wait.is_zero() => return,
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(error) => {
+                // Better late than over the limit: wait and ask again.
+                tracing::warn!(%error, "cannot check the rate limit; waiting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 async fn send(
     ctx: &EngineContext,
     wh: &CompiledWebhook,
     req: &crate::render::BuiltRequest,
 ) -> Result<OutboundResponse, hookline_outbound::SendError> {
+    rate_gate(ctx, wh).await;
     ctx.outbound
         .send(OutboundRequest {
             method: req.method.clone(),
@@ -369,8 +386,12 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entries: Vec<Entry<J
         trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
         outcome = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        http.request.method = %wh.def.request.method.to_ascii_uppercase(),
+        url.full = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        node_id = %ctx.node_id,
     );
+    trace::resume(&span, &job.traceparent);
     async move {
         let started = Instant::now();
         let started_ms = now_ms();
@@ -401,6 +422,7 @@ async fn deliver(ctx: &EngineContext, wh: &CompiledWebhook, entries: Vec<Entry<J
                 (if e.retryable { Verdict::Retry { after: None } } else { Verdict::Fail }, None)
             }
             Ok(mut req) => {
+                tracing::Span::current().record("url.full", display_url(&req.url));
                 let mut result = send(ctx, wh, &req).await;
                 // A refused OAuth token: fetch another once (unless another node already
                 // did) and send again, within this same attempt.

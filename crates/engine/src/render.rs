@@ -5,6 +5,7 @@ use hookline_model::AuthDef;
 use hookline_proto::Job;
 use hookline_script::{ScriptCall, ScriptKind, ScriptOutput, ScriptPool};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::EngineContext;
 use crate::catalog::{BODY_TEMPLATE, CompiledWebhook, URL_TEMPLATE, header_template};
@@ -81,7 +82,7 @@ pub async fn build_request(
     let request = &wh.def.request;
     let body: Vec<u8> = if let Some(src) = &wh.body_script {
         let call = ScriptCall::new(ScriptKind::Body, src.clone(), entities.clone());
-        match scripts.run(call).await {
+        match scripts.run(call).instrument(tracing::info_span!("script", kind = "body")).await {
             Ok(ScriptOutput::Written(text)) => text.into_bytes(),
             Ok(ScriptOutput::Headers(_)) => Vec::new(),
             Err(e) => return Err(BuildError { step: "body script", message: e.to_string(), retryable: false }),
@@ -123,7 +124,8 @@ pub async fn build_request(
         }
         AuthDef::Script { .. } => {
             let src = wh.header_script.clone().unwrap_or_else(|| "return {};".into());
-            match scripts.run(ScriptCall::new(ScriptKind::Header, src, entities.clone())).await {
+            let call = ScriptCall::new(ScriptKind::Header, src, entities.clone());
+            match scripts.run(call).instrument(tracing::info_span!("script", kind = "header")).await {
                 Ok(ScriptOutput::Headers(hs)) => {
                     for (name, value) in hs {
                         secret_headers.push(name.clone());
@@ -147,8 +149,11 @@ pub async fn build_request(
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     headers.extend(hookline_outbound::signature_headers(&wh.signing, &job.job_id, now, &body));
-    if !job.traceparent.is_empty() && !has(&headers, "traceparent") {
-        headers.push(("traceparent".into(), crate::trace::child_of(&job.traceparent)));
+    if !has(&headers, "traceparent") {
+        // The attempt's own context, so the target's spans join the record's trace.
+        let tp = hookline_telemetry::traceparent_of(&tracing::Span::current())
+            .unwrap_or_else(|| crate::trace::child_of(&job.traceparent));
+        headers.push(("traceparent".into(), tp));
     }
     secret_values.retain(|v| !v.is_empty());
     Ok(BuiltRequest {

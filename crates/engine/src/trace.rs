@@ -27,6 +27,19 @@ pub fn child_of(parent: &str) -> String {
     }
 }
 
+/// The traceparent of `span`, which starts a trace: its OpenTelemetry context when spans
+/// are exported, else a fresh random one (so ids still flow through jobs and logs).
+pub fn start(span: &tracing::Span) -> String {
+    hookline_telemetry::traceparent_of(span).unwrap_or_else(new_traceparent)
+}
+
+/// Makes `span` a child of `parent` (work resumed from a queue, on any node, at any later
+/// time) and returns the traceparent to hand on from it.
+pub fn resume(span: &tracing::Span, parent: &str) -> String {
+    hookline_telemetry::set_parent(span, parent);
+    hookline_telemetry::traceparent_of(span).unwrap_or_else(|| child_of(parent))
+}
+
 /// The trace id of a traceparent, for span fields and logs.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');

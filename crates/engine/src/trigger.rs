@@ -128,6 +128,7 @@ impl Handler<ChangeBatch> for Trigger {
                     version = change.version,
                     trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
                 );
+                trace::resume(&span, &change.traceparent);
                 let _guard = span.enter();
                 let view = ChangeView {
                     old: old.as_ref(),
@@ -140,6 +141,8 @@ impl Handler<ChangeBatch> for Trigger {
                     if decision != Decision::Fire {
                         continue;
                     }
+                    let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
+                    let traceparent = trace::start(&enqueue);
                     let mut entity = new.clone();
                     entity.entry("id".to_string()).or_insert_with(|| change.record_id.clone().into());
                     let entities = serde_json::Value::Array(vec![serde_json::Value::Object(entity)]);
@@ -153,7 +156,7 @@ impl Handler<ChangeBatch> for Trigger {
                         entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
                         attempts: 0,
                         created_at_ms: now_ms(),
-                        traceparent: trace::child_of(&change.traceparent),
+                        traceparent,
                     });
                 }
             }

@@ -145,6 +145,7 @@ async fn write_back(
         attempt_id = %job.attempt_id,
         trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
     );
+    let traceparent = trace::resume(&span, &job.traceparent);
     async move {
         let Some(script) = wh.response_script.clone() else { return Ok(()) };
         let entities: Value = serde_json::from_slice(&job.entities_json).unwrap_or(Value::Array(vec![]));
@@ -158,7 +159,7 @@ async fn write_back(
         if let Some(r) = response {
             call = call.with_response(r);
         }
-        let written = match ctx.scripts.run(call).await {
+        let written = match ctx.scripts.run(call).instrument(tracing::info_span!("script", kind = "response")).await {
             Ok(ScriptOutput::Written(text)) => text,
             Ok(ScriptOutput::Headers(_)) => String::new(),
             Err(e) => {
@@ -186,7 +187,6 @@ async fn write_back(
         let Some(object) = catalog.objects.get(object_name) else {
             return Err(format!("no data object named `{object_name}`"));
         };
-        let traceparent = trace::child_of(&job.traceparent);
         let mut errors = Vec::new();
         for out in &outputs {
             let result = match map_output(&wh.def, out) {

@@ -51,9 +51,6 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// Prints the address it listens on. Must run inside an actix system.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
-    if config.otlp_endpoint.is_some() {
-        tracing::warn!("--otlp-endpoint is accepted but span export is not built yet; spans go to the log");
-    }
     let secrets = match &config.secret_key {
         Some(key) => SecretBox::from_key_text(key).context("--secret-key")?,
         None => {

@@ -23,7 +23,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = Config::load(args)?;
-            hookline_telemetry::init(config.log_format, "info");
+            // Dropped after the node stops, which sends the spans still pending.
+            let _telemetry =
+                hookline_telemetry::init(config.log_format, "info", config.otlp_endpoint.as_deref(), &config.node_id);
             let listener = std::net::TcpListener::bind(config.listen)
                 .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
             actix_rt::System::new().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
@@ -31,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             let config = Config::load(args)?;
             // Quiet logs so the story reads clearly; RUST_LOG still wins.
-            hookline_telemetry::init(config.log_format, "warn");
+            let _telemetry =
+                hookline_telemetry::init(config.log_format, "warn", config.otlp_endpoint.as_deref(), &config.node_id);
             actix_rt::System::new().block_on(hookline::demo::run(config, hookline::shutdown_signal()))
         }
     }

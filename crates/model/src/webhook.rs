@@ -194,7 +194,7 @@ pub struct Settings {
     pub batch_linger_ms: u64,
     /// In-flight requests for this webhook.
     pub max_concurrency: u32,
-    /// `N/s` or `N/m` (not supported by this version).
+    /// `N/s`, `N/m` or `N/h`: calls per period for this webhook, across the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
     /// Attempts after the first.
@@ -220,6 +220,37 @@ impl Default for Settings {
             timeout: Dur(Duration::from_secs(30)),
         }
     }
+}
+
+/// A rate limit: `count` calls per `per`, as written `50/s`, `600/m` or `1000/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// The spacing of calls at the limit (GCRA's emission interval).
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.max(1)
+    }
+}
+
+/// Parses `N/s`, `N/m` or `N/h` (N from 1 to 100000).
+pub fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    let bad = || format!("`{text}` is not a rate: write N/s, N/m or N/h, e.g. 50/s");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if !(1..=100_000).contains(&count) {
+        return Err(format!("`{text}`: the count must be 1 to 100000"));
+    }
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    Ok(RateLimit { count, per })
 }
 
 /// A duration written as `10s`, `200ms`, `1h 30m` (or a number of milliseconds).
@@ -386,7 +417,9 @@ impl WebhookDef {
         check(s.max_batch_size <= 1000, "settings.max_batch_size", "must be at most 1000")?;
         check(s.batch_linger_ms <= 60_000, "settings.batch_linger_ms", "must be at most 60000")?;
         check((1..=1000).contains(&s.max_concurrency), "settings.max_concurrency", "must be 1 to 1000")?;
-        check(s.rate_limit.is_none(), "settings.rate_limit", "rate limits are not supported by this version")?;
+        if let Some(r) = &s.rate_limit {
+            parse_rate_limit(r).map_err(|m| FieldError::new("settings.rate_limit", m))?;
+        }
         check(s.retries <= 100, "settings.retries", "must be at most 100")?;
         check(s.retry_wait.0 <= Duration::from_secs(86_400), "settings.retry_wait", "must be at most 24h")?;
         check(s.max_retry_wait.0 >= s.retry_wait.0, "settings.max_retry_wait", "must be at least retry_wait")?;
@@ -533,6 +566,17 @@ mod tests {
             let d = def(extra.clone()).unwrap();
             assert_eq!(validate(&d).unwrap_err().field, field, "{extra}");
         }
+    }
+
+    #[test]
+    fn rate_limits_parse_or_name_the_problem() {
+        assert_eq!(parse_rate_limit("50/s").unwrap().interval(), Duration::from_millis(20));
+        assert_eq!(parse_rate_limit(" 600 / m ").unwrap().interval(), Duration::from_millis(100));
+        for bad in ["50", "x/s", "0/s", "5/d", "50/"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+        let d = def(json!({"settings": {"rate_limit": "fast"}})).unwrap();
+        assert_eq!(validate(&d).unwrap_err().field, "settings.rate_limit");
     }
 
     #[test]

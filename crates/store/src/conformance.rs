@@ -43,6 +43,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     permits(s, &p).await;
     values_and_locks(s, &p).await;
     batch_complete(s, &p).await;
+    rate_limit(s, &p).await;
 }
 
 // --- helpers ---
@@ -637,6 +638,24 @@ pub async fn attempt_log(store: &dyn Store, prefix: &str) {
     assert_eq!(list(AttemptFilter { limit: 100, ..Default::default() }).await.len(), 5, "recent attempts kept");
 }
 
+/// GCRA: at most one call per interval (plus the burst); a refused call is told how long
+/// to wait and is not counted.
+pub async fn rate_limit(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-rate");
+    let interval = Duration::from_millis(200);
+    assert_eq!(store.rate_wait(&wh, interval, 0).await.expect("rate_wait"), Duration::ZERO, "the first call goes");
+    let wait = store.rate_wait(&wh, interval, 0).await.expect("rate_wait");
+    assert!(wait > Duration::ZERO && wait <= interval, "the second waits for the interval: {wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    assert_eq!(store.rate_wait(&wh, interval, 0).await.expect("rate_wait"), Duration::ZERO, "then it goes");
+    // With a burst of 2, three calls go at once and the fourth waits.
+    let burst = format!("{prefix}-burst");
+    for i in 0..3 {
+        assert_eq!(store.rate_wait(&burst, interval, 2).await.expect("rate_wait"), Duration::ZERO, "call {i}");
+    }
+    assert!(store.rate_wait(&burst, interval, 2).await.expect("rate_wait") > Duration::ZERO);
+}
+
 /// Shared values expire after their TTL; a lock has one holder at a time, only the holder
 /// releases it, and an abandoned lock frees itself after its TTL.
 pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
@@ -769,11 +788,11 @@ mod tests {
     }
 
     backend!(embedded: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
     backend!(cluster: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
     backend!(redis: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete);
+        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
 
     /// A throwaway Redis Cluster for the `cluster` tests.
     mod local_cluster {

@@ -101,6 +101,11 @@ impl Keys {
         format!("{}:{{wh:{webhook}}}:attempts:t", self.ns)
     }
 
+    /// STRING: the GCRA theoretical arrival time (Redis server time, ms) of the rate limit.
+    pub fn rate(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:rate", self.ns)
+    }
+
     /// ZSET holder id scored by lease expiry (Redis server time, ms): the concurrency semaphore.
     pub fn permits(&self, webhook: &str) -> String {
         format!("{}:{{wh:{webhook}}}:permits", self.ns)
@@ -126,6 +131,7 @@ impl Keys {
             self.attempts(webhook),
             self.attempts_by_time(webhook),
             self.permits(webhook),
+            self.rate(webhook),
             self.value(webhook, "oauth-token"),
         ]
     }

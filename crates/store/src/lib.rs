@@ -221,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the lock if `holder` still holds it.
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()>;
 
+    // --- rate limits ---
+    /// GCRA: asks to make one call under a limit of one call per `interval` (with `burst`
+    /// calls of slack). Zero: go, the call is counted. Otherwise how long to wait before
+    /// asking again (nothing was counted).
+    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration>;
+
     // --- concurrency ---
     /// Takes or renews one of `limit` permits for `holder`, leased for `lease`.
     async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool>;

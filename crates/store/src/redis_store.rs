@@ -102,6 +102,7 @@ struct Scripts {
     redrive: Script,
     requeue: Script,
     unlock: Script,
+    rate: Script,
 }
 
 pub struct RedisStore {
@@ -257,6 +258,7 @@ impl RedisStore {
                 redrive: Script::new(include_str!("lua/redrive.lua")),
                 requeue: Script::new(include_str!("lua/requeue.lua")),
                 unlock: Script::new(include_str!("lua/unlock.lua")),
+                rate: Script::new(include_str!("lua/rate.lua")),
             },
         }
     }
@@ -889,6 +891,20 @@ impl Store for RedisStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration> {
+        let interval_ms = interval.as_millis().max(1) as u64;
+        let wait: u64 = self
+            .scripts
+            .rate
+            .key(self.keys.rate(webhook))
+            .arg(interval_ms)
+            .arg(interval_ms * burst as u64)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(Duration::from_millis(wait))
     }
 
     async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool> {

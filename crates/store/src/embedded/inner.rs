@@ -14,7 +14,7 @@ use hookline_proto::{Attempt, Job, Message};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::Notify;
 
-use super::state::{Group, Groups, Locks, Pending, Permits, lock};
+use super::state::{Group, Groups, Locks, Pending, Permits, Rates, lock};
 use super::tables::*;
 use crate::{AttemptFilter, DeadLetter, DefEvent, Entry, Result, StoreError, WriteResult};
 
@@ -113,6 +113,7 @@ pub(super) struct Inner {
     pub(super) events: Notify,
     pub(super) permits: Permits,
     pub(super) locks: Locks,
+    pub(super) rates: Rates,
 }
 
 impl Inner {
@@ -162,6 +163,7 @@ impl Inner {
             events: Notify::new(),
             permits: Permits::default(),
             locks: Locks::default(),
+            rates: Rates::default(),
         })
     }
 

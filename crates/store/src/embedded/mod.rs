@@ -379,6 +379,10 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration> {
+        Ok(self.inner.rates.wait(webhook, interval, burst))
+    }
+
     async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool> {
         // In memory and quick: no blocking pool needed.
         Ok(self.inner.permits.acquire(webhook, holder, limit, lease))

@@ -146,3 +146,24 @@ impl Locks {
         }
     }
 }
+
+/// GCRA rate limiters per webhook (single process: in memory, monotonic clock): the
+/// theoretical arrival time of the next call.
+#[derive(Default)]
+pub(super) struct Rates {
+    tat: Mutex<HashMap<String, Instant>>,
+}
+
+impl Rates {
+    pub(super) fn wait(&self, webhook: &str, interval: Duration, burst: u32) -> Duration {
+        let now = Instant::now();
+        let mut map = lock(&self.tat);
+        let tat = map.get(webhook).copied().filter(|t| *t > now).unwrap_or(now);
+        let allow_at = tat.checked_sub(interval * burst).unwrap_or(now);
+        if now < allow_at {
+            return allow_at - now;
+        }
+        map.insert(webhook.to_string(), tat + interval);
+        Duration::ZERO
+    }
+}
