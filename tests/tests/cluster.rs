@@ -147,3 +147,30 @@ async fn a_rate_limit_holds_across_nodes_and_a_slow_webhook_starves_no_other() {
     assert!(slow.distinct_records() <= 2, "slow delivered {}", slow.distinct_records());
     drop(nodes);
 }
+
+#[actix_rt::test]
+async fn a_deleted_consumer_group_heals_without_a_restart() {
+    let ns = namespace();
+    let redis = redis_url();
+    let sink = Sink::start(Duration::from_millis(0));
+    let node = Proc::start("heal", &["--redis", &redis, "--namespace", &ns]);
+    let api = api_of(&node);
+    define(&api, &sink, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create_items(&api, 0, 5).await;
+    wait_until(Duration::from_secs(20), || async { sink.distinct_records() == 5 }).await;
+
+    // An operator (or a Redis without persistence restarting) loses the groups.
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (key, group) in
+        [(format!("{ns}:{{wh:load}}:jobs"), "dispatch"), (format!("{ns}:{{obj:item}}:changes"), "trigger")]
+    {
+        let destroyed: i64 =
+            redis::cmd("XGROUP").arg("DESTROY").arg(&key).arg(group).query_async(&mut conn).await.unwrap();
+        assert_eq!(destroyed, 1, "{key} had the group {group}");
+    }
+    create_items(&api, 5, 10).await;
+    wait_until(Duration::from_secs(20), || async { sink.distinct_records() == 10 }).await;
+    drop(node);
+}

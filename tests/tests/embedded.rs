@@ -61,3 +61,47 @@ async fn a_killed_embedded_node_restarts_and_delivers_everything() {
     drop(node);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `hookline demo` on a fresh data dir: the seed's example end to end, a retry and the
+/// write-backs shown, then it keeps serving.
+#[test]
+fn the_demo_shows_calls_a_retry_and_write_backs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::env::temp_dir().join(format!("hl-demo-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = Command::new(crate::procs::hookline_bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("Ctrl-C stops it.");
+            text.push_str(&line);
+            text.push('\n');
+            if done {
+                break;
+            }
+        }
+        let _ = tx.send(text);
+    });
+    let out = rx.recv_timeout(Duration::from_secs(60)).expect("the demo finished its story in time");
+    // Still serving after the story.
+    let url = out.lines().find_map(|l| l.strip_prefix("Hookline keeps serving at ")).unwrap();
+    let url = url.split_whitespace().next().unwrap().to_string();
+    let health = std::net::TcpStream::connect(url.trim_start_matches("http://"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(health.is_ok(), "the demo stopped serving");
+    assert!(out.contains("retry_scheduled  status 503"), "{out}");
+    assert_eq!(out.matches("write-back done").count(), 2, "{out}");
+    assert_eq!(out.matches("ticketSystemSynced 1").count(), 2, "{out}");
+    assert!(out.contains("Email: ann@example.com"), "{out}");
+}

@@ -63,6 +63,19 @@ impl Roles {
     pub const ALL: Roles = Roles { coordinator: true, trigger: true, dispatcher: true, writeback: true };
 }
 
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (self.coordinator, "coordinator"),
+            (self.trigger, "trigger"),
+            (self.dispatcher, "dispatcher"),
+            (self.writeback, "writeback"),
+        ];
+        let on: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        write!(f, "{}", if on.is_empty() { "none".to_string() } else { on.join(",") })
+    }
+}
+
 /// The running actors of one node.
 pub struct Engine {
     pub coordinator: Addr<coordinator::Coordinator>,

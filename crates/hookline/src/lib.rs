@@ -109,7 +109,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         drop(listener);
         None
     };
-    println!("hookline listening on http://{addr} (node {}, roles {:?}, api {})", config.node_id, roles, config.api);
+    if config.api {
+        println!("hookline listening on http://{addr} (node {}, api and {roles})", config.node_id);
+    } else {
+        // No HTTP without the api role; the line still tells scripts the node is up.
+        println!("hookline listening on http://{addr} (node {}, {roles}; no HTTP API on this node)", config.node_id);
+    }
     tracing::info!(%addr, node_id = %config.node_id, "hookline started");
 
     let handle = server.as_ref().map(|s| s.handle());
