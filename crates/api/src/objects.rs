@@ -66,6 +66,23 @@ fn record_json(r: &hookline_model::Record) -> Value {
     json!({"id": r.id, "version": r.version, "fields": r.fields})
 }
 
+/// Creates or updates one record through the engine's one write path, in its own trace.
+async fn upsert(
+    state: &ApiState,
+    object: &DataObject,
+    id: &str,
+    fields: &Fields,
+) -> Result<records::Written, records::RecordError> {
+    let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
+    let traceparent = trace::start(&span);
+    let w = records::write(state.store.as_ref(), object, id, fields, WriteMode::Upsert, None, &traceparent)
+        .instrument(span)
+        .await?;
+    tracing::info!(object = %object.name, record_id = %id, version = w.record.version, status = w.status(),
+        trace_id = trace::trace_id(&traceparent).unwrap_or_default(), "record written");
+    Ok(w)
+}
+
 /// Longest accepted NDJSON line.
 const MAX_LINE: usize = 1024 * 1024;
 
@@ -118,19 +135,8 @@ pub async fn post_records(
     }
     let mut results = Vec::with_capacity(checked.len());
     for (id, fields) in checked {
-        let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
-        let traceparent = trace::start(&span);
-        let w = records::write(state.store.as_ref(), &object, &id, &fields, WriteMode::Upsert, None, &traceparent)
-            .instrument(span)
-            .await?;
-        let status = if w.created {
-            "created"
-        } else if w.changed {
-            "updated"
-        } else {
-            "unchanged"
-        };
-        tracing::info!(object = %object.name, record_id = %id, version = w.record.version, status, trace_id = trace::trace_id(&traceparent).unwrap_or_default(), "record written");
+        let w = upsert(&state, &object, &id, &fields).await?;
+        let status = w.status();
         results.push((w, status));
     }
     if bulk {
@@ -157,22 +163,8 @@ async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line
         Ok(id) => id,
         Err(e) => return rejected(None, Some(&e.field), e.message),
     };
-    let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
-    let traceparent = trace::start(&span);
-    match records::write(state.store.as_ref(), object, &id, &input.fields, WriteMode::Upsert, None, &traceparent)
-        .instrument(span)
-        .await
-    {
-        Ok(w) => {
-            let status = if w.created {
-                "created"
-            } else if w.changed {
-                "updated"
-            } else {
-                "unchanged"
-            };
-            json!({"line": line_no, "id": id, "status": status, "version": w.record.version})
-        }
+    match upsert(state, object, &id, &input.fields).await {
+        Ok(w) => json!({"line": line_no, "id": id, "status": w.status(), "version": w.record.version}),
         Err(records::RecordError::Invalid(f)) => rejected(Some(&id), Some(&f.field), f.message),
         Err(e) => rejected(Some(&id), None, e.to_string()),
     }

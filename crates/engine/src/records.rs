@@ -36,6 +36,19 @@ pub struct Written {
     pub changed: bool,
 }
 
+impl Written {
+    /// `created`, `updated` or `unchanged`, as the API reports it.
+    pub fn status(&self) -> &'static str {
+        if self.created {
+            "created"
+        } else if self.changed {
+            "updated"
+        } else {
+            "unchanged"
+        }
+    }
+}
+
 /// Checks a patch before anything is written, so a batch can be refused whole.
 pub fn check(object: &DataObject, id: &str, patch: &Fields) -> Result<(), FieldError> {
     if id.is_empty() || id.len() > 512 {
