@@ -117,6 +117,20 @@ async fn seed_scenario_creates_a_ticket_and_writes_it_back() {
     let s1 = api.attempts("it-negative-feedback", "record_id=S1").await;
     assert_eq!(s1.len(), 1);
     assert_eq!(s1[0]["record_ids"], json!(["S1"]));
+
+    // The node's metrics count them.
+    let (status, metrics) = api.call("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap().to_string();
+    for line in [
+        "hookline_attempts_total{webhook=\"it-negative-feedback\",outcome=\"success\"} 2",
+        "hookline_attempt_duration_seconds_count{webhook=\"it-negative-feedback\"} 2",
+        "hookline_queue_depth{webhook=\"it-negative-feedback\"} 0",
+        "hookline_oldest_job_age_seconds{webhook=\"it-negative-feedback\"} 0",
+        "hookline_concurrency_limit{webhook=\"it-negative-feedback\"} 4",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
     node.stop().await;
 }
 

@@ -20,11 +20,21 @@ pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
 pub async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let _ = writeln!(out, "# HELP hookline_queue_depth Jobs waiting per webhook (ready and delayed).");
-    let _ = writeln!(out, "# TYPE hookline_queue_depth gauge");
+    let now = hookline_store::now_ms();
+    let mut depth = String::from(
+        "# HELP hookline_queue_depth Jobs waiting per webhook (ready and delayed).\n# TYPE hookline_queue_depth gauge\n",
+    );
+    let mut age = String::from(
+        "# HELP hookline_oldest_job_age_seconds Age of the oldest job on the queue.\n\
+         # TYPE hookline_oldest_job_age_seconds gauge\n",
+    );
     for wh in state.store.list_webhooks().await? {
-        let depth = state.store.queue_depth(&wh.definition.id).await?;
-        let _ = writeln!(out, "hookline_queue_depth{{webhook=\"{}\"}} {depth}", wh.definition.id);
+        let id = &wh.definition.id;
+        let _ = writeln!(depth, "hookline_queue_depth{{webhook=\"{id}\"}} {}", state.store.queue_depth(id).await?);
+        let oldest = state.store.oldest_job_ms(id).await?.map(|ms| (now - ms).max(0) as f64 / 1000.0).unwrap_or(0.0);
+        let _ = writeln!(age, "hookline_oldest_job_age_seconds{{webhook=\"{id}\"}} {oldest}");
     }
+    out.push_str(&depth);
+    out.push_str(&age);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
 }

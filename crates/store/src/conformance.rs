@@ -254,8 +254,12 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-q");
     prime_jobs(store, &wh).await;
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
+    assert_eq!(store.oldest_job_ms(&wh).await.expect("oldest_job_ms"), None);
+    let before = now_ms();
     store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3);
+    let oldest = store.oldest_job_ms(&wh).await.expect("oldest_job_ms").expect("a job is waiting");
+    assert!(oldest >= before - 1000 && oldest <= now_ms() + 1000, "queued at {oldest}, around {before}");
 
     let first = store.read_jobs(&wh, "a", 2, NO_BLOCK).await.expect("read_jobs");
     assert_eq!(job_ids(&first), [format!("{wh}-1"), format!("{wh}-2")], "in order, at most `count`");

@@ -178,6 +178,8 @@ pub trait Store: Send + Sync + 'static {
         attempt: &Attempt,
         follow_up: FollowUp,
     ) -> Result<()>;
+    /// When the oldest job on the queue (ready or being delivered) was queued, Unix ms.
+    async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>>;
     /// Number of jobs waiting: ready, pending and delayed.
     async fn queue_depth(&self, webhook: &str) -> Result<u64>;
 

@@ -720,6 +720,12 @@ impl Store for RedisStore {
             .map_err(map_err)
     }
 
+    async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
+        let r: StreamRangeReply =
+            self.conn().xrange_count(self.keys.jobs(webhook), "-", "+", 1).await.map_err(map_err)?;
+        Ok(r.ids.first().and_then(|e| e.id.split('-').next()?.parse().ok()))
+    }
+
     async fn queue_depth(&self, webhook: &str) -> Result<u64> {
         let [jobs, delayed] = self.keys.queue_depth_keys(webhook);
         let (ready, delayed): (u64, u64) = redis::pipe()

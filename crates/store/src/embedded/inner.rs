@@ -635,6 +635,13 @@ impl Inner {
         })
     }
 
+    pub(super) fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
+        let txn = self.read()?;
+        let jobs = txn.open_table(JOBS).map_err(db)?;
+        let first = jobs.range(owner_range(webhook)).map_err(db)?.next().transpose().map_err(db)?;
+        Ok(first.map(|(k, _)| k.value().1 as i64))
+    }
+
     pub(super) fn queue_depth(&self, webhook: &str) -> Result<u64> {
         let txn = self.read()?;
         let jobs = txn.open_table(JOBS).map_err(db)?;

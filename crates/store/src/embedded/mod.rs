@@ -303,6 +303,11 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.complete(&webhook, entry, &attempt, cutoff, retry, dead, writeback)).await
     }
 
+    async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
+        let webhook = webhook.to_string();
+        self.run(move |i| i.oldest_job_ms(&webhook)).await
+    }
+
     async fn queue_depth(&self, webhook: &str) -> Result<u64> {
         let webhook = webhook.to_string();
         self.run(move |i| i.queue_depth(&webhook)).await
