@@ -182,3 +182,42 @@ async fn ndjson_ingestion_answers_per_record() {
     assert_eq!(api.record("item", "i1999").await["fields"]["n"], 1999);
     node.stop().await;
 }
+
+#[actix_rt::test]
+async fn hookline_import_sends_a_file_in_chunks_and_sums_up() {
+    let ns = namespace();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let file = std::env::temp_dir().join(format!("hl-import-{ns}.ndjson"));
+    let mut body = String::new();
+    for i in 0..12_000 {
+        body.push_str(&json!({"id": format!("x{i}"), "fields": {"n": i}}).to_string());
+        body.push('\n');
+        if i == 7_000 {
+            body.push_str("{\"id\": \"oops\", \"fields\": {\"n\": \"seven\"}}\n");
+        }
+    }
+    std::fs::write(&file, body).unwrap();
+    let bin = crate::procs::hookline_bin();
+    let (file_arg, url) = (file.clone(), node.url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["import", "--object", "item", "--chunk", "2500", "--url", &url])
+            .arg(&file_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a rejected line makes the exit status 1\n{stdout}\n{stderr}");
+    assert!(stdout.contains("imported 12001 records into `item`"), "{stdout}");
+    assert!(stdout.contains("12000 created, 0 updated, 0 unchanged, 1 rejected"), "{stdout}");
+    assert!(stderr.contains("line 7002: rejected: fields.n: expected a number"), "{stderr}");
+    assert!(stderr.contains("100%"), "a progress bar: {stderr}");
+    assert_eq!(api.record("item", "x11999").await["fields"]["n"], 11999);
+    node.stop().await;
+}

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod import;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -17,6 +17,9 @@ enum Command {
     /// Run the seed's example end to end against a built-in ticket tracker, print what
     /// happened, and keep serving.
     Demo(ServeArgs),
+    /// Send an NDJSON file of records to a node, with progress and a summary; exits 1 when
+    /// some lines were rejected.
+    Import(hookline::import::ImportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,13 @@ fn main() -> anyhow::Result<()> {
             let _telemetry =
                 hookline_telemetry::init(config.log_format, "warn", config.otlp_endpoint.as_deref(), &config.node_id);
             actix_rt::System::new().block_on(hookline::demo::run(config, hookline::shutdown_signal()))
+        }
+        Command::Import(args) => {
+            let summary = actix_rt::System::new().block_on(hookline::import::run(args))?;
+            if summary.rejected > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }
