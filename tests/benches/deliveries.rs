@@ -6,7 +6,7 @@
 //! shared machines drift, ratios much less.
 //!
 //! Usage: deliveries [--records N] [--nodes 1,2,3] [--concurrency C] [--sink-ms MS]
-//!                   [--store redis|embedded] [--redis URL]
+//!                   [--batch 1,10,100] [--store redis|embedded] [--redis URL]
 
 #[path = "../tests/procs.rs"]
 mod procs;
@@ -25,6 +25,7 @@ struct Options {
     nodes: Vec<usize>,
     concurrency: usize,
     sink_ms: u64,
+    batches: Vec<usize>,
     store: String,
     redis: String,
 }
@@ -35,6 +36,7 @@ fn options() -> Options {
         nodes: vec![1],
         concurrency: 64,
         sink_ms: 20,
+        batches: vec![1],
         store: "redis".into(),
         redis: support::redis_url(),
     };
@@ -47,6 +49,7 @@ fn options() -> Options {
             "--nodes" => o.nodes = v.split(',').map(|n| n.parse().expect("--nodes 1,2,3")).collect(),
             "--concurrency" => o.concurrency = v.parse().expect("--concurrency C"),
             "--sink-ms" => o.sink_ms = v.parse().expect("--sink-ms MS"),
+            "--batch" => o.batches = v.split(',').map(|n| n.parse().expect("--batch 1,10,100")).collect(),
             "--store" => o.store = v,
             "--redis" => o.redis = v,
             "--bench" => {
@@ -82,7 +85,7 @@ async fn raw_rate(sink: &Sink, total: usize, concurrency: usize) -> f64 {
     (per * concurrency) as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run_once(o: &Options, nodes: usize) {
+async fn run_once(o: &Options, nodes: usize, batch: usize) {
     let sink = Sink::start(Duration::from_millis(o.sink_ms));
     let ns = namespace();
     let dirs: Vec<std::path::PathBuf> =
@@ -107,7 +110,8 @@ async fn run_once(o: &Options, nodes: usize) {
         Some(json!({
             "id": "bench", "object": "item", "trigger": {"on_create": true},
             "request": {"url": format!("{}/in", sink.url)},
-            "settings": {"max_concurrency": o.concurrency, "timeout": "10s", "retries": 3, "retry_wait": "1s"}
+            "settings": {"max_concurrency": o.concurrency, "timeout": "10s", "retries": 3, "retry_wait": "1s",
+                         "max_batch_size": batch, "batch_linger_ms": 50}
         })),
     )
     .await;
@@ -131,10 +135,11 @@ async fn run_once(o: &Options, nodes: usize) {
     let records_s = o.records as f64 / accepted.as_secs_f64();
     let deliveries_s = o.records as f64 / delivered.as_secs_f64();
     println!(
-        "store={} nodes={} records={} concurrency={} sink_ms={} | records/s accepted {:.0} | deliveries/s {:.0} | \
+        "store={} nodes={} batch={} records={} concurrency={} sink_ms={} | records/s accepted {:.0} | deliveries/s {:.0} | \
          raw sink req/s {:.0} | ratio {:.2} | max in flight {}",
         o.store,
         nodes,
+        batch,
         o.records,
         o.concurrency,
         o.sink_ms,
@@ -150,7 +155,9 @@ fn main() {
     let o = options();
     actix_rt::System::new().block_on(async {
         for &n in &o.nodes {
-            run_once(&o, n).await;
+            for &b in &o.batches {
+                run_once(&o, n, b).await;
+            }
         }
     });
 }

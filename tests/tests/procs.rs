@@ -200,10 +200,16 @@ impl Sink {
                     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
                     tokio::time::sleep(s.delay).await;
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let record = v["records"][0]["id"].as_str().unwrap_or_default().to_string();
                     let webhook_id =
                         req.headers().get("webhook-id").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-                    s.hits.lock().unwrap().push(Hit { webhook_id, record });
+                    // A bulk call carries several records: one hit each.
+                    let records = v["records"].as_array().cloned().unwrap_or_default();
+                    let mut hits = s.hits.lock().unwrap();
+                    for r in records {
+                        let record = r["id"].as_str().unwrap_or_default().to_string();
+                        hits.push(Hit { webhook_id: webhook_id.clone(), record });
+                    }
+                    drop(hits);
                     s.in_flight.fetch_sub(1, Ordering::SeqCst);
                     HttpResponse::Ok().finish()
                 },
