@@ -135,7 +135,7 @@ pub async fn run(mut config: Config, shutdown: impl std::future::Future<Output =
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    println!("\n== Hookline demo: the seed's IT-ticket example ==");
+    println!("\n== Hookline demo: open an IT ticket for negative survey feedback ==");
     println!("ticket tracker (built in): {tracker}");
     api.call(reqwest::Method::POST, "/v1/objects", Some(survey_object())).await?;
     api.call(reqwest::Method::PUT, "/v1/webhooks/it-negative-feedback", Some(seed_webhook(&tracker))).await?;
