@@ -26,6 +26,8 @@ mod oauth;
 mod policy;
 mod retry;
 mod signing;
+#[cfg(test)]
+mod test_http;
 
 pub use auth::{REDACTED, basic_auth, redact_headers};
 pub use client::{
