@@ -17,7 +17,7 @@ use hookline_model::{DataObject, Fields, StoredWebhook};
 use hookline_proto::{Attempt, Change, Job, Outcome, WritebackJob};
 use serde_json::json;
 
-use crate::{ATTEMPT_RETENTION, AttemptFilter, DefEvent, FollowUp, Store, WriteResult, now_ms};
+use crate::{ATTEMPT_RETENTION, AttemptFilter, DefEvent, FollowUp, IndexedRecord, Store, WriteResult, now_ms};
 
 const NO_BLOCK: Duration = Duration::ZERO;
 /// Long enough that nothing in a check is ever this idle.
@@ -28,6 +28,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     let p = format!("cf{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let s = store.as_ref();
     records(s, &p).await;
+    write_index(s, &p).await;
     change_claims(s, &p).await;
     definitions(s, &p).await;
     definition_events(s, &p).await;
@@ -156,6 +157,92 @@ pub async fn records(store: &dyn Store, prefix: &str) {
     let ids: Vec<String> = changes.iter().map(|e| e.id.clone()).collect();
     store.ack_changes(&obj, &ids).await.expect("ack_changes");
     assert!(store.claim_changes(&obj, "t2", Duration::ZERO).await.expect("claim_changes").is_empty());
+}
+
+/// The write index: every record write takes its object's next position (1, 2, …); a record
+/// written again moves to its new position; paging with `after` = the last position returned
+/// sees every record once per write it has not been seen at, in write order; the origin
+/// webhook of each record's latest write is kept; objects are independent.
+pub async fn write_index(store: &dyn Store, prefix: &str) {
+    let (obj, other) = (format!("{prefix}-idx"), format!("{prefix}-idx-other"));
+    let position = |o: &str| {
+        let o = o.to_string();
+        async move { store.write_position(&o).await.expect("write_position") }
+    };
+    let listed = |o: &str, after: u64, limit: usize| {
+        let o = o.to_string();
+        async move { store.records_written(&o, after, limit).await.expect("records_written") }
+    };
+    let seen = |v: &[IndexedRecord]| v.iter().map(|r| (r.record.id.clone(), r.position)).collect::<Vec<_>>();
+    let at = |pairs: &[(&str, u64)]| pairs.iter().map(|(id, p)| (id.to_string(), *p)).collect::<Vec<_>>();
+    // Writes `id` at `expected + 1`, with `origin` on its change.
+    let write = |o: &str, id: &str, expected: u64, status: &str, origin: &str| {
+        let mut c = change(o, id, expected + 1, status);
+        c.origin_webhook = origin.to_string();
+        let (o, id, f) = (o.to_string(), id.to_string(), fields(status));
+        async move {
+            let w = store.write_record(&o, &id, expected, &f, &c).await.expect("write_record");
+            assert_eq!(w, WriteResult::Written { version: expected + 1 }, "{o}/{id}");
+        }
+    };
+
+    assert_eq!(position(&obj).await, 0, "nothing written yet");
+    assert!(listed(&obj, 0, 10).await.is_empty());
+    let plan = [("A", 0, "Open", ""), ("B", 0, "Open", ""), ("C", 0, "Open", ""), ("A", 1, "Done", "wh-x")];
+    for (n, (id, expected, status, origin)) in plan.into_iter().enumerate() {
+        write(&obj, id, expected, status, origin).await;
+        assert_eq!(position(&obj).await, n as u64 + 1, "one position per write, across the object's records");
+    }
+    let conflict = store.write_record(&obj, "B", 0, &fields("Stale"), &change(&obj, "B", 1, "Stale")).await;
+    assert_eq!(conflict.expect("write_record"), WriteResult::Conflict { current: 1 });
+    assert_eq!(position(&obj).await, 4, "a refused write takes no position");
+
+    let all = listed(&obj, 0, 100).await;
+    assert_eq!(seen(&all), at(&[("B", 2), ("C", 3), ("A", 4)]), "A moved from 1 to its latest write");
+    for r in &all {
+        let stored = store.get_record(&obj, &r.record.id).await.expect("get_record").expect("the record exists");
+        assert_eq!(r.record, stored, "the record as stored");
+    }
+    let origins: Vec<&str> = all.iter().map(|r| r.origin_webhook.as_str()).collect();
+    assert_eq!(origins, ["", "", "wh-x"], "the latest write's origin webhook; empty without one");
+    assert_eq!((all[2].record.version, &all[2].record.fields), (2, &fields("Done")));
+    assert!(listed(&obj, 4, 100).await.is_empty(), "nothing after the write position");
+    assert_eq!(seen(&listed(&obj, 3, 100).await), at(&[("A", 4)]), "`after` is exclusive");
+    assert!(listed(&obj, 0, 0).await.is_empty(), "at most `limit`");
+
+    // Paging with `after` = the last position returned, while records are written again.
+    let page = listed(&obj, 0, 2).await;
+    assert_eq!(seen(&page), at(&[("B", 2), ("C", 3)]));
+    write(&obj, "B", 1, "Pending", "wh-y").await; // 5
+    write(&obj, "D", 0, "Open", "").await; // 6
+    let page = listed(&obj, 3, 2).await;
+    assert_eq!(seen(&page), at(&[("A", 4), ("B", 5)]), "B written again: seen again at its new position");
+    assert_eq!(page[1].origin_webhook, "wh-y");
+    write(&obj, "A", 2, "Reopened", "").await; // 7: A leaves 4
+    let page = listed(&obj, 5, 2).await;
+    assert_eq!(seen(&page), at(&[("D", 6), ("A", 7)]));
+    assert_eq!(page[1].origin_webhook, "", "a write without an origin clears the earlier one");
+    assert!(listed(&obj, 7, 2).await.is_empty(), "the end");
+    let mut from = 0;
+    let mut each = Vec::new();
+    loop {
+        let page = listed(&obj, from, 1).await;
+        let Some(last) = page.last() else { break };
+        from = last.position;
+        each.extend(seen(&page));
+    }
+    assert_eq!(each, at(&[("C", 3), ("B", 5), ("D", 6), ("A", 7)]), "each record once, by latest write");
+    assert_eq!(position(&obj).await, 7);
+
+    // Another object has positions of its own.
+    assert_eq!(position(&other).await, 0);
+    write(&other, "A", 0, "Open", "wh-z").await;
+    assert_eq!(position(&other).await, 1);
+    assert_eq!(position(&obj).await, 7, "unmoved by the other object's write");
+    let theirs = listed(&other, 0, 100).await;
+    assert_eq!(seen(&theirs), at(&[("A", 1)]));
+    assert_eq!((theirs[0].origin_webhook.as_str(), theirs[0].record.fields.clone()), ("wh-z", fields("Open")));
+    assert_eq!(listed(&obj, 0, 100).await.len(), 4);
 }
 
 /// A change read but not acknowledged is claimable by another consumer once idle long enough.
@@ -661,7 +748,8 @@ pub async fn rate_limit(store: &dyn Store, prefix: &str) {
 }
 
 /// Shared values expire after their TTL; a lock has one holder at a time, only the holder
-/// releases it, and an abandoned lock frees itself after its TTL.
+/// releases it, the holder taking it again renews it, and an abandoned lock frees itself
+/// after its TTL.
 pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-kv");
     assert_eq!(store.get_value(&wh, "token").await.expect("get_value"), None);
@@ -681,6 +769,17 @@ pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
     assert!(store.try_lock(&wh, "refresh", "b", ttl).await.expect("try_lock"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.try_lock(&wh, "refresh", "c", ttl).await.expect("try_lock"), "an abandoned lock never expired");
+
+    // Re-entrant: the holder takes its lock again, which renews it for the new TTL.
+    let short = Duration::from_millis(200);
+    assert!(store.try_lock(&wh, "renew", "a", short).await.expect("try_lock"));
+    assert!(store.try_lock(&wh, "renew", "a", Duration::from_secs(30)).await.expect("try_lock"), "the holder again");
+    assert!(!store.try_lock(&wh, "renew", "b", ttl).await.expect("try_lock"), "another holder is still refused");
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    assert!(!store.try_lock(&wh, "renew", "b", ttl).await.expect("try_lock"), "renewed past the first TTL");
+    assert!(store.try_lock(&wh, "renew", "a", short).await.expect("try_lock"), "still a's");
+    store.unlock(&wh, "renew", "a").await.expect("unlock");
+    assert!(store.try_lock(&wh, "renew", "b", ttl).await.expect("try_lock"), "released by its holder");
 }
 
 /// A counting semaphore: never more than `limit` holders; renewals by a holder; releases
@@ -791,11 +890,11 @@ mod tests {
         };
     }
 
-    backend!(embedded: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
+    backend!(embedded: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
         concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
-    backend!(cluster: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
+    backend!(cluster: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
         concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
-    backend!(redis: records, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
+    backend!(redis: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
         concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
 
     /// A throwaway Redis Cluster for the `cluster` tests.

@@ -9,8 +9,9 @@
 //! - `{wh:<id>}` for everything of one webhook: its queues, delayed set, dead letters,
 //!   write-backs, attempts, permits, values and locks (`complete.lua`, `promote_due.lua`,
 //!   `redrive.lua`, the `DEL` of a deleted webhook);
-//! - `{obj:<name>}` for one data object's records and its change stream
-//!   (`write_record.lua`).
+//! - `{obj:<name>}` for one data object's records, its change stream, its write-position
+//!   counter and its write index (`write_record.lua` touches a record and the other three;
+//!   `records_written` reads the index, then the records it lists in one pipeline).
 //!
 //! Redis Cluster hashes only the text between the first `{` and the next `}`, so keys of
 //! one tag are on one slot whatever the namespace (which has no braces) and whatever ids
@@ -61,9 +62,22 @@ impl Keys {
         format!("{}:{DEFINITIONS_TAG}:events", self.ns)
     }
 
-    /// HASH `v` (version), `f` (fields JSON) of one record.
+    /// HASH `v` (version), `f` (fields JSON) of one record, and of its latest write `o` (the
+    /// change's origin webhook, `""` for none) and `p` (its position in [`Keys::written`]).
     pub fn record(&self, object: &str, id: &str) -> String {
         format!("{}:{{obj:{object}}}:rec:{id}", self.ns)
+    }
+
+    /// STRING: the position of the object's latest record write, `INCR`ed by every write
+    /// (`write_record.lua`); missing before the first.
+    pub fn position(&self, object: &str) -> String {
+        format!("{}:{{obj:{object}}}:position", self.ns)
+    }
+
+    /// ZSET record id scored by the position of the record's latest write: the write index.
+    /// A record written again moves to its new position (`ZADD` overwrites the score).
+    pub fn written(&self, object: &str) -> String {
+        format!("{}:{{obj:{object}}}:written", self.ns)
     }
 
     /// STREAM of accepted changes of one object (`c` = Change protobuf), group [`TRIGGER_GROUP`].
@@ -141,9 +155,10 @@ impl Keys {
         [self.webhooks(), self.webhook_versions(), self.events()]
     }
 
-    /// `KEYS` of `write_record.lua`: the record, the object's change stream.
-    pub fn write_record_keys(&self, object: &str, id: &str) -> [String; 2] {
-        [self.record(object, id), self.changes(object)]
+    /// `KEYS` of `write_record.lua`: the record, the object's change stream, its position
+    /// counter, its write index.
+    pub fn write_record_keys(&self, object: &str, id: &str) -> [String; 4] {
+        [self.record(object, id), self.changes(object), self.position(object), self.written(object)]
     }
 
     /// `KEYS` of `promote_due.lua`: delayed set, job stream.
@@ -249,9 +264,17 @@ mod tests {
 
     #[test]
     fn records_share_a_slot_with_their_change_stream() {
-        let k = Keys::new("hookline");
-        for (object, id) in [("survey", "S1"), ("survey", "{x}"), ("a}b", "1"), ("", "")] {
-            one_slot("write_record.lua", &k.write_record_keys(object, id));
+        for ns in ["hookline", "ns", "a:b"] {
+            let k = Keys::new(ns);
+            for (object, id) in [("survey", "S1"), ("survey", "{x}"), ("a}b", "1"), ("", ""), ("ünï", "}")] {
+                let keys = k.write_record_keys(object, id);
+                one_slot("write_record.lua", &keys);
+                assert!(keys.iter().all(|key| key.contains(&format!("{{obj:{object}}}"))), "{keys:?}");
+                // `records_written`: the index, then several records of the object in one pipeline.
+                let read = [k.written(object), k.record(object, id), k.record(object, "other"), k.record(object, "")];
+                one_slot("records_written", &read);
+                assert_eq!(slot(keys[0].as_bytes()), slot(read[0].as_bytes()));
+            }
         }
     }
 

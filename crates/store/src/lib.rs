@@ -103,6 +103,18 @@ pub enum DefEvent {
     Webhook(String),
 }
 
+/// A record as the write index lists it (scheduled webhooks select records through it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedRecord {
+    /// Where the record was listed in its object's write order: every write of a record of
+    /// the object takes the next position (1, 2, …), in the same atomic step.
+    pub position: u64,
+    pub record: Record,
+    /// The webhook whose write-back made the record's latest write; empty for any other
+    /// writer (the API, an import).
+    pub origin_webhook: String,
+}
+
 /// How long attempts are kept.
 pub const ATTEMPT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -147,6 +159,17 @@ pub trait Store: Send + Sync + 'static {
     /// Takes over changes another consumer read but did not acknowledge within `min_idle`.
     async fn claim_changes(&self, object: &str, consumer: &str, min_idle: Duration) -> Result<Vec<Entry<Change>>>;
     async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()>;
+
+    // --- the write index (scheduled webhooks) ---
+    /// The position of the object's latest record write; 0 before the first.
+    async fn write_position(&self, object: &str) -> Result<u64>;
+    /// Records whose latest write stands at a position after `after`, in ascending position,
+    /// at most `limit` (fewer only at the end). A record written again moves to its new
+    /// position, so paging with the last position returned as the next `after` meets every
+    /// record whose latest write is later than the first `after`. A record rewritten while it
+    /// is being listed may come with its newer write at its older position, and then again
+    /// at the newer one: readers are at-least-once.
+    async fn records_written(&self, object: &str, after: u64, limit: usize) -> Result<Vec<IndexedRecord>>;
 
     // --- jobs ---
     /// Appends jobs to their webhooks' queues.
@@ -219,6 +242,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a value that expires after `ttl`.
     async fn set_value(&self, webhook: &str, name: &str, value: &[u8], ttl: Duration) -> Result<()>;
     /// Takes the lock `name` for `holder` unless someone else holds it; it expires after `ttl`.
+    /// Taking a lock `holder` already holds succeeds and renews it for `ttl`.
     async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
     /// Releases the lock if `holder` still holds it.
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()>;

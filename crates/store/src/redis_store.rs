@@ -30,8 +30,8 @@ use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, Scrip
 
 use crate::keys::{DISPATCH_GROUP, Keys, TRIGGER_GROUP, WRITEBACK_GROUP};
 use crate::{
-    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, Result, Store, StoreError, WriteResult,
-    now_ms,
+    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, IndexedRecord, Result, Store, StoreError,
+    WriteResult, now_ms,
 };
 
 /// A connection to one Redis or to a Redis Cluster. Cheap to clone: both kinds are handles
@@ -101,6 +101,7 @@ struct Scripts {
     acquire_permit: Script,
     redrive: Script,
     requeue: Script,
+    try_lock: Script,
     unlock: Script,
     rate: Script,
 }
@@ -257,6 +258,7 @@ impl RedisStore {
                 acquire_permit: Script::new(include_str!("lua/acquire_permit.lua")),
                 redrive: Script::new(include_str!("lua/redrive.lua")),
                 requeue: Script::new(include_str!("lua/requeue.lua")),
+                try_lock: Script::new(include_str!("lua/try_lock.lua")),
                 unlock: Script::new(include_str!("lua/unlock.lua")),
                 rate: Script::new(include_str!("lua/rate.lua")),
             },
@@ -595,6 +597,8 @@ impl Store for RedisStore {
                 .arg(expected)
                 .arg(text)
                 .arg(change.encode_to_vec())
+                .arg(&change.origin_webhook)
+                .arg(id)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(map_err)?;
@@ -621,6 +625,57 @@ impl Store for RedisStore {
 
     async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()> {
         self.ack(&self.keys.changes(object), TRIGGER_GROUP, ids).await
+    }
+
+    async fn write_position(&self, object: &str) -> Result<u64> {
+        let position: Option<u64> = self.conn().get(self.keys.position(object)).await.map_err(map_err)?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn records_written(&self, object: &str, after: u64, limit: usize) -> Result<Vec<IndexedRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Positions are zset scores (doubles): exact up to 2^53 writes of one object.
+        let listed: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.keys.written(object))
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pipeline for every listed record: all of them share the index's slot.
+        let mut pipe = redis::pipe();
+        for (id, _) in &listed {
+            pipe.cmd("HMGET").arg(self.keys.record(object, id)).arg("v").arg("f").arg("o");
+        }
+        type Hash = (Option<u64>, Option<String>, Option<String>);
+        let hashes: Vec<Hash> = pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(listed.len());
+        for ((id, score), (version, fields, origin)) in listed.into_iter().zip(hashes) {
+            // The two reads are not one atomic step. A record whose hash vanished is skipped.
+            let (Some(version), Some(fields)) = (version, fields) else { continue };
+            // A record rewritten between the two reads comes with its newer write but at the
+            // position it was listed at, so positions stay ascending and a caller paging from
+            // the last one misses nothing; it is listed again at its new position later (an
+            // at-least-once reader sends it twice, never zero times).
+            let position = score as u64;
+            let key = self.keys.record(object, &id);
+            out.push(IndexedRecord {
+                position,
+                record: Record { fields: json(&key, &fields)?, id, version },
+                origin_webhook: origin.unwrap_or_default(),
+            });
+        }
+        Ok(out)
     }
 
     async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
@@ -875,16 +930,17 @@ impl Store for RedisStore {
     }
 
     async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.lock(webhook, name))
+        // Re-entrant: the holder renews its own lock; compare and take or renew in one step.
+        let ok: i64 = self
+            .scripts
+            .try_lock
+            .key(self.keys.lock(webhook, name))
             .arg(holder)
-            .arg("NX")
-            .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn())
+            .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
-        Ok(set.is_some())
+        Ok(ok == 1)
     }
 
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()> {
@@ -967,6 +1023,56 @@ mod tests {
         for bad in ["", "a{b", "a}b", "{x}"] {
             assert!(check_namespace(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `records_written` reads the index, then the records: a record written again after the
+    /// index was read (simulated: its hash moved on) comes with its newer write at the
+    /// position it was listed at, and a record whose hash vanished is skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_changed_between_the_two_reads() {
+        let url = std::env::var("HOOKLINE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+        let ns = format!("hl-test-{}", uuid::Uuid::new_v4().simple());
+        let store = RedisStore::connect(&url, &ns).await.expect("a Redis at HOOKLINE_TEST_REDIS");
+        let fields: Fields = serde_json::json!({"status": "Open"}).as_object().cloned().unwrap_or_default();
+        for (id, origin) in [("A", "wh"), ("B", ""), ("C", "")] {
+            let change = Change {
+                object: "o".into(),
+                record_id: id.into(),
+                version: 1,
+                origin_webhook: origin.into(),
+                ..Default::default()
+            };
+            let w = store.write_record("o", id, 0, &fields, &change).await.expect("write_record");
+            assert_eq!(w, WriteResult::Written { version: 1 });
+        }
+        let mut raw = redis::Client::open(url.as_str())
+            .expect("Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let stored: (String, u64) = redis::cmd("HMGET")
+            .arg(store.keys().record("o", "A"))
+            .arg("o")
+            .arg("p")
+            .query_async(&mut raw)
+            .await
+            .expect("HMGET");
+        assert_eq!(stored, ("wh".to_string(), 1), "origin and position next to the record");
+        let listed = |after| store.records_written("o", after, 10);
+        let ids = |v: Vec<IndexedRecord>| v.into_iter().map(|r| (r.record.id, r.position)).collect::<Vec<_>>();
+        assert_eq!(ids(listed(0).await.expect("records_written")), [("A".into(), 1), ("B".into(), 2), ("C".into(), 3)]);
+
+        let _: () = raw
+            .hset_multiple(store.keys().record("o", "A"), &[("v", "2"), ("f", r#"{"status":"Closed"}"#), ("p", "9")])
+            .await
+            .expect("HSET");
+        let _: () = raw.del(store.keys().record("o", "C")).await.expect("DEL");
+        let page = listed(0).await.expect("records_written");
+        assert_eq!(page[0].record.version, 2, "the newer write");
+        assert_eq!(ids(page), [("A".to_string(), 1), ("B".to_string(), 2)]);
+
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut raw).await.expect("KEYS");
+        let _: () = raw.del(keys).await.expect("DEL");
     }
 
     /// Definitions stored under the key names from before the `{def}` hash tag are renamed

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::state::{Group, Groups, Locks, Pending, Permits, Rates, lock};
 use super::tables::*;
-use crate::{AttemptFilter, DeadLetter, DefEvent, Entry, Result, StoreError, WriteResult};
+use crate::{AttemptFilter, DeadLetter, DefEvent, Entry, IndexedRecord, Result, StoreError, WriteResult};
 
 /// Maps any redb error to a [`StoreError`].
 pub(super) fn db(e: impl Into<redb::Error>) -> StoreError {
@@ -100,6 +100,44 @@ fn event(txn: &WriteTransaction, fx: &mut Effects, kind: &str, name: &str) -> Re
     Ok(())
 }
 
+/// Gives record `id` the object's next write position and moves its write index entry there,
+/// noting `origin` (`""`: none). Returns the position.
+fn index_write(
+    meta: &mut Table<&'static str, (u64, u64)>,
+    positions: &mut Table<(&'static str, &'static str), (u64, &'static str)>,
+    written: &mut Table<(&'static str, u64), &'static str>,
+    object: &str,
+    id: &str,
+    origin: &str,
+) -> Result<u64> {
+    let key = position_key(object);
+    let position = meta.get(key.as_str()).map_err(db)?.map(|v| v.value().0).unwrap_or(0) + 1;
+    meta.insert(key.as_str(), (position, 0)).map_err(db)?;
+    let previous = positions.insert((object, id), (position, origin)).map_err(db)?.map(|v| v.value().0);
+    if let Some(previous) = previous {
+        written.remove((object, previous)).map_err(db)?;
+    }
+    written.insert((object, position), id).map_err(db)?;
+    Ok(position)
+}
+
+/// Indexes every record of a version 1 file, which has none of the write index: in
+/// [`RECORDS`] order (so each object's records take positions 1, 2, … by id), origin `""`.
+/// Returns how many records it indexed.
+fn index_records(txn: &WriteTransaction, meta: &mut Table<&'static str, (u64, u64)>) -> Result<u64> {
+    let records = txn.open_table(RECORDS).map_err(db)?;
+    let mut positions = txn.open_table(RECORD_POSITIONS).map_err(db)?;
+    let mut written = txn.open_table(WRITTEN).map_err(db)?;
+    let mut n = 0;
+    for item in records.iter().map_err(db)? {
+        let (k, _) = item.map_err(db)?;
+        let (object, id) = k.value();
+        index_write(meta, &mut positions, &mut written, object, id, "")?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Every key of one owner in a queue-like table.
 fn owner_range(owner: &str) -> std::ops::RangeInclusive<(&str, u64, u64)> {
     Id::default().key(owner)..=Id::MAX.key(owner)
@@ -132,6 +170,8 @@ impl Inner {
             txn.open_table(WEBHOOKS).map_err(db)?;
             txn.open_table(EVENTS).map_err(db)?;
             txn.open_table(RECORDS).map_err(db)?;
+            txn.open_table(RECORD_POSITIONS).map_err(db)?;
+            txn.open_table(WRITTEN).map_err(db)?;
             txn.open_table(DELAYED).map_err(db)?;
             txn.open_table(DEAD).map_err(db)?;
             txn.open_table(ATTEMPTS).map_err(db)?;
@@ -144,9 +184,15 @@ impl Inner {
                     meta.insert("format", (FORMAT, 0)).map_err(db)?;
                 }
                 Some(FORMAT) => {}
+                Some(1) => {
+                    // Version 2 added the write index: build it, in this same transaction.
+                    let indexed = index_records(&txn, &mut meta)?;
+                    meta.insert("format", (FORMAT, 0)).map_err(db)?;
+                    tracing::info!(path = %path.display(), records = indexed, "indexed the records of a layout version 1 store; now version {FORMAT}");
+                }
                 Some(other) => {
                     return Err(StoreError::Backend(format!(
-                        "{} has layout version {other}; this build reads version {FORMAT}",
+                        "{} has layout version {other}; this build reads versions 1 to {FORMAT}",
                         path.display()
                     )));
                 }
@@ -368,6 +414,7 @@ impl Inner {
         expected: u64,
         fields: &str,
         change: &[u8],
+        origin: &str,
     ) -> Result<WriteResult> {
         self.write(|txn, fx| {
             let mut records = txn.open_table(RECORDS).map_err(db)?;
@@ -379,8 +426,54 @@ impl Inner {
             records.insert((object, id), (version, fields)).map_err(db)?;
             let mut changes = txn.open_table(CHANGES).map_err(db)?;
             append(&mut changes, fx, Queue::Changes, object, 0, change)?;
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let mut positions = txn.open_table(RECORD_POSITIONS).map_err(db)?;
+            let mut written = txn.open_table(WRITTEN).map_err(db)?;
+            index_write(&mut meta, &mut positions, &mut written, object, id, origin)?;
             Ok(WriteResult::Written { version })
         })
+    }
+
+    // --- the write index ---
+
+    pub(super) fn write_position(&self, object: &str) -> Result<u64> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let position = meta.get(position_key(object).as_str()).map_err(db)?.map(|v| v.value().0);
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Up to `limit` records whose latest write stands after `after`, in position order, read
+    /// from one snapshot (so each entry agrees with its record).
+    pub(super) fn records_written(&self, object: &str, after: u64, limit: usize) -> Result<Vec<IndexedRecord>> {
+        if limit == 0 || after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        let txn = self.read()?;
+        let written = txn.open_table(WRITTEN).map_err(db)?;
+        let records = txn.open_table(RECORDS).map_err(db)?;
+        let positions = txn.open_table(RECORD_POSITIONS).map_err(db)?;
+        let range = (Bound::Excluded((object, after)), Bound::Included((object, u64::MAX)));
+        let mut out = Vec::new();
+        for item in written.range(range).map_err(db)?.take(limit) {
+            let (k, v) = item.map_err(db)?;
+            let (position, id) = (k.value().1, v.value());
+            // A record and its index entry are written in one transaction: this only skips an
+            // entry left without its record (as Redis skips a vanished hash).
+            let Some(record) = records.get((object, id)).map_err(db)? else { continue };
+            let (version, fields) = record.value();
+            let origin = positions.get((object, id)).map_err(db)?.map(|p| p.value().1.to_string());
+            out.push(IndexedRecord {
+                position,
+                record: Record {
+                    id: id.to_string(),
+                    version,
+                    fields: json(|| format!("records/{object}/{id}"), fields)?,
+                },
+                origin_webhook: origin.unwrap_or_default(),
+            });
+        }
+        Ok(out)
     }
 
     // --- queues ---

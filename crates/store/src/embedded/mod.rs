@@ -6,11 +6,13 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `"last_id"`, `"format"` | newest stream id handed out; layout version |
+//! | `meta` | `"last_id"`, `"format"`, `"position/<object>"` | newest stream id handed out; layout version; position of the object's latest record write |
 //! | `objects` | object name | DataObject JSON |
 //! | `webhooks` | webhook id | (stored version, StoredWebhook JSON) — compare-and-set reads the version |
 //! | `events` | stream id | (`object`\|`webhook`, name): definition events, newest 10 000 kept |
 //! | `records` | (object, record id) | (version, fields JSON) |
+//! | `record_positions` | (object, record id) | (position, origin webhook) of the record's latest write |
+//! | `written` | (object, position) | record id: the write index, each record at its latest write |
 //! | `changes` | (object, stream id) | (flags, Change protobuf) |
 //! | `jobs` | (webhook, stream id) | (flags, Job protobuf): ready and delivered-but-unacknowledged |
 //! | `writebacks` | (webhook, stream id) | (flags, WritebackJob protobuf) |
@@ -24,8 +26,13 @@
 //! stored with them so a restart (or a clock stepping back) never reuses one. Every call that
 //! changes something is one write transaction with [`redb::Durability::Immediate`] (redb's
 //! default): once it returned `Ok`, a `kill -9` loses none of it. `write_record` stores the
-//! record and appends its change in one transaction; `complete` records the attempt, adds
-//! its retry, dead letter and write-back and acknowledges the job in one.
+//! record, appends its change and moves the record to its object's next write position in
+//! one transaction; `complete` records the attempt, adds its retry, dead letter and
+//! write-back and acknowledges the job in one.
+//!
+//! The layout version is `"format"` in `meta`. Opening a version 1 file (before the write
+//! index) indexes its records in one transaction; a newer version than this build knows is
+//! refused.
 //!
 //! # Consumer groups live in memory
 //!
@@ -63,7 +70,8 @@ use tokio::time::Instant;
 use self::inner::Inner;
 use self::tables::{Id, Queue};
 use crate::{
-    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, Result, Store, StoreError, WriteResult,
+    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, IndexedRecord, Result, Store, StoreError,
+    WriteResult,
 };
 
 /// The embedded store: a redb file plus in-memory consumer groups and permits. Cheap to
@@ -224,9 +232,14 @@ impl Store for EmbeddedStore {
         fields: &Fields,
         change: &Change,
     ) -> Result<WriteResult> {
-        let (object, id, text, change) =
-            (object.to_string(), id.to_string(), encode_json(fields)?, change.encode_to_vec());
-        self.run(move |i| i.write_record(&object, &id, expected, &text, &change)).await
+        let (object, id, text, origin, change) = (
+            object.to_string(),
+            id.to_string(),
+            encode_json(fields)?,
+            change.origin_webhook.clone(),
+            change.encode_to_vec(),
+        );
+        self.run(move |i| i.write_record(&object, &id, expected, &text, &change, &origin)).await
     }
 
     async fn read_changes(
@@ -246,6 +259,16 @@ impl Store for EmbeddedStore {
     async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()> {
         let (object, ids) = (object.to_string(), parse_ids(ids)?);
         self.run(move |i| i.ack(Queue::Changes, &object, &ids)).await
+    }
+
+    async fn write_position(&self, object: &str) -> Result<u64> {
+        let object = object.to_string();
+        self.run(move |i| i.write_position(&object)).await
+    }
+
+    async fn records_written(&self, object: &str, after: u64, limit: usize) -> Result<Vec<IndexedRecord>> {
+        let object = object.to_string();
+        self.run(move |i| i.records_written(&object, after, limit)).await
     }
 
     async fn enqueue(&self, jobs: &[Job]) -> Result<()> {

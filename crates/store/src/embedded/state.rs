@@ -125,12 +125,13 @@ pub(super) struct Locks {
 }
 
 impl Locks {
+    /// Takes the lock for `holder`, or renews it for `ttl` when `holder` already holds it.
     pub(super) fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut map = lock(&self.map);
         let key = (webhook.to_string(), name.to_string());
         match map.get(&key) {
-            Some((_, until)) if *until > now => false,
+            Some((other, until)) if *until > now && other != holder => false,
             _ => {
                 map.insert(key, (holder.to_string(), now + ttl));
                 true

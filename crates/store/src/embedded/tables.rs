@@ -19,7 +19,8 @@ pub(super) type QueueValue = (u8, &'static [u8]);
 /// The entry came back from the dead letters.
 pub(super) const FLAG_REDRIVEN: u8 = 1;
 
-/// `"last_id"` → the newest stream id handed out; `"format"` → (layout version, 0).
+/// `"last_id"` → the newest stream id handed out; `"format"` → (layout version, 0);
+/// [`position_key`]`(object)` → (position of the object's latest record write, 0).
 pub(super) const META: TableDefinition<&str, (u64, u64)> = TableDefinition::new("meta");
 /// Object name → DataObject JSON.
 pub(super) const OBJECTS: TableDefinition<&str, &str> = TableDefinition::new("objects");
@@ -29,6 +30,12 @@ pub(super) const WEBHOOKS: TableDefinition<&str, (u64, &str)> = TableDefinition:
 pub(super) const EVENTS: TableDefinition<(u64, u64), (&str, &str)> = TableDefinition::new("events");
 /// (object, record id) → (version, fields JSON).
 pub(super) const RECORDS: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new("records");
+/// (object, record id) → (position, origin webhook) of the record's latest write (origin `""`:
+/// none). Finds the record's [`WRITTEN`] entry to move when it is written again.
+pub(super) const RECORD_POSITIONS: TableDefinition<(&str, &str), (u64, &str)> =
+    TableDefinition::new("record_positions");
+/// (object, position) → record id: the write index, one entry per record, at its latest write.
+pub(super) const WRITTEN: TableDefinition<(&str, u64), &str> = TableDefinition::new("written");
 /// (object, id) → Change: the change stream of one data object.
 pub(super) const CHANGES: TableDefinition<StreamKey, QueueValue> = TableDefinition::new("changes");
 /// (webhook, id) → Job: ready and delivered-but-unacknowledged jobs.
@@ -42,12 +49,19 @@ pub(super) const DEAD: TableDefinition<StreamKey, (&[u8], &str)> = TableDefiniti
 /// (webhook, attempt id) → Attempt.
 pub(super) const ATTEMPTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("attempts");
 /// (webhook, started ms, attempt id) → (): the attempt log's order and trimming index.
+pub(super) const ATTEMPTS_BY_TIME: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("attempts_by_time");
 /// (webhook, name) → (expires at, Unix ms; value): small shared values such as OAuth tokens.
 pub(super) const VALUES: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefinition::new("values");
-pub(super) const ATTEMPTS_BY_TIME: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("attempts_by_time");
 
-/// Version of this layout, stored under `"format"` in [`META`].
-pub(super) const FORMAT: u64 = 1;
+/// Version of this layout, stored under `"format"` in [`META`]. Version 2 added the write
+/// index ([`RECORD_POSITIONS`], [`WRITTEN`], the positions in [`META`]); a version 1 file is
+/// indexed when it is opened.
+pub(super) const FORMAT: u64 = 2;
+
+/// The [`META`] key of an object's write position counter.
+pub(super) fn position_key(object: &str) -> String {
+    format!("position/{object}")
+}
 /// Definition events kept (Redis: `XADD … MAXLEN ~ 10000`).
 pub(super) const EVENTS_KEPT: u64 = 10_000;
 

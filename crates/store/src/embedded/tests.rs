@@ -1,13 +1,14 @@
 //! Tests of what only the embedded backend has: durability across a reopen, the file lock,
-//! and handling of undecodable data. The shared behaviour is in `crate::conformance`.
+//! the layout upgrade on open, and handling of undecodable data. The shared behaviour is in `crate::conformance`.
 
 use std::time::Duration;
 
 use hookline_proto::{Attempt, Job, Outcome};
+use redb::ReadableTable;
 
 use super::EmbeddedStore;
 use super::inner::Effects;
-use super::tables::{ATTEMPTS, ATTEMPTS_BY_TIME, JOBS, RECORDS};
+use super::tables::{ATTEMPTS, ATTEMPTS_BY_TIME, FORMAT, JOBS, META, RECORD_POSITIONS, RECORDS, WRITTEN};
 use crate::conformance::{attempt, job};
 use crate::{AttemptFilter, FollowUp, Store, StoreError, WriteResult};
 
@@ -62,6 +63,104 @@ async fn survives_a_reopen() {
     let three = store.read_jobs("wh", "node-b", 10, NO_BLOCK).await.unwrap().pop().unwrap();
     let parse = |id: &str| super::tables::Id::parse(id).unwrap();
     assert!(parse(&three.id) > parse(&entry_id), "{} after {}", three.id, entry_id);
+}
+
+/// (id, position, origin) of every record of `object` in the write index.
+async fn index_of(store: &EmbeddedStore, object: &str) -> Vec<(String, u64, String)> {
+    let all = store.records_written(object, 0, 1_000).await.unwrap();
+    all.into_iter().map(|r| (r.record.id, r.position, r.origin_webhook)).collect()
+}
+
+fn indexed(list: &[(&str, u64, &str)]) -> Vec<(String, u64, String)> {
+    list.iter().map(|(id, p, o)| (id.to_string(), *p, o.to_string())).collect()
+}
+
+/// Writes `id` of `object` at version `expected + 1`, with `origin` on its change.
+async fn write(store: &EmbeddedStore, object: &str, id: &str, expected: u64, origin: &str) {
+    let c = hookline_proto::Change {
+        object: object.into(),
+        record_id: id.into(),
+        version: expected + 1,
+        origin_webhook: origin.into(),
+        ..Default::default()
+    };
+    let w = store.write_record(object, id, expected, &fields("Open"), &c).await.unwrap();
+    assert_eq!(w, WriteResult::Written { version: expected + 1 });
+}
+
+/// The stored layout version.
+fn format_of(store: &EmbeddedStore) -> u64 {
+    let mut format = 0;
+    raw_write(store, |txn, _| {
+        format = txn.open_table(META).unwrap().get("format").unwrap().unwrap().value().0;
+        Ok(())
+    });
+    format
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_positions_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        write(&store, "survey", "S1", 0, "").await;
+        write(&store, "survey", "S2", 0, "wh").await;
+        write(&store, "survey", "S1", 1, "").await;
+        write(&store, "other", "S1", 0, "").await;
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.write_position("survey").await.unwrap(), 3);
+    assert_eq!(index_of(&store, "survey").await, indexed(&[("S2", 2, "wh"), ("S1", 3, "")]));
+    write(&store, "survey", "S2", 1, "").await;
+    assert_eq!(store.write_position("survey").await.unwrap(), 4, "the counter goes on after the reopen");
+    assert_eq!(index_of(&store, "survey").await, indexed(&[("S1", 3, ""), ("S2", 4, "")]));
+    assert_eq!(index_of(&store, "other").await, indexed(&[("S1", 1, "")]));
+}
+
+/// A file of layout version 1 (records, no write index) is indexed when it is opened: each
+/// object's records in id order, origin unknown; a newer version than this build's is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_file_is_indexed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(format_of(&store), FORMAT);
+        write(&store, "survey", "S2", 0, "wh").await;
+        write(&store, "survey", "S1", 0, "").await;
+        write(&store, "survey", "S2", 1, "").await;
+        write(&store, "other", "X", 0, "").await;
+        // Back to what a version 1 build left behind.
+        raw_write(&store, |txn, _| {
+            txn.delete_table(RECORD_POSITIONS).unwrap();
+            txn.delete_table(WRITTEN).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.retain(|k, _| !k.starts_with("position/")).unwrap();
+            meta.insert("format", (1, 0)).unwrap();
+            Ok(())
+        });
+    }
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(format_of(&store), FORMAT, "upgraded");
+        assert_eq!(index_of(&store, "survey").await, indexed(&[("S1", 1, ""), ("S2", 2, "")]));
+        assert_eq!(store.write_position("survey").await.unwrap(), 2);
+        assert_eq!(index_of(&store, "other").await, indexed(&[("X", 1, "")]));
+        let rec = store.records_written("survey", 1, 10).await.unwrap().pop().unwrap().record;
+        assert_eq!(rec, store.get_record("survey", "S2").await.unwrap().unwrap(), "indexed with its record");
+        write(&store, "survey", "S1", 1, "wh").await;
+        assert_eq!(index_of(&store, "survey").await, indexed(&[("S2", 2, ""), ("S1", 3, "wh")]));
+    }
+    {
+        // Opening again indexes nothing twice.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(index_of(&store, "survey").await, indexed(&[("S2", 2, ""), ("S1", 3, "wh")]));
+        raw_write(&store, |txn, _| {
+            txn.open_table(META).unwrap().insert("format", (FORMAT + 1, 0)).unwrap();
+            Ok(())
+        });
+    }
+    let newer = EmbeddedStore::open(dir.path());
+    assert!(matches!(newer, Err(StoreError::Backend(ref m)) if m.contains("layout version")), "{newer:?}");
 }
 
 #[tokio::test]

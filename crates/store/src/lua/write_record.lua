@@ -1,13 +1,19 @@
--- Stores a record's new version and appends its change, in one atomic step.
--- KEYS[1] record hash, KEYS[2] the object's change stream
+-- Stores a record's new version, appends its change and moves the record to the object's
+-- next write position, in one atomic step.
+-- KEYS[1] record hash, KEYS[2] the object's change stream, KEYS[3] its position counter,
+-- KEYS[4] its write index (zset)
 -- ARGV[1] expected current version (0: the record must not exist), ARGV[2] fields JSON,
--- ARGV[3] Change protobuf (already carrying version ARGV[1] + 1)
+-- ARGV[3] Change protobuf (already carrying version ARGV[1] + 1), ARGV[4] the change's
+-- origin webhook ('' = none), ARGV[5] record id
 -- Returns {1, new version} or {0, current version} on a conflict.
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
   return {0, current}
 end
 local version = current + 1
-redis.call('HSET', KEYS[1], 'v', version, 'f', ARGV[2])
+local position = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'v', version, 'f', ARGV[2], 'o', ARGV[4], 'p', position)
 redis.call('XADD', KEYS[2], '*', 'c', ARGV[3])
+-- Overwrites the score of an earlier write: a record stands at its latest write only.
+redis.call('ZADD', KEYS[4], position, ARGV[5])
 return {1, version}
