@@ -5,6 +5,7 @@
 
 pub mod condition;
 pub mod object;
+pub mod schedule;
 pub mod trigger;
 pub mod webhook;
 

@@ -97,6 +97,7 @@ mod tests {
             on_update,
             fields: fields.iter().map(|s| s.to_string()).collect(),
             condition: condition.map(|c| crate::condition::parse(c, &survey()).unwrap()),
+            schedule: None,
         }
     }
 

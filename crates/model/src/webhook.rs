@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::condition::{self, Condition};
 use crate::object::{DataObject, FieldError, valid_name};
+use crate::schedule::{Schedule, Select};
 
 /// Shown instead of a secret when a definition is read back.
 pub const REDACTED: &str = "***";
@@ -51,9 +52,16 @@ pub struct TriggerDef {
     /// Matching condition, evaluated on the new record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
-    /// Cron schedule (not supported by this version; refused at save).
+    /// Cron with seconds (`0 */15 * * * *`): each tick sends the records the condition
+    /// matches, instead of or beside the real-time triggers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What a tick sends: records `changed` since the previous tick (the default) or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Select>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +302,7 @@ pub struct TriggerPlan {
     /// Field keys; empty: any field.
     pub fields: Vec<String>,
     pub condition: Option<Condition>,
+    pub schedule: Option<Schedule>,
 }
 
 const MAX_SCRIPT_BYTES: usize = 256 * 1024;
@@ -310,11 +319,24 @@ impl WebhookDef {
             .ok_or_else(|| FieldError::new("object", format!("no data object named `{}`", self.object)))?;
 
         let t = &self.trigger;
-        if t.schedule.is_some() {
-            return Err(FieldError::new("trigger.schedule", "scheduled webhooks are not supported by this version"));
-        }
-        if !t.on_create && !t.on_update {
-            return Err(FieldError::new("trigger", "the webhook never fires: set on_create and/or on_update"));
+        let schedule = match t.schedule.as_deref() {
+            Some(expr) => Some(
+                Schedule::parse(expr, t.time_zone.as_deref(), t.select.unwrap_or_default())
+                    .map_err(|e| FieldError::new(e.field, e.message))?,
+            ),
+            None if t.time_zone.is_some() => {
+                return Err(FieldError::new("trigger.time_zone", "applies to a schedule; set trigger.schedule"));
+            }
+            None if t.select.is_some() => {
+                return Err(FieldError::new("trigger.select", "applies to a schedule; set trigger.schedule"));
+            }
+            None => None,
+        };
+        if !t.on_create && !t.on_update && schedule.is_none() {
+            return Err(FieldError::new(
+                "trigger",
+                "the webhook never fires: set on_create and/or on_update, or a schedule",
+            ));
         }
         let mut fields = Vec::with_capacity(t.fields.len());
         for (i, name) in t.fields.iter().enumerate() {
@@ -429,7 +451,7 @@ impl WebhookDef {
             "must be between 10ms and 5m",
         )?;
 
-        Ok(TriggerPlan { on_create: t.on_create, on_update: t.on_update, fields, condition })
+        Ok(TriggerPlan { on_create: t.on_create, on_update: t.on_update, fields, condition, schedule })
     }
 
     /// Every script of the definition with its path, for checks and caching.
@@ -551,6 +573,10 @@ mod tests {
             (json!({"trigger": {"on_update": true, "fields": ["Nope"]}}), "trigger.fields[0]"),
             (json!({"trigger": {"on_update": true, "condition": "Status = "}}), "trigger.condition"),
             (json!({"trigger": {}}), "trigger"),
+            (json!({"trigger": {"schedule": "*/15 * * * *"}}), "trigger.schedule"),
+            (json!({"trigger": {"schedule": "0 * * * * *", "time_zone": "Berlin"}}), "trigger.time_zone"),
+            (json!({"trigger": {"on_update": true, "time_zone": "UTC"}}), "trigger.time_zone"),
+            (json!({"trigger": {"on_update": true, "select": "all"}}), "trigger.select"),
             (json!({"settings": {"max_concurrency": 0}}), "settings.max_concurrency"),
             (json!({"request": {"url": "https://x", "method": "BREW"}}), "request.method"),
             (
@@ -566,6 +592,30 @@ mod tests {
             let d = def(extra.clone()).unwrap();
             assert_eq!(validate(&d).unwrap_err().field, field, "{extra}");
         }
+    }
+
+    #[test]
+    fn a_schedule_alone_is_a_trigger() {
+        let d = def(json!({"trigger": {"schedule": "0 0 9 * * MON-FRI", "time_zone": "Europe/Berlin",
+                                       "select": "all", "condition": "Status = Completed"}}))
+        .unwrap();
+        let plan = validate(&d).unwrap();
+        let schedule = plan.schedule.expect("a schedule");
+        assert_eq!((schedule.select, schedule.time_zone()), (Select::All, "Europe/Berlin"));
+        assert!(!plan.on_create && !plan.on_update && plan.condition.is_some());
+        // `select` defaults to `changed`, and it round-trips as written.
+        let d = def(json!({"trigger": {"schedule": "*/30 * * * * *"}})).unwrap();
+        assert_eq!(validate(&d).unwrap().schedule.unwrap().select, Select::Changed);
+        assert_eq!(
+            serde_json::to_value(&d.trigger).unwrap(),
+            json!({"on_create": false, "on_update": false, "schedule": "*/30 * * * * *"})
+        );
+        assert!(
+            def(json!({"trigger": {"schedule": "* * * * * *", "select": "some"}}))
+                .unwrap_err()
+                .to_string()
+                .contains("some")
+        );
     }
 
     #[test]
