@@ -6,28 +6,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 
 use crate::support::{Api, Node, namespace, wait_until};
 
+/// A target that answers calls carrying `records` (the default body) and remembers them.
 #[derive(Clone, Default)]
-struct BulkTarget {
-    url: String,
+pub(crate) struct BulkTarget {
+    pub url: String,
     /// The record ids of every call.
     calls: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The `webhook-id` header of every call.
+    message_ids: Arc<Mutex<Vec<String>>>,
     failing: Arc<AtomicBool>,
 }
 
 impl BulkTarget {
-    fn start() -> BulkTarget {
+    pub(crate) fn start() -> BulkTarget {
         let mut t = BulkTarget::default();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         t.url = format!("http://{}", listener.local_addr().unwrap());
         let state = web::Data::new(t.clone());
         let server = HttpServer::new(move || {
             App::new().app_data(state.clone()).default_service(web::to(
-                |body: web::Bytes, t: web::Data<BulkTarget>| async move {
+                |req: HttpRequest, body: web::Bytes, t: web::Data<BulkTarget>| async move {
+                    let id = req.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    t.message_ids.lock().unwrap().push(id.to_string());
                     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                     let ids: Vec<String> = v["records"]
                         .as_array()
@@ -55,11 +60,15 @@ impl BulkTarget {
         t
     }
 
-    fn calls(&self) -> Vec<Vec<String>> {
+    pub(crate) fn calls(&self) -> Vec<Vec<String>> {
         self.calls.lock().unwrap().clone()
     }
 
-    fn records_seen(&self) -> usize {
+    pub(crate) fn message_ids(&self) -> Vec<String> {
+        self.message_ids.lock().unwrap().clone()
+    }
+
+    pub(crate) fn records_seen(&self) -> usize {
         self.calls().iter().map(Vec::len).sum()
     }
 }

@@ -6,6 +6,7 @@ mod deploy;
 mod embedded;
 mod oauth;
 mod procs;
+mod schedule;
 mod support;
 mod traces;
 

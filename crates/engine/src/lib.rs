@@ -4,6 +4,7 @@
 //! - [`coordinator`] owns the definitions and pushes a compiled [`catalog::Catalog`] to
 //!   the other actors whenever any node changes one;
 //! - [`trigger`] reads change streams and enqueues a job per webhook a change fires;
+//! - [`scheduler`] runs scheduled webhooks' ticks, one node per tick;
 //! - [`dispatcher`] delivers jobs under each webhook's cluster-wide concurrency limit,
 //!   records every attempt and schedules retries, dead letters and write-backs;
 //! - [`writeback`] runs response scripts and updates records through [`records`], the same
@@ -20,6 +21,7 @@ pub mod messages;
 pub mod oauth;
 pub mod records;
 pub mod render;
+pub mod scheduler;
 pub mod trace;
 pub mod trigger;
 pub mod writeback;
@@ -82,6 +84,7 @@ pub struct Engine {
     pub trigger: Option<Addr<trigger::Trigger>>,
     pub dispatcher: Option<Addr<dispatcher::Dispatcher>>,
     pub writeback: Option<Addr<writeback::Writeback>>,
+    pub scheduler: Option<Addr<scheduler::Scheduler>>,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
         let trigger = roles.trigger.then(|| trigger::Trigger::new(ctx.clone()).start());
         let dispatcher = roles.dispatcher.then(|| dispatcher::Dispatcher::new(ctx.clone()).start());
         let writeback = roles.writeback.then(|| writeback::Writeback::new(ctx.clone()).start());
+        let scheduler = roles.coordinator.then(|| scheduler::Scheduler::new(ctx.clone()).start());
         if let Some(a) = &trigger {
             subscribe(a.clone().recipient());
         }
@@ -104,6 +108,9 @@ impl Engine {
         if let Some(a) = &writeback {
             subscribe(a.clone().recipient());
         }
-        Ok(Engine { coordinator, trigger, dispatcher, writeback })
+        if let Some(a) = &scheduler {
+            subscribe(a.clone().recipient());
+        }
+        Ok(Engine { coordinator, trigger, dispatcher, writeback, scheduler })
     }
 }

@@ -14,7 +14,7 @@ use hookline_store::{Entry, StoreError, now_ms};
 use tracing::Instrument;
 
 use crate::EngineContext;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CompiledWebhook};
 use crate::messages::CatalogChanged;
 use crate::trace;
 
@@ -83,6 +83,34 @@ pub fn job_id(webhook: &str, object: &str, record_id: &str, version: u64) -> Str
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
+/// The job delivering one record version to webhook `wh`. The record's fields are the
+/// entity scripts and templates see, with `id` added when the object has no field of that name.
+pub(crate) fn record_job(
+    wh: &CompiledWebhook,
+    job_id: String,
+    object: &str,
+    record_id: &str,
+    version: u64,
+    fields: &Fields,
+    traceparent: String,
+) -> Job {
+    let mut entity = fields.clone();
+    entity.entry("id".to_string()).or_insert_with(|| record_id.into());
+    let entities = serde_json::Value::Array(vec![serde_json::Value::Object(entity)]);
+    Job {
+        job_id,
+        webhook_id: wh.def.id.clone(),
+        webhook_version: wh.version,
+        object: object.to_string(),
+        record_ids: vec![record_id.to_string()],
+        record_versions: vec![version],
+        entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
+        attempts: 0,
+        created_at_ms: now_ms(),
+        traceparent,
+    }
+}
+
 fn parse_fields(bytes: &[u8]) -> Option<Fields> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
 }
@@ -143,21 +171,8 @@ impl Handler<ChangeBatch> for Trigger {
                     }
                     let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
                     let traceparent = trace::start(&enqueue);
-                    let mut entity = new.clone();
-                    entity.entry("id".to_string()).or_insert_with(|| change.record_id.clone().into());
-                    let entities = serde_json::Value::Array(vec![serde_json::Value::Object(entity)]);
-                    jobs.push(Job {
-                        job_id: job_id(&wh.def.id, &msg.object, &change.record_id, change.version),
-                        webhook_id: wh.def.id.clone(),
-                        webhook_version: wh.version,
-                        object: msg.object.clone(),
-                        record_ids: vec![change.record_id.clone()],
-                        record_versions: vec![change.version],
-                        entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
-                        attempts: 0,
-                        created_at_ms: now_ms(),
-                        traceparent,
-                    });
+                    let job_id = job_id(&wh.def.id, &msg.object, &change.record_id, change.version);
+                    jobs.push(record_job(wh, job_id, &msg.object, &change.record_id, change.version, &new, traceparent));
                 }
             }
             let enqueued = jobs.len();

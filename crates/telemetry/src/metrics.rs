@@ -26,6 +26,8 @@ struct Inner {
     dead_letters: BTreeMap<String, u64>,
     script_errors: BTreeMap<String, u64>,
     token_refreshes: BTreeMap<String, u64>,
+    schedule_runs: BTreeMap<String, u64>,
+    scheduled_records: BTreeMap<String, u64>,
     /// webhook → (in flight on this node, limit)
     in_flight: BTreeMap<String, (i64, u64)>,
 }
@@ -81,6 +83,14 @@ impl Metrics {
         self.with(|m| bump(&mut m.token_refreshes, webhook));
     }
 
+    /// This node ran a scheduled webhook's tick to its end, enqueueing `records` jobs.
+    pub fn schedule_run(&self, webhook: &str, records: u64) {
+        self.with(|m| {
+            bump(&mut m.schedule_runs, webhook);
+            *m.scheduled_records.entry(webhook.to_string()).or_default() += records;
+        });
+    }
+
     /// A delivery started (+1) or ended (-1) on this node.
     pub fn in_flight(&self, webhook: &str, delta: i64, limit: u64) {
         self.with(|m| {
@@ -132,6 +142,13 @@ impl Metrics {
             counter(out, "hookline_dead_letters_total", "Jobs dead-lettered.", &m.dead_letters);
             counter(out, "hookline_script_errors_total", "Script failures (body, header, response).", &m.script_errors);
             counter(out, "hookline_token_refreshes_total", "OAuth tokens fetched.", &m.token_refreshes);
+            counter(out, "hookline_schedule_runs_total", "Scheduled ticks run by this node.", &m.schedule_runs);
+            counter(
+                out,
+                "hookline_scheduled_records_total",
+                "Records enqueued by scheduled ticks on this node.",
+                &m.scheduled_records,
+            );
             let _ = writeln!(out, "# HELP hookline_in_flight Requests in flight on this node.");
             let _ = writeln!(out, "# TYPE hookline_in_flight gauge");
             for (wh, (n, _)) in &m.in_flight {
@@ -158,6 +175,8 @@ mod tests {
         m.attempt("it", "retry_scheduled", Duration::from_secs(1));
         m.retry_scheduled("it");
         m.in_flight("it", 1, 4);
+        m.schedule_run("it", 40);
+        m.schedule_run("it", 2);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("hookline_attempts_total{webhook=\"it\",outcome=\"success\"} 2"), "{out}");
@@ -166,6 +185,8 @@ mod tests {
         assert!(out.contains("hookline_attempt_duration_seconds_bucket{webhook=\"it\",le=\"+Inf\"} 3"), "{out}");
         assert!(out.contains("hookline_retries_scheduled_total{webhook=\"it\"} 1"));
         assert!(out.contains("hookline_in_flight{webhook=\"it\"} 1"));
+        assert!(out.contains("hookline_schedule_runs_total{webhook=\"it\"} 2"), "{out}");
+        assert!(out.contains("hookline_scheduled_records_total{webhook=\"it\"} 42"), "{out}");
         assert!(out.contains("hookline_concurrency_limit{webhook=\"it\"} 4"));
     }
 }

@@ -1,0 +1,331 @@
+//! The scheduler runs scheduled webhooks (`trigger.schedule`). Every coordinator node keeps
+//! one loop per active scheduled webhook, and they agree through the store alone:
+//!
+//! - a tick is run by whichever node takes the webhook's `schedule` lock, and the run's
+//!   progress is stored under the same webhook, so exactly one node runs each tick: the
+//!   others find the lock taken, then the tick done;
+//! - ticks missed while no node ran (or while the webhook was paused) collapse into one run,
+//!   for the latest missed tick, as soon as a node comes back;
+//! - a node that dies mid-run leaves its progress behind; once its lock expires the next
+//!   node resumes from the last page it stored (that page may be sent twice, with the same
+//!   job ids, so targets see the same `webhook-id`).
+//!
+//! A run pages through the object's write index ([`Store::records_written`]), not through
+//! every record: `select: changed` starts where the previous tick stopped, `select: all` at
+//! the start. Records whose latest write is this webhook's own write-back are not "changed"
+//! for it. Every matching record becomes one job on the webhook's queue, and the dispatcher
+//! delivers them in calls of up to `max_batch_size` under the webhook's limits, like jobs of
+//! real-time triggers.
+//!
+//! [`Store::records_written`]: hookline_store::Store::records_written
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use hookline_model::schedule::{Schedule, Select};
+use hookline_proto::Job;
+use hookline_store::{StoreError, now_ms};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::EngineContext;
+use crate::catalog::{Catalog, CompiledWebhook};
+use crate::messages::CatalogChanged;
+use crate::trace;
+use crate::trigger::record_job;
+
+/// Store value and lock name, under the webhook's keys.
+const STATE: &str = "schedule";
+/// A run renews its lock after every page; a node that died lets go after this long.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long the stored progress lives without a tick refreshing it.
+const STATE_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+/// Records read from the write index at a time.
+const PAGE: usize = 500;
+/// The longest a loop sleeps before looking again (clock changes, a peer's progress).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// A scheduled webhook's progress, shared by every node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Progress {
+    /// The latest tick run to its end (Unix ms); the next tick comes after it.
+    done_tick: i64,
+    /// `select: changed`: records are sent up to this write position.
+    sent_to: u64,
+    /// A run that has not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    running: Option<Run>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Run {
+    tick: i64,
+    /// The write position the run has enqueued up to.
+    at: u64,
+    /// Jobs enqueued so far.
+    #[serde(default)]
+    records: u64,
+}
+
+/// A running schedule loop: its webhook version, and the switch that stops it.
+struct Loop {
+    version: u64,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Scheduler {
+    ctx: EngineContext,
+    loops: HashMap<String, Loop>,
+}
+
+impl Scheduler {
+    pub fn new(ctx: EngineContext) -> Self {
+        Scheduler { ctx, loops: HashMap::new() }
+    }
+
+    fn sync_loops(&mut self, catalog: &Catalog) {
+        let scheduled = |wh: &CompiledWebhook| !wh.paused && wh.plan.schedule.is_some();
+        self.loops.retain(|id, l| {
+            let keep = catalog.webhooks.get(id).is_some_and(|wh| scheduled(wh) && wh.version == l.version);
+            if !keep {
+                let _ = l.stop.send(true);
+            }
+            keep
+        });
+        for (id, wh) in &catalog.webhooks {
+            if !scheduled(wh) || self.loops.contains_key(id) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            actix::spawn(run_loop(self.ctx.clone(), wh.clone(), stopped));
+            self.loops.insert(id.clone(), Loop { version: wh.version, stop });
+        }
+    }
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for l in self.loops.values() {
+            let _ = l.stop.send(true);
+        }
+    }
+}
+
+impl Handler<CatalogChanged> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatalogChanged, _ctx: &mut Self::Context) {
+        self.sync_loops(&msg.catalog);
+    }
+}
+
+fn stopping(ctx: &EngineContext, stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || *ctx.shutdown.borrow()
+}
+
+/// One scheduled webhook's loop: sleeps until its next tick, then tries to run it.
+async fn run_loop(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch::Receiver<bool>) {
+    let _running = ctx.drain.guard();
+    let Some(schedule) = wh.plan.schedule.clone() else { return };
+    // Unique per loop: a lock left by an earlier loop of this node is not this one's.
+    let holder = format!("{}:{}", ctx.node_id, uuid::Uuid::new_v4());
+    tracing::info!(webhook_id = %wh.def.id, schedule = ?schedule, "schedule started");
+    while !stopping(&ctx, &stop) {
+        let wait = match step(&ctx, &wh, &schedule, &holder, &stop).await {
+            Ok(Some(next)) => Duration::from_millis(next.saturating_sub(now_ms()).max(0) as u64),
+            Ok(None) => MAX_SLEEP,
+            Err(error) => {
+                tracing::warn!(webhook_id = %wh.def.id, %error, "scheduled run failed; trying again");
+                Duration::from_secs(1)
+            }
+        };
+        let mut shutdown = ctx.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+            _ = stop.changed() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Whatever this loop held is free for a peer at once, not only after the lock expires.
+    let _ = ctx.store.unlock(&wh.def.id, STATE, &holder).await;
+}
+
+async fn load(ctx: &EngineContext, webhook: &str) -> Result<Option<Progress>, StoreError> {
+    let Some(bytes) = ctx.store.get_value(webhook, STATE).await? else { return Ok(None) };
+    match serde_json::from_slice(&bytes) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            tracing::error!(webhook_id = webhook, error = %e, "unreadable schedule progress; starting afresh");
+            Ok(None)
+        }
+    }
+}
+
+async fn save(ctx: &EngineContext, webhook: &str, progress: &Progress) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(progress).map_err(|e| StoreError::Backend(e.to_string()))?;
+    ctx.store.set_value(webhook, STATE, &bytes, STATE_TTL).await
+}
+
+/// Runs the due tick if there is one and this node gets it. Returns when to look again
+/// (Unix ms), None when the schedule has no tick left.
+async fn step(
+    ctx: &EngineContext,
+    wh: &CompiledWebhook,
+    schedule: &Schedule,
+    holder: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<i64>, StoreError> {
+    let id = wh.def.id.as_str();
+    let now = now_ms();
+    // Lock-free look first: most wake-ups find nothing to do.
+    if let Some(p) = load(ctx, id).await?
+        && p.running.is_none()
+        && schedule.due(p.done_tick, now).is_none()
+    {
+        return Ok(schedule.next_after(p.done_tick));
+    }
+    if !ctx.store.try_lock(id, STATE, holder, LOCK_TTL).await? {
+        // A peer runs it (or has just started the schedule); look again shortly.
+        return Ok(Some(now + 1_000));
+    }
+    let result = run_locked(ctx, wh, schedule, holder, stop).await;
+    let _ = ctx.store.unlock(id, STATE, holder).await;
+    result
+}
+
+/// [`step`] with the lock held: starts, resumes or skips the run, as the stored progress says.
+async fn run_locked(
+    ctx: &EngineContext,
+    wh: &CompiledWebhook,
+    schedule: &Schedule,
+    holder: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<i64>, StoreError> {
+    let id = wh.def.id.as_str();
+    let now = now_ms();
+    let Some(mut progress) = load(ctx, id).await? else {
+        // First sight of this schedule anywhere: ticks count from now. The first
+        // `changed` run sends every matching record (nothing was sent before it).
+        let progress = Progress { done_tick: now, sent_to: 0, running: None };
+        save(ctx, id, &progress).await?;
+        tracing::info!(webhook_id = id, "schedule begins");
+        return Ok(schedule.next_after(now));
+    };
+    let mut run = match progress.running {
+        Some(run) => {
+            tracing::info!(webhook_id = id, tick = run.tick, at = run.at, "resuming an unfinished scheduled run");
+            run
+        }
+        None => match schedule.due(progress.done_tick, now) {
+            None => return Ok(schedule.next_after(progress.done_tick)),
+            Some(tick) => {
+                let at = match schedule.select {
+                    Select::Changed => progress.sent_to,
+                    Select::All => 0,
+                };
+                Run { tick, at, records: 0 }
+            }
+        },
+    };
+
+    let span = tracing::info_span!(
+        "schedule",
+        webhook_id = id,
+        object = %wh.def.object,
+        tick_ms = run.tick,
+        select = schedule.select.as_str(),
+        records = tracing::field::Empty,
+    );
+    let traceparent = trace::start(&span);
+    let started = std::time::Instant::now();
+    loop {
+        if stopping(ctx, stop) {
+            // Leave the progress for whichever node runs next.
+            progress.running = Some(run);
+            save(ctx, id, &progress).await?;
+            return Ok(None);
+        }
+        let page = ctx.store.records_written(&wh.def.object, run.at, PAGE).await?;
+        let full = page.len() == PAGE;
+        let mut jobs: Vec<Job> = Vec::new();
+        for indexed in &page {
+            run.at = run.at.max(indexed.position);
+            if schedule.select == Select::Changed && indexed.origin_webhook == id {
+                continue; // its own write-back: nothing changed for this webhook
+            }
+            let record = &indexed.record;
+            if wh.plan.condition.as_ref().is_some_and(|c| !c.eval(&record.fields, None)) {
+                continue;
+            }
+            let job_id = tick_job_id(id, &wh.def.object, &record.id, record.version, run.tick);
+            jobs.push(record_job(
+                wh,
+                job_id,
+                &wh.def.object,
+                &record.id,
+                record.version,
+                &record.fields,
+                traceparent.clone(),
+            ));
+        }
+        ctx.store.enqueue(&jobs).await?;
+        run.records += jobs.len() as u64;
+        if !full {
+            break;
+        }
+        progress.running = Some(run);
+        save(ctx, id, &progress).await?;
+        if !ctx.store.try_lock(id, STATE, holder, LOCK_TTL).await? {
+            tracing::warn!(webhook_id = id, "lost the schedule lock mid-run; a peer carries on");
+            return Ok(Some(now_ms() + 1_000));
+        }
+    }
+    progress = Progress {
+        done_tick: run.tick,
+        sent_to: if schedule.select == Select::Changed { run.at } else { progress.sent_to },
+        running: None,
+    };
+    save(ctx, id, &progress).await?;
+    span.record("records", run.records);
+    ctx.metrics.schedule_run(id, run.records);
+    tracing::info!(
+        parent: &span,
+        webhook_id = id,
+        tick_ms = run.tick,
+        records = run.records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "scheduled run done"
+    );
+    Ok(schedule.next_after(run.tick))
+}
+
+/// The idempotency id of the job a tick makes for a record version: the same when a run is
+/// resumed after its node died, different on the next tick (`select: all` sends a record
+/// again, and the target should not take it for a duplicate).
+pub fn tick_job_id(webhook: &str, object: &str, record_id: &str, version: u64, tick_ms: i64) -> String {
+    let name = format!("{webhook}\n{object}\n{record_id}\n{version}\n@{tick_ms}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_job_ids_are_stable_per_tick() {
+        assert_eq!(tick_job_id("wh", "o", "r", 1, 1000), tick_job_id("wh", "o", "r", 1, 1000));
+        assert_ne!(tick_job_id("wh", "o", "r", 1, 1000), tick_job_id("wh", "o", "r", 1, 2000));
+        assert_ne!(tick_job_id("wh", "o", "r", 1, 1000), crate::trigger::job_id("wh", "o", "r", 1));
+    }
+
+    #[test]
+    fn progress_round_trips() {
+        let p = Progress { done_tick: 5, sent_to: 7, running: Some(Run { tick: 9, at: 3, records: 2 }) };
+        let back: Progress = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+}

@@ -1,0 +1,181 @@
+//! Scheduled webhooks: ticks select records through the store's write index, one node runs
+//! each tick, write-backs do not count as changes, and a tick missed while no node ran runs
+//! once when one comes back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::bulk::BulkTarget;
+use crate::support::{Api, Node, namespace, wait_until};
+
+async fn item_object(api: &Api) {
+    api.ok(
+        "POST",
+        "/v1/objects",
+        Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}, {"key": "synced", "type": "number"}]})),
+    )
+    .await;
+}
+
+/// How many calls carried each record id.
+fn times_seen(target: &BulkTarget) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for id in target.calls().into_iter().flatten() {
+        *seen.entry(id).or_default() += 1;
+    }
+    seen
+}
+
+fn metric(text: &str, name: &str, webhook: &str) -> u64 {
+    let prefix = format!("{name}{{webhook=\"{webhook}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn a_schedule_sends_changed_records_once_per_tick_from_one_node() {
+    let ns = namespace();
+    let target = BulkTarget::start();
+    let (a, b) = (Node::start(&ns, "all").await, Node::start(&ns, "all").await);
+    let api = Api::new(&a);
+    item_object(&api).await;
+
+    // Bad schedules are refused with the field at fault.
+    let webhook = |schedule: &str, tz: &str| {
+        json!({
+            "id": "nightly", "object": "item",
+            "trigger": {"schedule": schedule, "time_zone": tz, "condition": "n >= 10"},
+            "request": {"url": format!("{}/sync", target.url)},
+            "response_script": "write(JSON.stringify(data.changedEntities.map(function (r) { return {id: r.id, synced: r.n}; })));",
+            "writeback": {"key": {"from": "id", "to": "id"}},
+            "settings": {"max_batch_size": 50, "batch_linger_ms": 100}
+        })
+    };
+    let (status, body) = api.call("POST", "/v1/webhooks", Some(webhook("*/2 * * * *", "UTC"))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.schedule")), "{body}");
+    let (status, body) = api.call("POST", "/v1/webhooks", Some(webhook("*/2 * * * * *", "Moon/Base"))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.time_zone")), "{body}");
+
+    // 30 records, 20 of which match; then the schedule, every 2 s, on two nodes.
+    let records: Vec<Value> = (0..30).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    api.ok("POST", "/v1/webhooks", Some(webhook("*/2 * * * * *", "Europe/Berlin"))).await;
+
+    // The first tick sends every matching record, in bulk, and they are written back.
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 20 }).await;
+    wait_until(Duration::from_secs(20), || async { api.record("item", "r29").await["fields"]["synced"] == 29 }).await;
+    for i in 10..30 {
+        assert_eq!(api.record("item", &format!("r{i}")).await["fields"]["synced"], i);
+    }
+    assert!(target.calls().len() < 20, "records went out in bulk: {:?}", target.calls());
+
+    // Two more ticks: the write-backs are this webhook's own, so nothing changed for it.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let seen = times_seen(&target);
+    assert_eq!(seen.len(), 20, "only matching records: {seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "each record once, though two nodes run the schedule: {seen:?}");
+
+    // A change to a matching record and to one that still does not match.
+    api.ok("PATCH", "/v1/objects/item/records/r15", Some(json!({"fields": {"n": 150}}))).await;
+    api.ok("PATCH", "/v1/objects/item/records/r3", Some(json!({"fields": {"n": 4}}))).await;
+    wait_until(Duration::from_secs(10), || async { times_seen(&target).get("r15") == Some(&2) }).await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let seen = times_seen(&target);
+    assert_eq!(seen.values().sum::<usize>(), 21, "only the changed matching record went again: {seen:?}");
+    wait_until(Duration::from_secs(10), || async { api.record("item", "r15").await["fields"]["synced"] == 150 }).await;
+
+    // Both nodes count the runs they made; together they made one per tick with work or not.
+    let mut runs = 0;
+    for node in [&a, &b] {
+        let text = reqwest::get(format!("{}/metrics", node.url)).await.unwrap().text().await.unwrap();
+        runs += metric(&text, "hookline_schedule_runs_total", "nightly");
+    }
+    assert!(runs >= 5, "ticks ran: {runs}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_rt::test]
+async fn select_all_sends_every_match_on_every_tick_exactly_once() {
+    let ns = namespace();
+    let target = BulkTarget::start();
+    let nodes = [Node::start(&ns, "all").await, Node::start(&ns, "all").await, Node::start(&ns, "all").await];
+    let api = Api::new(&nodes[0]);
+    item_object(&api).await;
+    let records: Vec<Value> = (0..4).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "census", "object": "item",
+            "trigger": {"schedule": "* * * * * *", "select": "all", "condition": "n < 3"},
+            "request": {"url": format!("{}/all", target.url)}
+        })),
+    )
+    .await;
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 3 * 4 }).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    let seen = times_seen(&target);
+    assert!(!seen.contains_key("r3"), "r3 does not match: {seen:?}");
+    let ticks = seen["r0"];
+    assert!(seen.values().all(|n| n.abs_diff(ticks) <= 1), "each tick sends every match: {seen:?}");
+    // Three nodes, one run per tick: no message id was delivered twice.
+    let ids = target.message_ids();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "a tick ran on more than one node: {ids:?}");
+}
+
+#[actix_rt::test]
+async fn a_tick_missed_while_down_runs_once_on_return() {
+    let ns = namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = |a: &mut hookline::ServeArgs| {
+        a.redis = None;
+        a.data_dir = Some(dir.path().to_path_buf());
+    };
+    let target = BulkTarget::start();
+    let node = Node::start_with(&ns, "all", embedded).await;
+    let api = Api::new(&node);
+    item_object(&api).await;
+    let records: Vec<Value> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "every6", "object": "item",
+            "trigger": {"schedule": "*/6 * * * * *", "select": "all"},
+            "request": {"url": format!("{}/all", target.url)},
+            "settings": {"max_batch_size": 10, "batch_linger_ms": 50}
+        })),
+    )
+    .await;
+    wait_until(Duration::from_secs(15), || async { target.records_seen() >= 3 }).await;
+    let first_tick = now_s() / 6 * 6;
+    node.stop().await;
+
+    // Down across two ticks; back just after the second of them.
+    let back_at = first_tick + 12;
+    tokio::time::sleep(Duration::from_millis(((back_at - now_s()) as u64) * 1000 + 300)).await;
+    assert!(target.records_seen() == 3, "nothing ran while the node was down");
+    let node = Node::start_with(&ns, "all", embedded).await;
+    wait_until(Duration::from_secs(4), || async { target.records_seen() >= 6 }).await;
+    // Well before the next tick (back_at + 6): the missed ticks made one run, not two.
+    let settle = back_at + 5;
+    if now_s() < settle {
+        tokio::time::sleep(Duration::from_secs((settle - now_s()) as u64)).await;
+    }
+    assert_eq!(target.records_seen(), 6, "{:?}", target.calls());
+    assert!(times_seen(&target).values().all(|n| *n == 2));
+    node.stop().await;
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
