@@ -263,7 +263,7 @@ pub async fn change_claims(store: &dyn Store, prefix: &str) {
 }
 
 /// Objects: put (insert and update), get, list. Webhooks: compare-and-set on the version,
-/// delete with the version, which also empties the webhook's queues.
+/// delete with the version, which also empties the webhook's queues and drops its values.
 pub async fn definitions(store: &dyn Store, prefix: &str) {
     let (a, b) = (format!("{prefix}-obj-a"), format!("{prefix}-obj-b"));
     assert!(store.get_object(&a).await.expect("get_object").is_none());
@@ -298,12 +298,15 @@ pub async fn definitions(store: &dyn Store, prefix: &str) {
     prime_jobs(store, &id).await;
     store.enqueue(&[job(&id, "1"), job(&id, "2")]).await.expect("enqueue");
     assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 2);
+    let hour = Duration::from_secs(3600);
+    store.set_value(&id, "schedule", b"progress", hour).await.expect("set_value");
     assert!(!store.delete_webhook(&id, 1).await.expect("delete_webhook"), "stale version");
     assert!(store.get_webhook(&id).await.expect("get_webhook").is_some());
     assert!(store.delete_webhook(&id, 2).await.expect("delete_webhook"));
     assert!(store.get_webhook(&id).await.expect("get_webhook").is_none());
     assert!(!store.delete_webhook(&id, 2).await.expect("delete_webhook"), "already gone");
     assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 0, "its queue went with it");
+    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None, "its values went with it");
     assert!(store.put_webhook(&webhook(&id, 1, "https://c.example")).await.expect("put_webhook"), "new again at v1");
 }
 

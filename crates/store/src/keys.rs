@@ -146,7 +146,9 @@ impl Keys {
             self.attempts_by_time(webhook),
             self.permits(webhook),
             self.rate(webhook),
+            // The values the engine keeps: its OAuth token, its schedule's progress.
             self.value(webhook, "oauth-token"),
+            self.value(webhook, "schedule"),
         ]
     }
 

@@ -336,6 +336,10 @@ impl Inner {
                         .map_err(db)?
                         .retain_in((id, i64::MIN, "")..(end.as_str(), i64::MIN, ""), |_, _| false)
                         .map_err(db)?;
+                    txn.open_table(VALUES)
+                        .map_err(db)?
+                        .retain_in((id, "")..(end.as_str(), ""), |_, _| false)
+                        .map_err(db)?;
                 }
             }
             event(txn, fx, "webhook", id)?;
