@@ -8,3 +8,6 @@ export HOOKLINE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hookline"
 bench() { cargo bench -p hookline-tests --bench deliveries -- "$@"; }
 bench --store redis --nodes 1,2,3 --records 5000 --concurrency 64 --sink-ms 20 "$@"
 bench --store embedded --nodes 1 --records 5000 --concurrency 64 --sink-ms 0 "$@"
+# Bulk calls: batch sizes under real-time triggers, then one scheduled tick sending them all.
+bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 "$@"
+bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 --trigger schedule "$@"

@@ -7,6 +7,11 @@
 //!
 //! Usage: deliveries [--records N] [--nodes 1,2,3] [--concurrency C] [--sink-ms MS]
 //!                   [--batch 1,10,100] [--store redis|embedded] [--redis URL]
+//!                   [--trigger realtime|schedule]
+//!
+//! `--trigger schedule` writes the records first, then saves a webhook scheduled every
+//! second: its first tick sends them all, and deliveries/s counts from the first call the
+//! sink sees to the last record delivered.
 
 #[path = "../tests/procs.rs"]
 mod procs;
@@ -28,6 +33,7 @@ struct Options {
     batches: Vec<usize>,
     store: String,
     redis: String,
+    scheduled: bool,
 }
 
 fn options() -> Options {
@@ -39,6 +45,7 @@ fn options() -> Options {
         batches: vec![1],
         store: "redis".into(),
         redis: support::redis_url(),
+        scheduled: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -52,6 +59,7 @@ fn options() -> Options {
             "--batch" => o.batches = v.split(',').map(|n| n.parse().expect("--batch 1,10,100")).collect(),
             "--store" => o.store = v,
             "--redis" => o.redis = v,
+            "--trigger" => o.scheduled = v == "schedule",
             "--bench" => {
                 i += 1;
                 continue;
@@ -104,25 +112,31 @@ async fn run_once(o: &Options, nodes: usize, batch: usize) {
         .collect();
     let api = Api::at(&procs[0].url);
     api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
-    api.ok(
-        "POST",
-        "/v1/webhooks",
-        Some(json!({
-            "id": "bench", "object": "item", "trigger": {"on_create": true},
+    let webhook = |trigger| {
+        json!({
+            "id": "bench", "object": "item", "trigger": trigger,
             "request": {"url": format!("{}/in", sink.url)},
             "settings": {"max_concurrency": o.concurrency, "timeout": "10s", "retries": 3, "retry_wait": "1s",
                          "max_batch_size": batch, "batch_linger_ms": 50}
-        })),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+    };
+    if !o.scheduled {
+        api.ok("POST", "/v1/webhooks", Some(webhook(json!({"on_create": true})))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
-    let start = Instant::now();
+    let mut start = Instant::now();
     for chunk in (0..o.records).collect::<Vec<_>>().chunks(500) {
         let batch: Vec<_> = chunk.iter().map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
         api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
     }
     let accepted = start.elapsed();
+    if o.scheduled {
+        api.ok("POST", "/v1/webhooks", Some(webhook(json!({"schedule": "* * * * * *", "select": "changed"})))).await;
+        // Up to two seconds to the first tick (the schedule begins at the next one).
+        wait_until(Duration::from_secs(10), || async { sink.distinct_records() > 0 }).await;
+        start = Instant::now();
+    }
     wait_until(Duration::from_secs(600), || async { sink.distinct_records() >= o.records }).await;
     let delivered = start.elapsed();
     let max_in_flight = sink.max_in_flight.load(Ordering::SeqCst);
@@ -135,9 +149,10 @@ async fn run_once(o: &Options, nodes: usize, batch: usize) {
     let records_s = o.records as f64 / accepted.as_secs_f64();
     let deliveries_s = o.records as f64 / delivered.as_secs_f64();
     println!(
-        "store={} nodes={} batch={} records={} concurrency={} sink_ms={} | records/s accepted {:.0} | deliveries/s {:.0} | \
-         raw sink req/s {:.0} | ratio {:.2} | max in flight {}",
+        "store={} trigger={} nodes={} batch={} records={} concurrency={} sink_ms={} | records/s accepted {:.0} | \
+         deliveries/s {:.0} | raw sink req/s {:.0} | ratio {:.2} | max in flight {}",
         o.store,
+        if o.scheduled { "schedule" } else { "realtime" },
         nodes,
         batch,
         o.records,
