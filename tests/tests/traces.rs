@@ -214,3 +214,49 @@ async fn a_record_change_is_one_trace_across_nodes_and_retries() {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} script span: {kinds:?}");
     }
 }
+
+/// A scheduled tick is a trace of its own: the `schedule` span, with the calls it made as
+/// its children.
+#[actix_rt::test]
+async fn a_scheduled_tick_is_the_root_of_the_calls_it_makes() {
+    let (otlp, spans) = receiver();
+    let target = crate::bulk::BulkTarget::start();
+    let ns = namespace();
+    let redis = redis_url();
+    let mut node = Proc::start("trace-tick", &["--redis", &redis, "--namespace", &ns, "--otlp-endpoint", &otlp]);
+    let api = Api::at(&node.url);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let records: Vec<_> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "ticking", "object": "item", "trigger": {"schedule": "* * * * * *"},
+            "request": {"url": format!("{}/sync", target.url)},
+            "settings": {"max_batch_size": 10, "batch_linger_ms": 100}
+        })),
+    )
+    .await;
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 3 }).await;
+    assert!(node.terminate().success());
+    let spans = spans.lock().unwrap().clone();
+
+    let ticks: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name == "schedule" && text(&s.attributes, "records").as_deref() == Some("3"))
+        .collect();
+    assert_eq!(ticks.len(), 1, "one tick sent the three records");
+    let tick = ticks[0];
+    assert!(tick.parent_span_id.is_empty(), "a tick starts its trace");
+    assert_eq!(text(&tick.attributes, "webhook_id").as_deref(), Some("ticking"));
+    assert_eq!(text(&tick.attributes, "select").as_deref(), Some("changed"));
+    let calls: Vec<&Span> =
+        spans.iter().map(|(_, s)| s).filter(|s| s.name == "attempt" && s.parent_span_id == tick.span_id).collect();
+    assert!(!calls.is_empty(), "the tick's attempts hang off it");
+    assert!(calls.iter().all(|s| s.trace_id == tick.trace_id));
+    let carried: usize =
+        calls.iter().map(|s| text(&s.attributes, "record_ids").map_or(0, |ids| ids.matches('r').count())).sum();
+    assert_eq!(carried, 3, "{calls:?}");
+}
