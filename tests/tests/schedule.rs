@@ -241,3 +241,50 @@ async fn a_run_left_by_a_dead_node_is_resumed_where_it_stopped() {
     engine.stop().await;
     node.stop().await;
 }
+
+/// A paused scheduled webhook runs no tick; resumed, it runs the missed ones once and sends
+/// what changed meanwhile.
+#[actix_rt::test]
+async fn a_paused_schedule_runs_no_tick_and_catches_up_once_resumed() {
+    let ns = namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let target = BulkTarget::start();
+    let node = Node::start_with(&ns, "all", |a| {
+        a.redis = None;
+        a.data_dir = Some(dir.path().to_path_buf());
+    })
+    .await;
+    let api = Api::new(&node);
+    item_object(&api).await;
+    let records: Vec<Value> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "pausable", "object": "item", "trigger": {"schedule": "* * * * * *"},
+            "request": {"url": format!("{}/sync", target.url)},
+            "settings": {"max_batch_size": 10, "batch_linger_ms": 50}
+        })),
+    )
+    .await;
+    wait_until(Duration::from_secs(10), || async { target.records_seen() >= 3 }).await;
+    let runs = || async {
+        let text = reqwest::get(format!("{}/metrics", node.url)).await.unwrap().text().await.unwrap();
+        metric(&text, "hookline_schedule_runs_total", "pausable")
+    };
+
+    api.ok("POST", "/v1/webhooks/pausable/pause", None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paused_at = runs().await;
+    api.ok("PATCH", "/v1/objects/item/records/r1", Some(json!({"fields": {"n": 10}}))).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(runs().await, paused_at, "no tick ran while paused");
+
+    api.ok("POST", "/v1/webhooks/pausable/resume", None).await;
+    wait_until(Duration::from_secs(10), || async { target.records_seen() >= 4 }).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let seen = times_seen(&target);
+    assert_eq!((seen.values().sum::<usize>(), seen["r1"]), (4, 2), "r1 once more, nothing else: {seen:?}");
+    node.stop().await;
+}
