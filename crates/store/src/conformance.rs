@@ -1174,4 +1174,19 @@ rm -rf "$dir"
         let bad = RedisStore::connect_cluster(&["127.0.0.1:1".to_string()], &ns).await;
         assert!(bad.is_err(), "no reachable seed is an error");
     }
+
+    /// Records written before the write index are indexed on connect on a cluster too:
+    /// the three objects' keys are on the three masters, the store is reached through one
+    /// seed, so each object's `SCAN` must be routed to the master of its slot. The keys stay
+    /// (the cluster goes away with the test process).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_indexes_legacy_records() {
+        let ports = tokio::task::block_in_place(local_cluster::shared).ports;
+        let ns = format!("hl-test-{}-[x]*?\\", uuid::Uuid::new_v4().simple());
+        let url = format!("redis+cluster://127.0.0.1:{}", ports[0]);
+        let client = ::redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{}", ports[0])])
+            .expect("a cluster client");
+        let mut raw = client.get_async_connection().await.expect("connect to the test Redis Cluster");
+        crate::redis_store::tests::legacy_records_are_indexed(&url, &ns, &mut raw).await;
+    }
 }

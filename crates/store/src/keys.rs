@@ -10,8 +10,11 @@
 //!   write-backs, attempts, permits, values and locks (`complete.lua`, `promote_due.lua`,
 //!   `redrive.lua`, the `DEL` of a deleted webhook);
 //! - `{obj:<name>}` for one data object's records, its change stream, its write-position
-//!   counter and its write index (`write_record.lua` touches a record and the other three;
-//!   `records_written` reads the index, then the records it lists in one pipeline).
+//!   counter, its write index and its "indexed" marker (`write_record.lua` touches a record
+//!   and the change stream, counter and index; `index_record.lua` a record, the counter and
+//!   the index; `records_written` reads the index, then the records it lists in one
+//!   pipeline). On a cluster all of one object's keys are on one node, so a `SCAN` of that
+//!   node finds all of its records.
 //!
 //! Redis Cluster hashes only the text between the first `{` and the next `}`, so keys of
 //! one tag are on one slot whatever the namespace (which has no braces) and whatever ids
@@ -21,6 +24,10 @@
 //! Before the `{def}` tag the definition keys were `<ns>:objects`, `<ns>:webhooks`,
 //! `<ns>:webhook-versions` and `<ns>:events`; [`Keys::legacy_renames`] maps them to the new
 //! names, and a single-Redis store renames them on connect.
+//!
+//! Before the write index, record hashes had no `p` and the object had no position counter
+//! or index. On connect the store indexes such records of every object without its
+//! [`Keys::indexed`] marker, found by `SCAN MATCH` [`Keys::records_pattern`], then sets it.
 
 /// Consumer group of the trigger role on change streams.
 pub const TRIGGER_GROUP: &str = "trigger";
@@ -78,6 +85,25 @@ impl Keys {
     /// A record written again moves to its new position (`ZADD` overwrites the score).
     pub fn written(&self, object: &str) -> String {
         format!("{}:{{obj:{object}}}:written", self.ns)
+    }
+
+    /// STRING, present once every record of the object is known to be in the write index:
+    /// set when a store's connect-time scan for records written before the index completed,
+    /// and when the object is created. Objects without it are scanned on connect.
+    pub fn indexed(&self, object: &str) -> String {
+        format!("{}:{{obj:{object}}}:indexed", self.ns)
+    }
+
+    /// The `SCAN MATCH` pattern of every [`Keys::record`] of `object`: the keys' common
+    /// prefix, with the glob characters of the namespace and the name escaped, then `*`.
+    pub fn records_pattern(&self, object: &str) -> String {
+        format!("{}:{{obj:{}}}:rec:*", escape_glob(&self.ns), escape_glob(object))
+    }
+
+    /// The record id in `key`, a [`Keys::record`] of `object`; `None` for any other key.
+    /// (The whole prefix is stripped, not split at `:rec:`, which an id may contain.)
+    pub fn record_id<'k>(&self, object: &str, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.record(object, ""))
     }
 
     /// STREAM of accepted changes of one object (`c` = Change protobuf), group [`TRIGGER_GROUP`].
@@ -163,6 +189,11 @@ impl Keys {
         [self.record(object, id), self.changes(object), self.position(object), self.written(object)]
     }
 
+    /// `KEYS` of `index_record.lua`: the record, the object's position counter, its write index.
+    pub fn index_record_keys(&self, object: &str, id: &str) -> [String; 3] {
+        [self.record(object, id), self.position(object), self.written(object)]
+    }
+
     /// `KEYS` of `promote_due.lua`: delayed set, job stream.
     pub fn promote_due_keys(&self, webhook: &str) -> [String; 2] {
         [self.delayed(webhook), self.jobs(webhook)]
@@ -199,6 +230,19 @@ impl Keys {
             (format!("{}:events", self.ns), self.events()),
         ]
     }
+}
+
+/// `text` as a Redis glob pattern matching exactly `text`: `*`, `?`, `[`, `]` and `\`
+/// escaped with a backslash.
+pub fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the
@@ -271,6 +315,12 @@ mod tests {
             for (object, id) in [("survey", "S1"), ("survey", "{x}"), ("a}b", "1"), ("", ""), ("ünï", "}")] {
                 let keys = k.write_record_keys(object, id);
                 one_slot("write_record.lua", &keys);
+                let index = k.index_record_keys(object, id);
+                one_slot("index_record.lua", &index);
+                assert_eq!(slot(index[0].as_bytes()), slot(keys[0].as_bytes()));
+                assert_eq!(slot(k.indexed(object).as_bytes()), slot(keys[0].as_bytes()), "the marker");
+                assert!(k.indexed(object).contains(&format!("{{obj:{object}}}")));
+                assert_eq!(k.record_id(object, &keys[0]), Some(id));
                 assert!(keys.iter().all(|key| key.contains(&format!("{{obj:{object}}}"))), "{keys:?}");
                 // `records_written`: the index, then several records of the object in one pipeline.
                 let read = [k.written(object), k.record(object, id), k.record(object, "other"), k.record(object, "")];
@@ -278,6 +328,17 @@ mod tests {
                 assert_eq!(slot(keys[0].as_bytes()), slot(read[0].as_bytes()));
             }
         }
+    }
+
+    #[test]
+    fn record_patterns_escape_globs() {
+        assert_eq!(Keys::new("hookline").records_pattern("survey"), "hookline:{obj:survey}:rec:*");
+        assert_eq!(Keys::new(r"a*b?[c]\d").records_pattern("x*"), r"a\*b\?\[c\]\\d:{obj:x\*}:rec:*");
+        assert_eq!(escape_glob("plain-name_1.0"), "plain-name_1.0");
+        let k = Keys::new("ns");
+        assert_eq!(k.record_id("survey", "ns:{obj:survey}:rec:a:rec:b"), Some("a:rec:b"));
+        assert_eq!(k.record_id("survey", "ns:{obj:other}:rec:a"), None);
+        assert_eq!(k.record_id("survey", "ns:{obj:survey}:position"), None);
     }
 
     #[test]

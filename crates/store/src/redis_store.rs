@@ -14,6 +14,11 @@
 //! serves both. The key layout ([`crate::keys`]) keeps each script's and each pipeline's keys
 //! on one slot; [`Store::enqueue`], the one call that writes to several webhooks at once,
 //! sends one pipeline per webhook.
+//!
+//! A namespace written by a version before the write index has records without a position
+//! and no index; scheduled webhooks, which find records through the index, would not see
+//! them until they were written again. So connecting indexes them, once per object (see
+//! [`RedisStore::index_unindexed_records`]), on one Redis and on a cluster alike.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,6 +30,7 @@ use hookline_proto::{Attempt, Change, Job, Message, WritebackJob};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 
@@ -95,6 +101,7 @@ impl Connector {
 /// Redis restart flushed the script cache.
 struct Scripts {
     write_record: Script,
+    index_record: Script,
     put_webhook: Script,
     promote_due: Script,
     complete: Script,
@@ -214,7 +221,9 @@ impl RedisStore {
     /// Redis Cluster: `redis+cluster://host:port[,host:port…]` or several comma-separated
     /// `redis://host:port` URLs (the cluster's seed nodes; one reachable node is enough).
     /// On one Redis, also renames definition keys of the layout before hash tags
-    /// ([`Keys::legacy_renames`]).
+    /// ([`Keys::legacy_renames`]). On both, puts the records an earlier version wrote into the
+    /// write index, once per object ([`Keys::indexed`]); this scans the keyspace the first
+    /// time, so the first connect after an upgrade takes longer.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         if let Some(nodes) = cluster_nodes(url)? {
             return Self::connect_cluster(&nodes, namespace).await;
@@ -225,12 +234,15 @@ impl RedisStore {
             .await
             .map_err(map_err)?;
         let store = Self::new(namespace, Connector::Single(client), Conn::Single(conn));
+        // First the renames: the objects to index are listed from the renamed definitions.
         store.migrate_legacy_keys().await?;
+        store.index_unindexed_records().await?;
         Ok(store)
     }
 
     /// Connects to the Redis Cluster that `nodes` (`redis://host:port` URLs, or `host:port`)
-    /// belong to, with every key under `namespace`.
+    /// belong to, with every key under `namespace`. Indexes the records an earlier version
+    /// wrote, like [`RedisStore::connect`].
     pub async fn connect_cluster(nodes: &[String], namespace: &str) -> Result<Self> {
         check_namespace(namespace)?;
         if nodes.is_empty() {
@@ -241,7 +253,9 @@ impl RedisStore {
         let shared = cluster_client(&nodes, Some(Duration::from_secs(5)))?;
         let conn = shared.get_async_connection().await.map_err(map_err)?;
         let blocking = cluster_client(&nodes, None)?;
-        Ok(Self::new(namespace, Connector::Cluster(Box::new(blocking)), Conn::Cluster(conn)))
+        let store = Self::new(namespace, Connector::Cluster(Box::new(blocking)), Conn::Cluster(conn));
+        store.index_unindexed_records().await?;
+        Ok(store)
     }
 
     fn new(namespace: &str, connector: Connector, conn: Conn) -> Self {
@@ -252,6 +266,7 @@ impl RedisStore {
             blocking: Mutex::new(Vec::new()),
             scripts: Scripts {
                 write_record: Script::new(include_str!("lua/write_record.lua")),
+                index_record: Script::new(include_str!("lua/index_record.lua")),
                 put_webhook: Script::new(include_str!("lua/put_webhook.lua")),
                 promote_due: Script::new(include_str!("lua/promote_due.lua")),
                 complete: Script::new(include_str!("lua/complete.lua")),
@@ -290,6 +305,81 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    /// Puts the records of every data object that a version before the write index wrote
+    /// (hashes without `p`, absent from [`Keys::written`]) into the index, once: objects with
+    /// their [`Keys::indexed`] marker are skipped, the others are scanned and then marked.
+    ///
+    /// Safe with several nodes starting at once and with live writes meanwhile:
+    /// `index_record.lua` indexes a record only if it has no `p` yet, in one atomic step, and
+    /// every live write sets `p` itself. A record gets the next position of its object, like a
+    /// new write, so a scheduled webhook paging from an earlier position meets it once more.
+    ///
+    /// The marker is set only after a complete scan: a connect that fails halfway is redone in
+    /// full by the next one. Records that a node of the earlier version writes after the marker
+    /// is set (a rolling upgrade) are not indexed until written again; deleting the markers
+    /// makes the next connect scan again.
+    async fn index_unindexed_records(&self) -> Result<()> {
+        for object in self.list_objects().await? {
+            let marker = self.keys.indexed(&object.name);
+            let done: bool = self.conn().exists(&marker).await.map_err(map_err)?;
+            if done {
+                continue;
+            }
+            let indexed = self.index_records_of(&object.name).await?;
+            self.conn().set::<_, _, ()>(&marker, 1).await.map_err(map_err)?;
+            if indexed > 0 {
+                tracing::info!(object = %object.name, records = indexed, "indexed records written before the write index");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `index_record.lua` on every record key of `object` that `SCAN` finds; returns how
+    /// many records it indexed. Each page's records go out side by side (one pipeline's worth
+    /// on the multiplexed connection), not one round trip after the other.
+    async fn index_records_of(&self, object: &str) -> Result<u64> {
+        let pattern = self.keys.records_pattern(object);
+        let mut cursor = 0u64;
+        let mut indexed = 0;
+        loop {
+            let (next, keys) = self.scan_records(object, &pattern, cursor).await?;
+            let runs = keys.iter().filter_map(|key| self.keys.record_id(object, key)).map(|id| {
+                let mut conn = self.conn();
+                async move {
+                    let mut inv = invocation(&self.scripts.index_record, &self.keys.index_record_keys(object, id));
+                    inv.arg(id);
+                    inv.invoke_async::<u64>(&mut conn).await
+                }
+            });
+            indexed += futures_util::future::try_join_all(runs).await.map_err(map_err)?.iter().sum::<u64>();
+            // SCAN returns every key present for the whole scan at least once (some twice,
+            // which the script's check absorbs); cursor 0 ends it.
+            if next == 0 {
+                return Ok(indexed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// One `SCAN` page of the keys matching `pattern`, all of `object`'s records. On a cluster
+    /// the page comes from the master holding the object's slot: `SCAN` lists one node's
+    /// keys, and every key of the object is on that node (see [`crate::keys`]). It would
+    /// otherwise go to a random node.
+    async fn scan_records(&self, object: &str, pattern: &str, cursor: u64) -> Result<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        match self.conn() {
+            Conn::Single(mut conn) => cmd.query_async(&mut conn).await.map_err(map_err),
+            Conn::Cluster(mut conn) => {
+                let route = Route::with_key(self.keys.position(object), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let reply = conn.route_command(cmd, routing).await.map_err(map_err)?;
+                redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::Corrupt { key: format!("SCAN {pattern}"), reason: e.to_string() })
+            }
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -481,7 +571,13 @@ impl Store for RedisStore {
 
     async fn put_object(&self, object: &DataObject) -> Result<()> {
         let text = serde_json::to_string(object).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.conn().hset::<_, _, _, ()>(self.keys.objects(), &object.name, text).await.map_err(map_err)?;
+        let created: u64 = self.conn().hset(self.keys.objects(), &object.name, text).await.map_err(map_err)?;
+        if created == 1 {
+            // A new object has only records written through the index: no connect need scan
+            // for older ones. (Not on an update: an existing object may still be unscanned.
+            // A crash before this only costs a later, harmless scan.)
+            self.conn().set::<_, _, ()>(self.keys.indexed(&object.name), 1).await.map_err(map_err)?;
+        }
         self.event("object", &object.name).await
     }
 
@@ -989,7 +1085,7 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn nodes(url: &str) -> Option<Vec<String>> {
@@ -1072,6 +1168,126 @@ mod tests {
         assert_eq!(ids(page), [("A".to_string(), 1), ("B".to_string(), 2)]);
 
         let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut raw).await.expect("KEYS");
+        let _: () = raw.del(keys).await.expect("DEL");
+    }
+
+    /// Records of a namespace written before the write index (hashes with `v` and `f` only,
+    /// no position counter, no index) are indexed on connect, once, and later writes follow
+    /// on. Three objects whose keys are in the three slot ranges of `redis-cli --cluster
+    /// create`, so on a cluster each object's scan must go to its own node. `ns` should carry
+    /// glob characters: unescaped, they would make the scans miss the records. `raw` talks to
+    /// the same Redis (a cluster connection for a cluster). The caller removes the keys.
+    pub(crate) async fn legacy_records_are_indexed<C: AsyncCommands>(url: &str, ns: &str, raw: &mut C) {
+        let store = RedisStore::connect(url, ns).await.expect("connect");
+        let keys = store.keys().clone();
+        let objects: Vec<String> = [0..5461u16, 5461..10923, 10923..16384]
+            .into_iter()
+            .map(|range| {
+                (0..)
+                    .map(|n| format!("legacy-{n}"))
+                    .find(|o| range.contains(&crate::keys::slot(keys.position(o).as_bytes())))
+                    .expect("an object name in every slot range")
+            })
+            .collect();
+        let fields: Fields = serde_json::json!({"status": "Open"}).as_object().cloned().unwrap_or_default();
+        // Ids as a record id may be: with the separator of the key, with glob characters.
+        let old_ids = ["r1", "r2", "r3", "x:rec:y", "*", "[a]"];
+        for object in &objects {
+            let def: DataObject = serde_json::from_value(
+                serde_json::json!({"name": object, "fields": [{"key": "status", "type": "string"}]}),
+            )
+            .expect("a data object");
+            store.put_object(&def).await.expect("put_object");
+            let marked: bool = raw.exists(keys.indexed(object)).await.expect("EXISTS");
+            assert!(marked, "a new object needs no scan");
+        }
+        // One record of the first object written through the index before the upgrade ran
+        // (it keeps its position); then the old version's records; then no markers.
+        let change = |object: &str, id: &str, version| Change {
+            object: object.into(),
+            record_id: id.into(),
+            version,
+            ..Default::default()
+        };
+        let w = store.write_record(&objects[0], "new", 0, &fields, &change(&objects[0], "new", 1)).await;
+        assert_eq!(w.expect("write_record"), WriteResult::Written { version: 1 });
+        for object in &objects {
+            for id in old_ids {
+                let _: () = raw
+                    .hset_multiple(keys.record(object, id), &[("v", "3"), ("f", r#"{"status":"Old"}"#)])
+                    .await
+                    .expect("HSET");
+            }
+            let _: () = raw.del(keys.indexed(object)).await.expect("DEL");
+        }
+
+        async fn positions(store: &RedisStore, object: &str) -> Vec<(String, u64)> {
+            let listed = store.records_written(object, 0, 100).await.expect("records_written");
+            listed.into_iter().map(|r| (r.record.id, r.position)).collect()
+        }
+        // Two nodes starting at once: each record is indexed once all the same.
+        let (a, b) = tokio::join!(RedisStore::connect(url, ns), RedisStore::connect(url, ns));
+        let (a, _b) = (a.expect("connect"), b.expect("connect"));
+        let mut before = Vec::new();
+        for (n, object) in objects.iter().enumerate() {
+            let listed = positions(&a, object).await;
+            let mut ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+            ids.sort_unstable();
+            let mut want: Vec<&str> = old_ids.to_vec();
+            if n == 0 {
+                want.push("new");
+            }
+            want.sort_unstable();
+            assert_eq!(ids, want, "every record of {object} is listed once");
+            let at: Vec<u64> = listed.iter().map(|(_, p)| *p).collect();
+            assert_eq!(at, (1..=want.len() as u64).collect::<Vec<_>>(), "distinct ascending positions: {listed:?}");
+            if n == 0 {
+                assert_eq!(listed[0], ("new".to_string(), 1), "an indexed record stays where it was");
+            }
+            assert_eq!(a.write_position(object).await.expect("write_position"), want.len() as u64);
+            let page = a.records_written(object, 0, 100).await.expect("records_written");
+            assert!(page.iter().all(|r| r.origin_webhook.is_empty()));
+            assert!(page.iter().filter(|r| r.record.id != "new").all(|r| r.record.version == 3));
+            let marked: bool = raw.exists(keys.indexed(object)).await.expect("EXISTS");
+            assert!(marked, "{object} is marked indexed");
+            before.push(listed);
+        }
+
+        // Connecting again indexes nothing: the markers skip the scan; without them, the
+        // scan finds every record indexed already.
+        RedisStore::connect(url, ns).await.expect("connect");
+        for object in &objects {
+            let _: () = raw.del(keys.indexed(object)).await.expect("DEL");
+        }
+        let again = RedisStore::connect(url, ns).await.expect("connect");
+        for (object, listed) in objects.iter().zip(&before) {
+            assert_eq!(&positions(&again, object).await, listed, "{object} unchanged");
+            assert_eq!(again.write_position(object).await.expect("write_position"), listed.len() as u64);
+        }
+
+        // Writes go on from the last position: a new record, then an old one rewritten.
+        let object = &objects[1];
+        let n = before[1].len() as u64;
+        let w = again.write_record(object, "later", 0, &fields, &change(object, "later", 1)).await;
+        assert_eq!(w.expect("write_record"), WriteResult::Written { version: 1 });
+        let w = again.write_record(object, "r1", 3, &fields, &change(object, "r1", 4)).await;
+        assert_eq!(w.expect("write_record"), WriteResult::Written { version: 4 });
+        let after = positions(&again, object).await;
+        assert_eq!(after.len() as u64, n + 1, "{after:?}");
+        assert_eq!(after[after.len() - 2..], [("later".to_string(), n + 1), ("r1".to_string(), n + 2)]);
+        assert_eq!(again.write_position(object).await.expect("write_position"), n + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_records_are_indexed_on_connect() {
+        let url = std::env::var("HOOKLINE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+        let ns = format!("hl-test-{}-[x]*?\\", uuid::Uuid::new_v4().simple());
+        let client = redis::Client::open(url.as_str()).expect("Redis URL");
+        let mut raw = client.get_multiplexed_async_connection().await.expect("a Redis at HOOKLINE_TEST_REDIS");
+        legacy_records_are_indexed(&url, &ns, &mut raw).await;
+        let pattern = format!("{}:*", crate::keys::escape_glob(&ns));
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut raw).await.expect("KEYS");
+        assert!(keys.len() > 20, "{keys:?}");
         let _: () = raw.del(keys).await.expect("DEL");
     }
 
