@@ -11,3 +11,5 @@ bench --store embedded --nodes 1 --records 5000 --concurrency 64 --sink-ms 0 "$@
 # Bulk calls: batch sizes under real-time triggers, then one scheduled tick sending them all.
 bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 "$@"
 bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 --trigger schedule "$@"
+# Bulk ingestion: `hookline import` of an NDJSON file, without and with a webhook firing.
+bench --store redis --ingest --records 20000 --concurrency 8 --sink-ms 20 --batch 100 "$@"

@@ -7,11 +7,15 @@
 //!
 //! Usage: deliveries [--records N] [--nodes 1,2,3] [--concurrency C] [--sink-ms MS]
 //!                   [--batch 1,10,100] [--store redis|embedded] [--redis URL]
-//!                   [--trigger realtime|schedule]
+//!                   [--trigger realtime|schedule] [--ingest]
 //!
 //! `--trigger schedule` writes the records first, then saves a webhook scheduled every
 //! second: its first tick sends them all, and deliveries/s counts from the first call the
 //! sink sees to the last record delivered.
+//!
+//! `--ingest` instead times `hookline import` of an NDJSON file of `--records` lines into a
+//! fresh node, with no webhook and then with one firing on every record (to the sink, at
+//! `--concurrency`, in calls of the first `--batch`), and reports records/s accepted.
 
 #[path = "../tests/procs.rs"]
 mod procs;
@@ -34,6 +38,7 @@ struct Options {
     store: String,
     redis: String,
     scheduled: bool,
+    ingest: bool,
 }
 
 fn options() -> Options {
@@ -46,6 +51,7 @@ fn options() -> Options {
         store: "redis".into(),
         redis: support::redis_url(),
         scheduled: false,
+        ingest: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,6 +66,11 @@ fn options() -> Options {
             "--store" => o.store = v,
             "--redis" => o.redis = v,
             "--trigger" => o.scheduled = v == "schedule",
+            "--ingest" => {
+                o.ingest = true;
+                i += 1;
+                continue;
+            }
             "--bench" => {
                 i += 1;
                 continue;
@@ -166,9 +177,71 @@ async fn run_once(o: &Options, nodes: usize, batch: usize) {
     );
 }
 
+/// Times `hookline import` of `o.records` NDJSON lines into a fresh node; with `webhook`, a
+/// webhook fires on every record and the time runs until the sink has them all.
+async fn ingest_once(o: &Options, webhook: bool) {
+    let sink = Sink::start(Duration::from_millis(o.sink_ms));
+    let ns = namespace();
+    let dir = std::env::temp_dir().join(format!("hl-bench-{ns}"));
+    let node = if o.store == "embedded" {
+        Proc::start("ingest", &["--data-dir", &dir.display().to_string()])
+    } else {
+        Proc::start("ingest", &["--redis", &o.redis, "--namespace", &ns])
+    };
+    let api = Api::at(&node.url);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    if webhook {
+        api.ok(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({
+                "id": "bench", "object": "item", "trigger": {"on_create": true},
+                "request": {"url": format!("{}/in", sink.url)},
+                "settings": {"max_concurrency": o.concurrency, "max_batch_size": o.batches[0], "batch_linger_ms": 50}
+            })),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let file = std::env::temp_dir().join(format!("hl-bench-{ns}.ndjson"));
+    let lines: String = (0..o.records).map(|i| format!("{{\"id\":\"r{i}\",\"fields\":{{\"n\":{i}}}}}\n")).collect();
+    std::fs::write(&file, lines).expect("write the NDJSON file");
+
+    let start = Instant::now();
+    let status = std::process::Command::new(procs::hookline_bin())
+        .args(["import", &file.display().to_string(), "--object", "item", "--url", &node.url])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run hookline import");
+    assert!(status.success(), "hookline import failed");
+    let imported = start.elapsed();
+    if webhook {
+        wait_until(Duration::from_secs(600), || async { sink.distinct_records() >= o.records }).await;
+    }
+    let delivered = start.elapsed();
+    drop(node);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "ingest store={} webhook={} records={} | import {:.1} s, {:.0} records/s | all delivered {:.1} s, {:.0} records/s",
+        o.store,
+        if webhook { format!("on_create,batch={}", o.batches[0]) } else { "none".into() },
+        o.records,
+        imported.as_secs_f64(),
+        o.records as f64 / imported.as_secs_f64(),
+        delivered.as_secs_f64(),
+        o.records as f64 / delivered.as_secs_f64(),
+    );
+}
+
 fn main() {
     let o = options();
     actix_rt::System::new().block_on(async {
+        if o.ingest {
+            ingest_once(&o, false).await;
+            ingest_once(&o, true).await;
+            return;
+        }
         for &n in &o.nodes {
             for &b in &o.batches {
                 run_once(&o, n, b).await;
