@@ -162,9 +162,10 @@ pub async fn records(store: &dyn Store, prefix: &str) {
 /// The write index: every record write takes its object's next position (1, 2, …); a record
 /// written again moves to its new position; paging with `after` = the last position returned
 /// sees every record once per write it has not been seen at, in write order; the origin
-/// webhook of each record's latest write is kept; objects are independent.
+/// webhook of each record's latest write is kept, and the position of its latest write by
+/// any other writer (the API, `""`, counting as one); objects are independent.
 pub async fn write_index(store: &dyn Store, prefix: &str) {
-    let (obj, other) = (format!("{prefix}-idx"), format!("{prefix}-idx-other"));
+    let (obj, other, seq) = (format!("{prefix}-idx"), format!("{prefix}-idx-other"), format!("{prefix}-idx-seq"));
     let position = |o: &str| {
         let o = o.to_string();
         async move { store.write_position(&o).await.expect("write_position") }
@@ -205,6 +206,8 @@ pub async fn write_index(store: &dyn Store, prefix: &str) {
     }
     let origins: Vec<&str> = all.iter().map(|r| r.origin_webhook.as_str()).collect();
     assert_eq!(origins, ["", "", "wh-x"], "the latest write's origin webhook; empty without one");
+    let others: Vec<u64> = all.iter().map(|r| r.other_position).collect();
+    assert_eq!(others, [0, 0, 1], "A's write-back came after the API's write at 1; B and C had one writer");
     assert_eq!((all[2].record.version, &all[2].record.fields), (2, &fields("Done")));
     assert!(listed(&obj, 4, 100).await.is_empty(), "nothing after the write position");
     assert_eq!(seen(&listed(&obj, 3, 100).await), at(&[("A", 4)]), "`after` is exclusive");
@@ -218,10 +221,12 @@ pub async fn write_index(store: &dyn Store, prefix: &str) {
     let page = listed(&obj, 3, 2).await;
     assert_eq!(seen(&page), at(&[("A", 4), ("B", 5)]), "B written again: seen again at its new position");
     assert_eq!(page[1].origin_webhook, "wh-y");
+    assert_eq!(page[1].other_position, 2, "B's write-back came after the API's write at 2");
     write(&obj, "A", 2, "Reopened", "").await; // 7: A leaves 4
     let page = listed(&obj, 5, 2).await;
     assert_eq!(seen(&page), at(&[("D", 6), ("A", 7)]));
     assert_eq!(page[1].origin_webhook, "", "a write without an origin clears the earlier one");
+    assert_eq!(page[1].other_position, 4, "the API's write came after wh-x's at 4");
     assert!(listed(&obj, 7, 2).await.is_empty(), "the end");
     let mut from = 0;
     let mut each = Vec::new();
@@ -242,7 +247,40 @@ pub async fn write_index(store: &dyn Store, prefix: &str) {
     let theirs = listed(&other, 0, 100).await;
     assert_eq!(seen(&theirs), at(&[("A", 1)]));
     assert_eq!((theirs[0].origin_webhook.as_str(), theirs[0].record.fields.clone()), ("wh-z", fields("Open")));
+    assert_eq!(theirs[0].other_position, 0, "a new record has no earlier writer");
     assert_eq!(listed(&obj, 0, 100).await.len(), 4);
+
+    // The other position along one record's writes, with another record's writes between.
+    // Each step: the writer, then R's other position after its write.
+    let latest = |id: &str| {
+        let id = id.to_string();
+        let seq = seq.clone();
+        async move {
+            let all = store.records_written(&seq, 0, 100).await.expect("records_written");
+            let r = all.into_iter().find(|r| r.record.id == id).expect("the record is listed");
+            (r.position, r.origin_webhook, r.other_position)
+        }
+    };
+    let steps = [
+        // (record, origin, its position, its other position, why)
+        ("R", "", 1, 0, "a new record"),
+        ("Z", "W", 2, 0, "a new record, first written by a webhook"),
+        ("R", "W", 3, 1, "W after the API: the API's write"),
+        ("R", "W", 4, 1, "W again: unchanged"),
+        ("Z", "", 5, 2, "Z: the API after W"),
+        ("R", "", 6, 4, "the API after W: W's last write"),
+        ("R", "W", 7, 6, "W after the API: that write of the API"),
+        ("R", "V", 8, 7, "another webhook after W: W's write"),
+    ];
+    let mut versions = std::collections::HashMap::new();
+    for (id, origin, at, other_at, why) in steps {
+        let version: &mut u64 = versions.entry(id).or_default();
+        write(&seq, id, *version, "Open", origin).await;
+        *version += 1;
+        assert_eq!(latest(id).await, (at, origin.to_string(), other_at), "{id} by {origin:?}: {why}");
+    }
+    let final_order: Vec<(String, u64)> = seen(&listed(&seq, 0, 100).await);
+    assert_eq!(final_order, at(&[("Z", 5), ("R", 8)]));
 }
 
 /// A change read but not acknowledged is claimable by another consumer once idle long enough.
@@ -263,7 +301,8 @@ pub async fn change_claims(store: &dyn Store, prefix: &str) {
 }
 
 /// Objects: put (insert and update), get, list. Webhooks: compare-and-set on the version,
-/// delete with the version, which also empties the webhook's queues and drops its values.
+/// delete with the version, which also empties the webhook's queues and drops its values and
+/// the locks the engine takes (`oauth-refresh`, `schedule`).
 pub async fn definitions(store: &dyn Store, prefix: &str) {
     let (a, b) = (format!("{prefix}-obj-a"), format!("{prefix}-obj-b"));
     assert!(store.get_object(&a).await.expect("get_object").is_none());
@@ -300,6 +339,9 @@ pub async fn definitions(store: &dyn Store, prefix: &str) {
     assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 2);
     let hour = Duration::from_secs(3600);
     store.set_value(&id, "schedule", b"progress", hour).await.expect("set_value");
+    for lock in ["oauth-refresh", "schedule"] {
+        assert!(store.try_lock(&id, lock, "old-holder", hour).await.expect("try_lock"), "{lock}");
+    }
     assert!(!store.delete_webhook(&id, 1).await.expect("delete_webhook"), "stale version");
     assert!(store.get_webhook(&id).await.expect("get_webhook").is_some());
     assert!(store.delete_webhook(&id, 2).await.expect("delete_webhook"));
@@ -307,6 +349,14 @@ pub async fn definitions(store: &dyn Store, prefix: &str) {
     assert!(!store.delete_webhook(&id, 2).await.expect("delete_webhook"), "already gone");
     assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 0, "its queue went with it");
     assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None, "its values went with it");
+    let late = store.set_value_locked(&id, "schedule", b"late", hour, "schedule", "old-holder").await;
+    assert!(!late.expect("set_value_locked"), "a holder of a deleted webhook's lock stores nothing");
+    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None);
+    for lock in ["oauth-refresh", "schedule"] {
+        let taken = store.try_lock(&id, lock, "new-holder", hour).await.expect("try_lock");
+        assert!(taken, "its lock {lock} went with it: free at once");
+        store.unlock(&id, lock, "new-holder").await.expect("unlock");
+    }
     assert!(store.put_webhook(&webhook(&id, 1, "https://c.example")).await.expect("put_webhook"), "new again at v1");
 }
 
@@ -752,7 +802,7 @@ pub async fn rate_limit(store: &dyn Store, prefix: &str) {
 
 /// Shared values expire after their TTL; a lock has one holder at a time, only the holder
 /// releases it, the holder taking it again renews it, and an abandoned lock frees itself
-/// after its TTL.
+/// after its TTL. A value stored under a lock is stored only while the lock is its caller's.
 pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-kv");
     assert_eq!(store.get_value(&wh, "token").await.expect("get_value"), None);
@@ -783,6 +833,46 @@ pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
     assert!(store.try_lock(&wh, "renew", "a", short).await.expect("try_lock"), "still a's");
     store.unlock(&wh, "renew", "a").await.expect("unlock");
     assert!(store.try_lock(&wh, "renew", "b", ttl).await.expect("try_lock"), "released by its holder");
+
+    // Values stored under a lock.
+    let long = Duration::from_secs(30);
+    let value = |name: &'static str| {
+        let wh = wh.clone();
+        async move { store.get_value(&wh, name).await.expect("get_value") }
+    };
+    let locked = |name: &'static str, v: &'static [u8], ttl: Duration, lock: &'static str, holder: &'static str| {
+        let wh = wh.clone();
+        async move { store.set_value_locked(&wh, name, v, ttl, lock, holder).await.expect("set_value_locked") }
+    };
+    assert!(!locked("state", b"0", long, "guard", "a").await, "a lock nobody took");
+    assert_eq!(value("state").await, None, "nothing stored");
+    assert!(store.try_lock(&wh, "guard", "a", long).await.expect("try_lock"));
+    assert!(locked("state", b"1", long, "guard", "a").await, "the holder stores");
+    assert_eq!(value("state").await.as_deref(), Some(&b"1"[..]));
+    assert!(locked("state", b"2", long, "guard", "a").await, "and stores again");
+    assert_eq!(value("state").await.as_deref(), Some(&b"2"[..]));
+    assert!(!locked("state", b"3", long, "guard", "b").await, "not the holder");
+    assert!(!locked("state", b"3", long, "renew", "a").await, "a lock of the same webhook held by another");
+    let other_wh = format!("{prefix}-kv-other");
+    assert!(store.try_lock(&other_wh, "guard", "c", long).await.expect("try_lock"));
+    assert!(!locked("state", b"3", long, "guard", "c").await, "the lock of another webhook");
+    assert_eq!(value("state").await.as_deref(), Some(&b"2"[..]), "unchanged by refused calls");
+    store.unlock(&wh, "guard", "a").await.expect("unlock");
+    assert!(!locked("state", b"4", long, "guard", "a").await, "released");
+    assert_eq!(value("state").await.as_deref(), Some(&b"2"[..]));
+    // An expired lock: the value was stored with its own TTL meanwhile.
+    let brief = Duration::from_millis(200);
+    assert!(store.try_lock(&wh, "guard", "a", brief).await.expect("try_lock"));
+    assert!(locked("short", b"s", brief, "guard", "a").await);
+    assert_eq!(value("short").await.as_deref(), Some(&b"s"[..]));
+    tokio::time::sleep(brief + Duration::from_millis(150)).await;
+    assert_eq!(value("short").await, None, "stored with its TTL");
+    assert!(!locked("state", b"5", long, "guard", "a").await, "the holder's lock expired");
+    assert_eq!(value("state").await.as_deref(), Some(&b"2"[..]), "unchanged");
+    assert!(store.try_lock(&wh, "guard", "b", long).await.expect("try_lock"), "taken by a successor");
+    assert!(locked("state", b"6", long, "guard", "b").await);
+    assert!(!locked("state", b"7", long, "guard", "a").await, "the old holder cannot overwrite the successor's");
+    assert_eq!(value("state").await.as_deref(), Some(&b"6"[..]));
 }
 
 /// A counting semaphore: never more than `limit` holders; renewals by a holder; releases

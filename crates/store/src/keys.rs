@@ -8,7 +8,7 @@
 //!   the definition event stream (`put_webhook.lua` touches the last three together);
 //! - `{wh:<id>}` for everything of one webhook: its queues, delayed set, dead letters,
 //!   write-backs, attempts, permits, values and locks (`complete.lua`, `promote_due.lua`,
-//!   `redrive.lua`, the `DEL` of a deleted webhook);
+//!   `redrive.lua`, `set_value_locked.lua`, the `DEL` of a deleted webhook);
 //! - `{obj:<name>}` for one data object's records, its change stream, its write-position
 //!   counter, its write index and its "indexed" marker (`write_record.lua` touches a record
 //!   and the change stream, counter and index; `index_record.lua` a record, the counter and
@@ -70,7 +70,9 @@ impl Keys {
     }
 
     /// HASH `v` (version), `f` (fields JSON) of one record, and of its latest write `o` (the
-    /// change's origin webhook, `""` for none) and `p` (its position in [`Keys::written`]).
+    /// change's origin webhook, `""` for none), `p` (its position in [`Keys::written`]) and
+    /// `q` (the position of the record's latest write by a writer other than `o`; 0: none;
+    /// missing in hashes written before it, which reads as 0).
     pub fn record(&self, object: &str, id: &str) -> String {
         format!("{}:{{obj:{object}}}:rec:{id}", self.ns)
     }
@@ -175,6 +177,11 @@ impl Keys {
             // The values the engine keeps: its OAuth token, its schedule's progress.
             self.value(webhook, "oauth-token"),
             self.value(webhook, "schedule"),
+            // The locks the engine takes: its OAuth token's refresh, its schedule's ticks. A
+            // holder that outlives the webhook then cannot store a value for it
+            // (`set_value_locked.lua`), and a webhook created again with the id starts free.
+            self.lock(webhook, "oauth-refresh"),
+            self.lock(webhook, "schedule"),
         ]
     }
 
@@ -192,6 +199,11 @@ impl Keys {
     /// `KEYS` of `index_record.lua`: the record, the object's position counter, its write index.
     pub fn index_record_keys(&self, object: &str, id: &str) -> [String; 3] {
         [self.record(object, id), self.position(object), self.written(object)]
+    }
+
+    /// `KEYS` of `set_value_locked.lua`: the lock `lock`, the value `name`, both of `webhook`.
+    pub fn set_value_locked_keys(&self, webhook: &str, lock: &str, name: &str) -> [String; 2] {
+        [self.lock(webhook, lock), self.value(webhook, name)]
     }
 
     /// `KEYS` of `promote_due.lua`: delayed set, job stream.
@@ -304,6 +316,13 @@ mod tests {
                 one_slot("promote_due.lua", &k.promote_due_keys(wh));
                 one_slot("redrive.lua", &k.redrive_keys(wh));
                 one_slot("queue_depth", &k.queue_depth_keys(wh));
+                let locked = k.set_value_locked_keys(wh, "schedule", "schedule");
+                one_slot("set_value_locked.lua", &locked);
+                assert_eq!(locked, [k.lock(wh, "schedule"), k.value(wh, "schedule")], "KEYS order");
+                assert_eq!(slot(locked[0].as_bytes()), slot(all[0].as_bytes()), "with the webhook's other keys");
+                for name in ["oauth-refresh", "schedule"] {
+                    assert!(all.contains(&k.lock(wh, name)), "the engine's lock {name} goes with the webhook");
+                }
             }
         }
     }

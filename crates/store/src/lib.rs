@@ -113,6 +113,11 @@ pub struct IndexedRecord {
     /// The webhook whose write-back made the record's latest write; empty for any other
     /// writer (the API, an import).
     pub origin_webhook: String,
+    /// The position of the record's latest write by a writer other than `origin_webhook`
+    /// (0: none). A scheduled webhook skips a record whose latest write is its own
+    /// write-back only if nobody else wrote it since the webhook last looked: a user's
+    /// change made while a call was in flight must not hide behind the write-back after it.
+    pub other_position: u64,
 }
 
 /// How long attempts are kept.
@@ -131,7 +136,8 @@ pub trait Store: Send + Sync + 'static {
     async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool>;
     async fn get_webhook(&self, id: &str) -> Result<Option<StoredWebhook>>;
     async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>>;
-    /// Deletes a webhook stored at `version`, with its queues and attempts. False on a conflict.
+    /// Deletes a webhook stored at `version`, with its queues, attempts, values and locks.
+    /// False on a conflict.
     async fn delete_webhook(&self, id: &str, version: u64) -> Result<bool>;
     /// The position of the newest definition event, to follow from.
     async fn events_cursor(&self) -> Result<String>;
@@ -244,6 +250,19 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the lock `name` for `holder` unless someone else holds it; it expires after `ttl`.
     /// Taking a lock `holder` already holds succeeds and renews it for `ttl`.
     async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
+    /// Stores a value like [`Store::set_value`], but only while `holder` holds the lock
+    /// `lock` of the same webhook, in one atomic step: a holder that lost its lock (it
+    /// stalled past the TTL, or the webhook was deleted) cannot overwrite its successor's
+    /// value. False, and nothing stored, when it does not hold the lock.
+    async fn set_value_locked(
+        &self,
+        webhook: &str,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+        lock: &str,
+        holder: &str,
+    ) -> Result<bool>;
     /// Releases the lock if `holder` still holds it.
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()>;
 

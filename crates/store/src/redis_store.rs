@@ -109,6 +109,7 @@ struct Scripts {
     redrive: Script,
     requeue: Script,
     try_lock: Script,
+    set_value_locked: Script,
     unlock: Script,
     rate: Script,
 }
@@ -274,6 +275,7 @@ impl RedisStore {
                 redrive: Script::new(include_str!("lua/redrive.lua")),
                 requeue: Script::new(include_str!("lua/requeue.lua")),
                 try_lock: Script::new(include_str!("lua/try_lock.lua")),
+                set_value_locked: Script::new(include_str!("lua/set_value_locked.lua")),
                 unlock: Script::new(include_str!("lua/unlock.lua")),
                 rate: Script::new(include_str!("lua/rate.lua")),
             },
@@ -751,12 +753,12 @@ impl Store for RedisStore {
         // One pipeline for every listed record: all of them share the index's slot.
         let mut pipe = redis::pipe();
         for (id, _) in &listed {
-            pipe.cmd("HMGET").arg(self.keys.record(object, id)).arg("v").arg("f").arg("o");
+            pipe.cmd("HMGET").arg(self.keys.record(object, id)).arg("v").arg("f").arg("o").arg("q");
         }
-        type Hash = (Option<u64>, Option<String>, Option<String>);
+        type Hash = (Option<u64>, Option<String>, Option<String>, Option<u64>);
         let hashes: Vec<Hash> = pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
         let mut out = Vec::with_capacity(listed.len());
-        for ((id, score), (version, fields, origin)) in listed.into_iter().zip(hashes) {
+        for ((id, score), (version, fields, origin, other)) in listed.into_iter().zip(hashes) {
             // The two reads are not one atomic step. A record whose hash vanished is skipped.
             let (Some(version), Some(fields)) = (version, fields) else { continue };
             // A record rewritten between the two reads comes with its newer write but at the
@@ -769,6 +771,8 @@ impl Store for RedisStore {
                 position,
                 record: Record { fields: json(&key, &fields)?, id, version },
                 origin_webhook: origin.unwrap_or_default(),
+                // Missing in a hash last written before `q` was kept: no other writer known.
+                other_position: other.unwrap_or(0),
             });
         }
         Ok(out)
@@ -1039,6 +1043,27 @@ impl Store for RedisStore {
         Ok(ok == 1)
     }
 
+    async fn set_value_locked(
+        &self,
+        webhook: &str,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+        lock: &str,
+        holder: &str,
+    ) -> Result<bool> {
+        // Compare the lock's holder and store in one step (a separate GET, then SET, would
+        // let the lock expire and change hands in between).
+        let ok: i64 = invocation(&self.scripts.set_value_locked, &self.keys.set_value_locked_keys(webhook, lock, name))
+            .arg(holder)
+            .arg(value)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok(ok == 1)
+    }
+
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()> {
         // Only the holder may release: compare and delete in one step.
         self.scripts
@@ -1247,6 +1272,7 @@ pub(crate) mod tests {
             assert_eq!(a.write_position(object).await.expect("write_position"), want.len() as u64);
             let page = a.records_written(object, 0, 100).await.expect("records_written");
             assert!(page.iter().all(|r| r.origin_webhook.is_empty()));
+            assert!(page.iter().all(|r| r.other_position == 0), "no other writer known: {page:?}");
             assert!(page.iter().filter(|r| r.record.id != "new").all(|r| r.record.version == 3));
             let marked: bool = raw.exists(keys.indexed(object)).await.expect("EXISTS");
             assert!(marked, "{object} is marked indexed");
@@ -1276,6 +1302,14 @@ pub(crate) mod tests {
         assert_eq!(after.len() as u64, n + 1, "{after:?}");
         assert_eq!(after[after.len() - 2..], [("later".to_string(), n + 1), ("r1".to_string(), n + 2)]);
         assert_eq!(again.write_position(object).await.expect("write_position"), n + 2);
+        // A write-back after the API's write: the other writer's write is the previous one.
+        let c = Change { origin_webhook: "wh".into(), ..change(object, "r1", 5) };
+        let w = again.write_record(object, "r1", 4, &fields, &c).await;
+        assert_eq!(w.expect("write_record"), WriteResult::Written { version: 5 });
+        let last = again.records_written(object, n + 2, 10).await.expect("records_written");
+        let last: Vec<_> =
+            last.into_iter().map(|r| (r.record.id, r.position, r.origin_webhook, r.other_position)).collect();
+        assert_eq!(last, [("r1".to_string(), n + 3, "wh".to_string(), n + 2)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,9 @@
 //! called off the async runtime (the async half wraps each call in `spawn_blocking`).
 //!
 //! Lock order: a group's state lock may be held while beginning a write transaction, never
-//! the other way round — group locks touched because of a commit are taken after it.
+//! the other way round — group locks touched because of a commit are taken after it. The
+//! [`Locks`] mutex is the other way round: it is taken briefly inside write transactions
+//! (`set_value_locked`, `put_webhook`'s delete), and nothing begins a transaction holding it.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -101,10 +103,12 @@ fn event(txn: &WriteTransaction, fx: &mut Effects, kind: &str, name: &str) -> Re
 }
 
 /// Gives record `id` the object's next write position and moves its write index entry there,
-/// noting `origin` (`""`: none). Returns the position.
+/// noting `origin` (`""`: none) and the position of the record's latest write by a writer
+/// other than `origin`: the previous write's own such position when it had the same origin,
+/// else the previous write's position (0 for a new record). Returns the position.
 fn index_write(
     meta: &mut Table<&'static str, (u64, u64)>,
-    positions: &mut Table<(&'static str, &'static str), (u64, &'static str)>,
+    positions: &mut Table<(&'static str, &'static str), (u64, &'static str, u64)>,
     written: &mut Table<(&'static str, u64), &'static str>,
     object: &str,
     id: &str,
@@ -113,8 +117,13 @@ fn index_write(
     let key = position_key(object);
     let position = meta.get(key.as_str()).map_err(db)?.map(|v| v.value().0).unwrap_or(0) + 1;
     meta.insert(key.as_str(), (position, 0)).map_err(db)?;
-    let previous = positions.insert((object, id), (position, origin)).map_err(db)?.map(|v| v.value().0);
-    if let Some(previous) = previous {
+    let previous = positions.get((object, id)).map_err(db)?.map(|v| {
+        let (p, o, q) = v.value();
+        (p, if o == origin { q } else { p })
+    });
+    let other = previous.map_or(0, |(_, other)| other);
+    positions.insert((object, id), (position, origin, other)).map_err(db)?;
+    if let Some((previous, _)) = previous {
         written.remove((object, previous)).map_err(db)?;
     }
     written.insert((object, position), id).map_err(db)?;
@@ -122,7 +131,8 @@ fn index_write(
 }
 
 /// Indexes every record of a version 1 file, which has none of the write index: in
-/// [`RECORDS`] order (so each object's records take positions 1, 2, … by id), origin `""`.
+/// [`RECORDS`] order (so each object's records take positions 1, 2, … by id), origin `""`,
+/// other position 0 (no earlier write is known).
 /// Returns how many records it indexed.
 fn index_records(txn: &WriteTransaction, meta: &mut Table<&'static str, (u64, u64)>) -> Result<u64> {
     let records = txn.open_table(RECORDS).map_err(db)?;
@@ -278,6 +288,35 @@ impl Inner {
         })
     }
 
+    /// Stores a value if `holder` holds the lock `lock_name` of `webhook`; false, and nothing
+    /// stored, if not.
+    ///
+    /// The lock is checked inside the write transaction, which makes the check and the write
+    /// one step for every value writer: redb runs write transactions one at a time, and the
+    /// locks mutex is held for the check only (never through the commit's I/O, which would
+    /// stall `try_lock` callers on the async runtime). If the lock expires right after the
+    /// check, a successor can take it only after the check, so its own value write begins
+    /// after this transaction committed and overwrites this value, not the other way round.
+    /// A delete of the webhook forgets its locks inside its transaction (see `put_webhook`),
+    /// so this either runs before it (and the delete removes the value) or finds no lock.
+    pub(super) fn set_value_locked(
+        &self,
+        webhook: &str,
+        name: &str,
+        value: &[u8],
+        expires_at_ms: i64,
+        lock_name: &str,
+        holder: &str,
+    ) -> Result<bool> {
+        self.write(|txn, _fx| {
+            if !self.locks.holds(webhook, lock_name, holder) {
+                return Ok(false);
+            }
+            txn.open_table(VALUES).map_err(db)?.insert((webhook, name), (expires_at_ms, value)).map_err(db)?;
+            Ok(true)
+        })
+    }
+
     pub(super) fn put_object(&self, name: &str, json: &str) -> Result<()> {
         self.write(|txn, fx| {
             txn.open_table(OBJECTS).map_err(db)?.insert(name, json).map_err(db)?;
@@ -304,7 +343,7 @@ impl Inner {
     }
 
     /// Compare-and-set on the stored version; `json = None` deletes the webhook and all of
-    /// its queues, attempts and permits.
+    /// its queues, attempts, values, permits and locks.
     pub(super) fn put_webhook(&self, id: &str, expected: u64, json: Option<&str>) -> Result<bool> {
         let done = self.write(|txn, fx| {
             let mut webhooks = txn.open_table(WEBHOOKS).map_err(db)?;
@@ -340,6 +379,14 @@ impl Inner {
                         .map_err(db)?
                         .retain_in((id, "")..(end.as_str(), ""), |_, _| false)
                         .map_err(db)?;
+                    // Its locks go inside the transaction, after everything else of it: a
+                    // `set_value_locked` (which checks its lock inside its own transaction)
+                    // then runs wholly before the delete, which removes its value, or finds
+                    // no lock. Forgotten after the commit, they would leave a moment in which
+                    // a holder could store a value for the deleted webhook. (Should the
+                    // commit itself fail, the webhook stays and its holders have lost their
+                    // locks early: their `set_value_locked` calls fail, as after an expiry.)
+                    self.locks.forget(id);
                 }
             }
             event(txn, fx, "webhook", id)?;
@@ -466,7 +513,13 @@ impl Inner {
             // entry left without its record (as Redis skips a vanished hash).
             let Some(record) = records.get((object, id)).map_err(db)? else { continue };
             let (version, fields) = record.value();
-            let origin = positions.get((object, id)).map_err(db)?.map(|p| p.value().1.to_string());
+            let (origin, other) = match positions.get((object, id)).map_err(db)? {
+                Some(p) => {
+                    let (_, origin, other) = p.value();
+                    (origin.to_string(), other)
+                }
+                None => (String::new(), 0),
+            };
             out.push(IndexedRecord {
                 position,
                 record: Record {
@@ -474,7 +527,8 @@ impl Inner {
                     version,
                     fields: json(|| format!("records/{object}/{id}"), fields)?,
                 },
-                origin_webhook: origin.unwrap_or_default(),
+                origin_webhook: origin,
+                other_position: other,
             });
         }
         Ok(out)

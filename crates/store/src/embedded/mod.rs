@@ -11,7 +11,7 @@
 //! | `webhooks` | webhook id | (stored version, StoredWebhook JSON) — compare-and-set reads the version |
 //! | `events` | stream id | (`object`\|`webhook`, name): definition events, newest 10 000 kept |
 //! | `records` | (object, record id) | (version, fields JSON) |
-//! | `record_positions` | (object, record id) | (position, origin webhook) of the record's latest write |
+//! | `record_positions` | (object, record id) | (position, origin webhook, other position) of the record's latest write |
 //! | `written` | (object, position) | record id: the write index, each record at its latest write |
 //! | `changes` | (object, stream id) | (flags, Change protobuf) |
 //! | `jobs` | (webhook, stream id) | (flags, Job protobuf): ready and delivered-but-unacknowledged |
@@ -47,8 +47,8 @@
 //! Blocking reads wait on a [`tokio::sync::Notify`] per queue (and one for definition
 //! events), woken after a commit appended to it: no polling. Every redb transaction runs in
 //! [`tokio::task::spawn_blocking`]; in-memory state sits behind `std::sync::Mutex`es that are
-//! never held across an `.await`. The concurrency permits are in memory too (a restart frees
-//! them all, as lease expiry would).
+//! never held across an `.await`. The concurrency permits and the locks are in memory too (a
+//! restart frees them all, as lease expiry would).
 //!
 //! Differences from Redis a caller may notice: a first read of a queue returns entries that
 //! were appended before anyone read it (Redis creates the group then and answers empty), and
@@ -400,6 +400,21 @@ impl Store for EmbeddedStore {
 
     async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         Ok(self.inner.locks.try_lock(webhook, name, holder, ttl))
+    }
+
+    async fn set_value_locked(
+        &self,
+        webhook: &str,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+        lock: &str,
+        holder: &str,
+    ) -> Result<bool> {
+        let (webhook, name, value, lock, holder) =
+            (webhook.to_string(), name.to_string(), value.to_vec(), lock.to_string(), holder.to_string());
+        let expires = crate::now_ms() + ttl.as_millis() as i64;
+        self.run(move |i| i.set_value_locked(&webhook, &name, &value, expires, &lock, &holder)).await
     }
 
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()> {

@@ -1,7 +1,7 @@
 //! In-memory state of the embedded store: consumer groups (what was delivered to whom, and
-//! when) and the concurrency semaphores. Neither needs to survive the process: after a
-//! restart nothing is pending, so every unacknowledged entry is delivered again, and no
-//! permit is held.
+//! when), the concurrency semaphores, the locks and the rate limiters. None needs to survive
+//! the process: after a restart nothing is pending, so every unacknowledged entry is
+//! delivered again, and no permit or lock is held.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -116,6 +116,25 @@ mod tests {
         assert!(p.acquire("x", "a", 1, Duration::ZERO));
         assert!(p.acquire("x", "b", 1, long), "a zero lease has expired");
     }
+
+    #[test]
+    fn locks_are_held_until_expiry_and_forgotten_per_webhook() {
+        let l = Locks::default();
+        let long = Duration::from_secs(60);
+        assert!(!l.holds("w", "x", "a"), "not taken");
+        assert!(l.try_lock("w", "x", "a", long));
+        assert!(l.try_lock("w", "y", "a", long));
+        assert!(l.try_lock("v", "x", "a", long));
+        assert!(l.holds("w", "x", "a"));
+        assert!(!l.holds("w", "x", "b"), "another holder");
+        assert!(!l.holds("v", "y", "a"), "another webhook's lock");
+        assert!(l.try_lock("w", "z", "a", Duration::ZERO));
+        assert!(!l.holds("w", "z", "a"), "expired");
+        l.forget("w");
+        assert!(!l.holds("w", "x", "a") && !l.holds("w", "y", "a"), "every lock of w");
+        assert!(l.try_lock("w", "x", "b", long), "free for anyone");
+        assert!(l.holds("v", "x", "a"), "other webhooks' locks stay");
+    }
 }
 
 /// Named locks with expiry, held by one holder at a time (single process: in memory).
@@ -145,6 +164,18 @@ impl Locks {
         if map.get(&key).is_some_and(|(h, _)| h == holder) {
             map.remove(&key);
         }
+    }
+
+    /// Whether `holder` holds the lock `name` of `webhook` now (taken and not expired).
+    pub(super) fn holds(&self, webhook: &str, name: &str, holder: &str) -> bool {
+        let now = Instant::now();
+        let map = lock(&self.map);
+        map.get(&(webhook.to_string(), name.to_string())).is_some_and(|(h, until)| h == holder && *until > now)
+    }
+
+    /// Drops every lock of `webhook` (it was deleted).
+    pub(super) fn forget(&self, webhook: &str) {
+        lock(&self.map).retain(|(w, _), _| w != webhook);
     }
 }
 

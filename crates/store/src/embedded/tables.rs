@@ -30,9 +30,11 @@ pub(super) const WEBHOOKS: TableDefinition<&str, (u64, &str)> = TableDefinition:
 pub(super) const EVENTS: TableDefinition<(u64, u64), (&str, &str)> = TableDefinition::new("events");
 /// (object, record id) → (version, fields JSON).
 pub(super) const RECORDS: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new("records");
-/// (object, record id) → (position, origin webhook) of the record's latest write (origin `""`:
-/// none). Finds the record's [`WRITTEN`] entry to move when it is written again.
-pub(super) const RECORD_POSITIONS: TableDefinition<(&str, &str), (u64, &str)> =
+/// (object, record id) → (position, origin webhook, other position) of the record's latest
+/// write: origin `""` for none; other position: that of the record's latest write by a writer
+/// other than the origin (0: none). Finds the record's [`WRITTEN`] entry to move when it is
+/// written again.
+pub(super) const RECORD_POSITIONS: TableDefinition<(&str, &str), (u64, &str, u64)> =
     TableDefinition::new("record_positions");
 /// (object, position) → record id: the write index, one entry per record, at its latest write.
 pub(super) const WRITTEN: TableDefinition<(&str, u64), &str> = TableDefinition::new("written");

@@ -71,6 +71,16 @@ async fn index_of(store: &EmbeddedStore, object: &str) -> Vec<(String, u64, Stri
     all.into_iter().map(|r| (r.record.id, r.position, r.origin_webhook)).collect()
 }
 
+/// (id, other position) of every record of `object` in the write index.
+async fn others_of(store: &EmbeddedStore, object: &str) -> Vec<(String, u64)> {
+    let all = store.records_written(object, 0, 1_000).await.unwrap();
+    all.into_iter().map(|r| (r.record.id, r.other_position)).collect()
+}
+
+fn others(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(id, q)| (id.to_string(), *q)).collect()
+}
+
 fn indexed(list: &[(&str, u64, &str)]) -> Vec<(String, u64, String)> {
     list.iter().map(|(id, p, o)| (id.to_string(), *p, o.to_string())).collect()
 }
@@ -111,9 +121,11 @@ async fn write_positions_survive_a_reopen() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.write_position("survey").await.unwrap(), 3);
     assert_eq!(index_of(&store, "survey").await, indexed(&[("S2", 2, "wh"), ("S1", 3, "")]));
+    assert_eq!(others_of(&store, "survey").await, others(&[("S2", 0), ("S1", 0)]));
     write(&store, "survey", "S2", 1, "").await;
     assert_eq!(store.write_position("survey").await.unwrap(), 4, "the counter goes on after the reopen");
     assert_eq!(index_of(&store, "survey").await, indexed(&[("S1", 3, ""), ("S2", 4, "")]));
+    assert_eq!(others_of(&store, "survey").await, others(&[("S1", 0), ("S2", 2)]), "wh's write before the reopen");
     assert_eq!(index_of(&store, "other").await, indexed(&[("S1", 1, "")]));
 }
 
@@ -145,10 +157,12 @@ async fn a_version_1_file_is_indexed_on_open() {
         assert_eq!(index_of(&store, "survey").await, indexed(&[("S1", 1, ""), ("S2", 2, "")]));
         assert_eq!(store.write_position("survey").await.unwrap(), 2);
         assert_eq!(index_of(&store, "other").await, indexed(&[("X", 1, "")]));
+        assert_eq!(others_of(&store, "survey").await, others(&[("S1", 0), ("S2", 0)]), "no earlier writer known");
         let rec = store.records_written("survey", 1, 10).await.unwrap().pop().unwrap().record;
         assert_eq!(rec, store.get_record("survey", "S2").await.unwrap().unwrap(), "indexed with its record");
         write(&store, "survey", "S1", 1, "wh").await;
         assert_eq!(index_of(&store, "survey").await, indexed(&[("S2", 2, ""), ("S1", 3, "wh")]));
+        assert_eq!(others_of(&store, "survey").await, others(&[("S2", 0), ("S1", 1)]), "the indexed write at 1");
     }
     {
         // Opening again indexes nothing twice.

@@ -12,5 +12,7 @@ local position = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'p', position)
 -- No origin is known for a write of the earlier version: it counts as the API's.
 redis.call('HSETNX', KEYS[1], 'o', '')
+-- Nor any write by another writer before it.
+redis.call('HSETNX', KEYS[1], 'q', 0)
 redis.call('ZADD', KEYS[3], position, ARGV[1])
 return 1
