@@ -27,6 +27,19 @@ async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWeb
     Ok(catalog::compile(stored, |name| objects.get(name))?)
 }
 
+/// [`compile`] for a save: also refuses a schedule whose ticks are all past (a stored one
+/// that ran its last tick still loads, so its queued jobs are delivered).
+async fn compile_to_save(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWebhook, ApiError> {
+    let compiled = compile(state, stored).await?;
+    if let Some(schedule) = &compiled.plan.schedule
+        && schedule.next_after(hookline_store::now_ms()).is_none()
+    {
+        let expr = stored.definition.trigger.schedule.as_deref().unwrap_or_default();
+        return Err(FieldError::new("trigger.schedule", format!("`{expr}` has no tick in the future")).into());
+    }
+    Ok(compiled)
+}
+
 /// A stored webhook with its secrets opened.
 async fn load(state: &ApiState, id: &str) -> Result<StoredWebhook, ApiError> {
     match state.store.get_webhook(id).await? {
@@ -52,7 +65,7 @@ async fn save(state: &ApiState, stored: &StoredWebhook) -> Result<bool, ApiError
 pub async fn create(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let definition: WebhookDef = parse_json(&body)?;
     let stored = StoredWebhook { definition, version: 1, paused: false };
-    compile(&state, &stored).await?;
+    compile_to_save(&state, &stored).await?;
     if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{}` exists; PUT to change it", stored.definition.id)));
     }
@@ -90,7 +103,7 @@ pub async fn replace(
         }
         None => StoredWebhook { definition, version: 1, paused: false },
     };
-    compile(&state, &stored).await?;
+    compile_to_save(&state, &stored).await?;
     if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));
     }

@@ -50,13 +50,11 @@ pub struct ScheduleError {
     pub message: String,
 }
 
-/// The most iterations spent looking for the latest missed tick before settling for an
-/// approximate one (a per-second schedule missed for a day is 86,400 ticks).
-const MAX_CATCH_UP_STEPS: usize = 1_000_000;
-
 impl Schedule {
     /// Parses `expr` (six or seven fields: second minute hour day-of-month month
-    /// day-of-week [year]) in the IANA time zone `time_zone` (UTC when absent).
+    /// day-of-week [year]) in the IANA time zone `time_zone` (UTC when absent). A schedule
+    /// whose ticks are all past parses (a stored one may have run its last tick); the API
+    /// refuses to save one with [`Schedule::next_after`].
     pub fn parse(expr: &str, time_zone: Option<&str>, select: Select) -> Result<Schedule, ScheduleError> {
         let expr = expr.trim();
         let fields = expr.split_whitespace().count();
@@ -80,14 +78,7 @@ impl Schedule {
                 message: format!("`{name}` is not an IANA time zone name such as `Europe/Berlin` or `UTC`"),
             })?,
         };
-        let schedule = Schedule { cron, tz, select };
-        if schedule.next_after(Utc::now().timestamp_millis()).is_none() {
-            return Err(ScheduleError {
-                field: "trigger.schedule",
-                message: format!("`{expr}` has no tick in the future"),
-            });
-        }
-        Ok(schedule)
+        Ok(Schedule { cron, tz, select })
     }
 
     fn at(&self, ms: i64) -> DateTime<Tz> {
@@ -100,18 +91,11 @@ impl Schedule {
     }
 
     /// The latest tick in `(after_ms, now_ms]`: ticks missed while no node ran collapse into
-    /// this one run. None when no tick is due.
+    /// this one run. None when no tick is due. Walks back from now, so a long outage costs
+    /// one step, not one per missed tick.
     pub fn due(&self, after_ms: i64, now_ms: i64) -> Option<i64> {
-        let mut latest = None;
-        for tick in self.cron.after(&self.at(after_ms)).take(MAX_CATCH_UP_STEPS) {
-            let ms = tick.timestamp_millis();
-            if ms > now_ms {
-                return latest;
-            }
-            latest = Some(ms);
-        }
-        // Still behind after that many ticks: run now, as the tick the clock says.
-        latest.map(|_| now_ms)
+        let latest = self.cron.after(&self.at(now_ms.saturating_add(1))).next_back()?.timestamp_millis();
+        (latest > after_ms && latest <= now_ms).then_some(latest)
     }
 
     pub fn time_zone(&self) -> &str {
@@ -157,6 +141,16 @@ mod tests {
         assert_eq!(s.due(last, ms("2026-05-01T10:01:00Z")), Some(ms("2026-05-01T10:01:00Z")));
         // Down for three hours: one run, for the latest tick.
         assert_eq!(s.due(last, ms("2026-05-01T13:00:30Z")), Some(ms("2026-05-01T13:00:00Z")));
+        // Exactly on a tick, and a tick already run.
+        assert_eq!(s.due(last, ms("2026-05-01T13:00:00Z")), Some(ms("2026-05-01T13:00:00Z")));
+        assert_eq!(s.due(ms("2026-05-01T13:00:00Z"), ms("2026-05-01T13:00:00.999Z")), None);
+        // A year down, every second: still one step.
+        let every = Schedule::parse("* * * * * *", None, Select::All).unwrap();
+        assert_eq!(every.due(last, ms("2027-05-01T10:00:00.5Z")), Some(ms("2027-05-01T10:00:00Z")));
+        // In a time zone, across the autumn clock change (02:30 happens twice in Berlin).
+        let b = Schedule::parse("0 30 2 * * *", Some("Europe/Berlin"), Select::All).unwrap();
+        let due = b.due(ms("2026-10-24T12:00:00Z"), ms("2026-10-25T12:00:00Z")).unwrap();
+        assert!(iso(due).starts_with("2026-10-25T0"), "{}", iso(due));
     }
 
     #[test]
@@ -168,8 +162,11 @@ mod tests {
         let e = err("0 61 * * * *", None);
         assert_eq!(e.field, "trigger.schedule");
         assert!(e.message.contains("not a valid cron expression"), "{}", e.message);
-        let e = err("0 0 0 1 1 * 2001", None);
-        assert!(e.message.contains("no tick in the future"), "{}", e.message);
+        // All past: valid, and never due again.
+        let past = Schedule::parse("0 0 0 1 1 * 2001", None, Select::Changed).unwrap();
+        assert_eq!(past.next_after(ms("2026-01-01T00:00:00Z")), None);
+        assert_eq!(past.due(ms("2001-01-01T00:00:00Z"), ms("2026-01-01T00:00:00Z")), None);
+        assert_eq!(past.due(0, ms("2026-01-01T00:00:00Z")), Some(ms("2001-01-01T00:00:00Z")));
         let e = err("0 * * * * *", Some("Mars/Olympus"));
         assert_eq!(e.field, "trigger.time_zone");
         assert!(e.message.contains("Mars/Olympus"), "{}", e.message);
