@@ -2,7 +2,7 @@
 //! output writes back to every record; a failing batch is retried, dead-lettered and
 //! redriven whole.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,12 @@ pub(crate) struct BulkTarget {
     calls: Arc<Mutex<Vec<Vec<String>>>>,
     /// The `webhook-id` header of every call.
     message_ids: Arc<Mutex<Vec<String>>>,
+    /// Every record of every call, in arrival order.
+    records: Arc<Mutex<Vec<Value>>>,
     failing: Arc<AtomicBool>,
+    /// How long each call is held before the answer, ms.
+    delay_ms: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl BulkTarget {
@@ -33,7 +38,11 @@ impl BulkTarget {
                 |req: HttpRequest, body: web::Bytes, t: web::Data<BulkTarget>| async move {
                     let id = req.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                     t.message_ids.lock().unwrap().push(id.to_string());
+                    t.in_flight.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(t.delay_ms.load(Ordering::SeqCst))).await;
+                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
                     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    t.records.lock().unwrap().extend(v["records"].as_array().cloned().unwrap_or_default());
                     let ids: Vec<String> = v["records"]
                         .as_array()
                         .map(|a| a.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect())
@@ -62,6 +71,18 @@ impl BulkTarget {
 
     pub(crate) fn calls(&self) -> Vec<Vec<String>> {
         self.calls.lock().unwrap().clone()
+    }
+
+    pub(crate) fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     pub(crate) fn message_ids(&self) -> Vec<String> {

@@ -56,6 +56,9 @@ async fn a_schedule_sends_changed_records_once_per_tick_from_one_node() {
     assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.schedule")), "{body}");
     let (status, body) = api.call("POST", "/v1/webhooks", Some(webhook("*/2 * * * * *", "Moon/Base"))).await;
     assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.time_zone")), "{body}");
+    let (status, body) = api.call("POST", "/v1/webhooks", Some(webhook("0 0 0 1 1 * 2001", "UTC"))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.schedule")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no tick in the future"), "{body}");
 
     // 30 records, 20 of which match; then the schedule, every 2 s, on two nodes.
     let records: Vec<Value> = (0..30).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
@@ -162,7 +165,8 @@ async fn a_tick_missed_while_down_runs_once_on_return() {
 
     // Down across two ticks; back just after the second of them.
     let back_at = first_tick + 12;
-    tokio::time::sleep(Duration::from_millis(((back_at - now_s()) as u64) * 1000 + 300)).await;
+    let back_in = (back_at - now_s()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(back_in * 1000 + 300)).await;
     assert!(target.records_seen() == 3, "nothing ran while the node was down");
     let node = Node::start_with(&ns, "all", embedded).await;
     wait_until(Duration::from_secs(4), || async { target.records_seen() >= 6 }).await;
@@ -197,7 +201,9 @@ async fn a_run_left_by_a_dead_node_is_resumed_where_it_stopped() {
     let mut redis =
         redis::Client::open(crate::support::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let tick = (now_s() - 60) * 1000;
-    let progress = json!({"done_tick": tick - 60_000, "sent_to": 0, "running": {"tick": tick, "at": 6, "records": 6}});
+    let progress = json!({"object": "item", "done_tick": tick - 60_000, "sent_to": 0,
+                          "running": {"tick": tick, "from": 0, "at": 6, "stop_at": 1000, "records": 6}});
+    let started = std::time::Instant::now();
     let _: () = redis::cmd("SET")
         .arg(format!("{ns}:{{wh:resume}}:value:schedule"))
         .arg(progress.to_string())
@@ -223,10 +229,9 @@ async fn a_run_left_by_a_dead_node_is_resumed_where_it_stopped() {
         })),
     )
     .await;
-    let started = std::time::Instant::now();
     let engine = Node::start(&ns, "coordinator,trigger,dispatcher,writeback").await;
     wait_until(Duration::from_secs(15), || async { target.records_seen() >= 4 }).await;
-    assert!(started.elapsed() >= Duration::from_millis(1_500), "the dead node's lock was respected");
+    assert!(started.elapsed() >= Duration::from_millis(2_000), "the dead node's lock was respected");
     // The missed tick's rest went out, and then the tick due since the one in progress
     // (yearly: none for months) sent nothing else.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -286,5 +291,42 @@ async fn a_paused_schedule_runs_no_tick_and_catches_up_once_resumed() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let seen = times_seen(&target);
     assert_eq!((seen.values().sum::<usize>(), seen["r1"]), (4, 2), "r1 once more, nothing else: {seen:?}");
+    node.stop().await;
+}
+
+/// A user's change made while the tick's call is in flight is not hidden by the write-back
+/// that lands after it: the next tick sends the record again, with the change.
+#[actix_rt::test]
+async fn a_change_made_during_the_call_is_not_hidden_by_the_write_back() {
+    let ns = namespace();
+    let target = BulkTarget::start();
+    target.set_delay(Duration::from_millis(1_500));
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    item_object(&api).await;
+    api.ok("POST", "/v1/objects/item/records", Some(json!({"id": "r1", "fields": {"n": 1}}))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "slow", "object": "item", "trigger": {"schedule": "*/2 * * * * *"},
+            "request": {"url": format!("{}/sync", target.url)},
+            "response_script": "write(JSON.stringify({id: data.changedEntities[0].id, synced: 1}));",
+            "writeback": {"key": {"from": "id", "to": "id"}},
+            "settings": {"timeout": "10s"}
+        })),
+    )
+    .await;
+    // The call is in flight (the target holds it 1.5 s): change the record meanwhile.
+    wait_until(Duration::from_secs(10), || async { target.in_flight() > 0 }).await;
+    api.ok("PATCH", "/v1/objects/item/records/r1", Some(json!({"fields": {"n": 2}}))).await;
+    wait_until(Duration::from_secs(10), || async { api.record("item", "r1").await["fields"]["synced"] == 1 }).await;
+    // The record's latest write is the write-back, yet the change under it goes out.
+    wait_until(Duration::from_secs(10), || async { target.records_seen() >= 2 }).await;
+    let sent = target.records();
+    assert_eq!((sent[0]["n"].as_i64(), sent[1]["n"].as_i64()), (Some(1), Some(2)), "{sent:?}");
+    // After that, its own write-backs alone send nothing more.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    assert_eq!(target.records_seen(), 2, "{:?}", target.records());
     node.stop().await;
 }

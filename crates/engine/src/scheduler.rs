@@ -26,7 +26,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use hookline_model::schedule::{Schedule, Select};
 use hookline_proto::Job;
-use hookline_store::{StoreError, now_ms};
+use hookline_store::{IndexedRecord, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -40,8 +40,8 @@ use crate::trigger::record_job;
 const STATE: &str = "schedule";
 /// A run renews its lock after every page; a node that died lets go after this long.
 const LOCK_TTL: Duration = Duration::from_secs(30);
-/// How long the stored progress lives without a tick refreshing it.
-const STATE_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+/// The stored progress does not expire in practice (deleting the webhook drops it).
+const STATE_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Records read from the write index at a time.
 const PAGE: usize = 500;
 /// The longest a loop sleeps before looking again (clock changes, a peer's progress).
@@ -50,6 +50,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// A scheduled webhook's progress, shared by every node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Progress {
+    /// The data object the positions below belong to: a webhook moved to another object
+    /// starts afresh there.
+    object: String,
     /// The latest tick run to its end (Unix ms); the next tick comes after it.
     done_tick: i64,
     /// `select: changed`: records are sent up to this write position.
@@ -62,10 +65,16 @@ struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Run {
     tick: i64,
+    /// The write position the run started after.
+    from: u64,
     /// The write position the run has enqueued up to.
     at: u64,
+    /// Where the run stops even if writes keep coming: past the object's write position
+    /// when it started by as much again (at least a page), so records rewritten while the
+    /// run pages are still met at their new position, yet a busy object cannot keep one run
+    /// going for ever.
+    stop_at: u64,
     /// Jobs enqueued so far.
-    #[serde(default)]
     records: u64,
 }
 
@@ -165,9 +174,18 @@ async fn load(ctx: &EngineContext, webhook: &str) -> Result<Option<Progress>, St
     }
 }
 
-async fn save(ctx: &EngineContext, webhook: &str, progress: &Progress) -> Result<(), StoreError> {
+/// Saves `progress` if this loop still holds the webhook's schedule lock; false when it lost
+/// it (a peer took over after this node stalled, or the webhook was deleted).
+async fn save(ctx: &EngineContext, webhook: &str, holder: &str, progress: &Progress) -> Result<bool, StoreError> {
     let bytes = serde_json::to_vec(progress).map_err(|e| StoreError::Backend(e.to_string()))?;
-    ctx.store.set_value(webhook, STATE, &bytes, STATE_TTL).await
+    ctx.store.set_value_locked(webhook, STATE, &bytes, STATE_TTL, STATE, holder).await
+}
+
+/// Whether a record listed for webhook `id` in a `changed` run from position `from` is the
+/// webhook's own write-back and nothing else: its latest write is that write-back, and no
+/// other writer touched it after the previous run looked.
+fn only_own_writeback(indexed: &IndexedRecord, id: &str, from: u64) -> bool {
+    indexed.origin_webhook == id && indexed.other_position <= from
 }
 
 /// Runs the due tick if there is one and this node gets it. Returns when to look again
@@ -207,12 +225,13 @@ async fn run_locked(
 ) -> Result<Option<i64>, StoreError> {
     let id = wh.def.id.as_str();
     let now = now_ms();
-    let Some(mut progress) = load(ctx, id).await? else {
-        // First sight of this schedule anywhere: ticks count from now. The first
-        // `changed` run sends every matching record (nothing was sent before it).
-        let progress = Progress { done_tick: now, sent_to: 0, running: None };
-        save(ctx, id, &progress).await?;
-        tracing::info!(webhook_id = id, "schedule begins");
+    let progress = load(ctx, id).await?.filter(|p| p.object == wh.def.object);
+    let Some(mut progress) = progress else {
+        // First sight of this schedule (on this object) anywhere: ticks count from now. The
+        // first `changed` run sends every matching record (nothing was sent before it).
+        let progress = Progress { object: wh.def.object.clone(), done_tick: now, sent_to: 0, running: None };
+        save(ctx, id, holder, &progress).await?;
+        tracing::info!(webhook_id = id, object = %wh.def.object, "schedule begins");
         return Ok(schedule.next_after(now));
     };
     let mut run = match progress.running {
@@ -223,11 +242,13 @@ async fn run_locked(
         None => match schedule.due(progress.done_tick, now) {
             None => return Ok(schedule.next_after(progress.done_tick)),
             Some(tick) => {
-                let at = match schedule.select {
+                let from = match schedule.select {
                     Select::Changed => progress.sent_to,
                     Select::All => 0,
                 };
-                Run { tick, at, records: 0 }
+                let written = ctx.store.write_position(&wh.def.object).await?;
+                let stop_at = written.saturating_add(written.saturating_sub(from).max(PAGE as u64));
+                Run { tick, from, at: from, stop_at, records: 0 }
             }
         },
     };
@@ -246,16 +267,16 @@ async fn run_locked(
         if stopping(ctx, stop) {
             // Leave the progress for whichever node runs next.
             progress.running = Some(run);
-            save(ctx, id, &progress).await?;
+            save(ctx, id, holder, &progress).await?;
             return Ok(None);
         }
         let page = ctx.store.records_written(&wh.def.object, run.at, PAGE).await?;
-        let full = page.len() == PAGE;
+        let more = page.len() == PAGE;
         let mut jobs: Vec<Job> = Vec::new();
         for indexed in &page {
             run.at = run.at.max(indexed.position);
-            if schedule.select == Select::Changed && indexed.origin_webhook == id {
-                continue; // its own write-back: nothing changed for this webhook
+            if schedule.select == Select::Changed && only_own_writeback(indexed, id, run.from) {
+                continue;
             }
             let record = &indexed.record;
             if wh.plan.condition.as_ref().is_some_and(|c| !c.eval(&record.fields, None)) {
@@ -274,22 +295,27 @@ async fn run_locked(
         }
         ctx.store.enqueue(&jobs).await?;
         run.records += jobs.len() as u64;
-        if !full {
+        if !more || run.at >= run.stop_at {
             break;
         }
         progress.running = Some(run);
-        save(ctx, id, &progress).await?;
-        if !ctx.store.try_lock(id, STATE, holder, LOCK_TTL).await? {
+        // Taking the lock again renews it (it is this loop's); the save is fenced by it.
+        let renewed = ctx.store.try_lock(id, STATE, holder, LOCK_TTL).await?;
+        if !renewed || !save(ctx, id, holder, &progress).await? {
             tracing::warn!(webhook_id = id, "lost the schedule lock mid-run; a peer carries on");
             return Ok(Some(now_ms() + 1_000));
         }
     }
     progress = Progress {
+        object: wh.def.object.clone(),
         done_tick: run.tick,
         sent_to: if schedule.select == Select::Changed { run.at } else { progress.sent_to },
         running: None,
     };
-    save(ctx, id, &progress).await?;
+    if !save(ctx, id, holder, &progress).await? {
+        tracing::warn!(webhook_id = id, tick_ms = run.tick, "lost the schedule lock before the run was stored");
+        return Ok(Some(now_ms() + 1_000));
+    }
     span.record("records", run.records);
     ctx.metrics.schedule_run(id, run.records);
     tracing::info!(
@@ -323,8 +349,27 @@ mod tests {
     }
 
     #[test]
+    fn own_writebacks_hide_only_changes_already_looked_at() {
+        let indexed = |origin: &str, other: u64| IndexedRecord {
+            position: 20,
+            record: hookline_model::Record { id: "r".into(), version: 3, fields: Default::default() },
+            origin_webhook: origin.into(),
+            other_position: other,
+        };
+        // The previous run went up to 10: a write-back on top of a change it saw is nothing new.
+        assert!(only_own_writeback(&indexed("wh", 8), "wh", 10));
+        // A user's change at 15, made while the call was in flight, is not hidden by the
+        // write-back that followed it.
+        assert!(!only_own_writeback(&indexed("wh", 15), "wh", 10));
+        // Another webhook's write-back is a change like any other.
+        assert!(!only_own_writeback(&indexed("other", 8), "wh", 10));
+        assert!(!only_own_writeback(&indexed("", 8), "wh", 10));
+    }
+
+    #[test]
     fn progress_round_trips() {
-        let p = Progress { done_tick: 5, sent_to: 7, running: Some(Run { tick: 9, at: 3, records: 2 }) };
+        let run = Run { tick: 9, from: 1, at: 3, stop_at: 600, records: 2 };
+        let p = Progress { object: "item".into(), done_tick: 5, sent_to: 7, running: Some(run) };
         let back: Progress = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }
