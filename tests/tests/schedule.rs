@@ -10,13 +10,18 @@ use serde_json::{Value, json};
 use crate::bulk::BulkTarget;
 use crate::support::{Api, Node, namespace, wait_until};
 
-async fn item_object(api: &Api) {
+/// The `item` object, with records `r0`… `r{count-1}` whose `n` is their number.
+async fn items(api: &Api, count: usize) {
     api.ok(
         "POST",
         "/v1/objects",
         Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}, {"key": "synced", "type": "number"}]})),
     )
     .await;
+    if count > 0 {
+        let records: Vec<Value> = (0..count).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
+        api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    }
 }
 
 /// How many calls carried each record id.
@@ -39,7 +44,8 @@ async fn a_schedule_sends_changed_records_once_per_tick_from_one_node() {
     let target = BulkTarget::start();
     let (a, b) = (Node::start(&ns, "all").await, Node::start(&ns, "all").await);
     let api = Api::new(&a);
-    item_object(&api).await;
+    // 30 records, 20 of which match.
+    items(&api, 30).await;
 
     // Bad schedules are refused with the field at fault.
     let webhook = |schedule: &str, tz: &str| {
@@ -60,9 +66,7 @@ async fn a_schedule_sends_changed_records_once_per_tick_from_one_node() {
     assert_eq!((status, body["error"]["field"].as_str()), (422, Some("trigger.schedule")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("no tick in the future"), "{body}");
 
-    // 30 records, 20 of which match; then the schedule, every 2 s, on two nodes.
-    let records: Vec<Value> = (0..30).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
-    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    // The schedule, every 2 s, on two nodes.
     api.ok("POST", "/v1/webhooks", Some(webhook("*/2 * * * * *", "Europe/Berlin"))).await;
 
     // The first tick sends every matching record, in bulk, and they are written back.
@@ -105,9 +109,7 @@ async fn select_all_sends_every_match_on_every_tick_exactly_once() {
     let target = BulkTarget::start();
     let nodes = [Node::start(&ns, "all").await, Node::start(&ns, "all").await, Node::start(&ns, "all").await];
     let api = Api::new(&nodes[0]);
-    item_object(&api).await;
-    let records: Vec<Value> = (0..4).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
-    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    items(&api, 4).await;
     api.ok(
         "POST",
         "/v1/webhooks",
@@ -145,9 +147,7 @@ async fn a_tick_missed_while_down_runs_once_on_return() {
     let target = BulkTarget::start();
     let node = Node::start_with(&ns, "all", embedded).await;
     let api = Api::new(&node);
-    item_object(&api).await;
-    let records: Vec<Value> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
-    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    items(&api, 3).await;
     api.ok(
         "POST",
         "/v1/webhooks",
@@ -193,9 +193,7 @@ async fn a_run_left_by_a_dead_node_is_resumed_where_it_stopped() {
     let target = BulkTarget::start();
     let node = Node::start(&ns, "api").await;
     let api = Api::new(&node);
-    item_object(&api).await;
-    let records: Vec<Value> = (0..10).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
-    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    items(&api, 10).await;
 
     // What the dead node left: a tick half done (records at positions 1-6 enqueued), its lock.
     let mut redis =
@@ -260,9 +258,7 @@ async fn a_paused_schedule_runs_no_tick_and_catches_up_once_resumed() {
     })
     .await;
     let api = Api::new(&node);
-    item_object(&api).await;
-    let records: Vec<Value> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
-    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    items(&api, 3).await;
     api.ok(
         "POST",
         "/v1/webhooks",
@@ -303,7 +299,7 @@ async fn a_change_made_during_the_call_is_not_hidden_by_the_write_back() {
     target.set_delay(Duration::from_millis(1_500));
     let node = Node::start(&ns, "all").await;
     let api = Api::new(&node);
-    item_object(&api).await;
+    items(&api, 0).await;
     api.ok("POST", "/v1/objects/item/records", Some(json!({"id": "r1", "fields": {"n": 1}}))).await;
     api.ok(
         "POST",
