@@ -76,6 +76,12 @@ async fn a_schedule_sends_changed_records_once_per_tick_from_one_node() {
         assert_eq!(api.record("item", &format!("r{i}")).await["fields"]["synced"], i);
     }
     assert!(target.calls().len() < 20, "records went out in bulk: {:?}", target.calls());
+    // The definition shows the schedule's state, in its time zone.
+    let status = api.ok("GET", "/v1/webhooks/nightly", None).await["schedule_status"].clone();
+    assert_eq!(status["time_zone"], "Europe/Berlin", "{status}");
+    let (last, next) = (status["last_tick"].as_str().unwrap(), status["next_tick"].as_str().unwrap());
+    assert!(last.ends_with("+01:00") || last.ends_with("+02:00"), "{status}");
+    assert!(next > last, "{status}");
 
     // Two more ticks: the write-backs are this webhook's own, so nothing changed for it.
     tokio::time::sleep(Duration::from_millis(4_500)).await;

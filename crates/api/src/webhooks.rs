@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use actix_web::{HttpResponse, web};
 use hookline_engine::catalog::{self, CompiledWebhook};
 use hookline_engine::render::{build_request, display_url};
+use hookline_engine::scheduler;
+use hookline_model::schedule::Schedule;
 use hookline_model::{DataObject, FieldError, Fields, StoredWebhook, WebhookDef};
 use hookline_proto::Job;
 use serde::Deserialize;
@@ -79,7 +81,16 @@ pub async fn list(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> 
 }
 
 pub async fn get(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(view(&load(&state, &path).await?)))
+    let stored = load(&state, &path).await?;
+    let mut out = view(&stored);
+    let (def, t) = (&stored.definition, &stored.definition.trigger);
+    if let Some(expr) = &t.schedule
+        && let Ok(schedule) = Schedule::parse(expr, t.time_zone.as_deref(), t.select.unwrap_or_default())
+        && let Some(status) = scheduler::status(state.store.as_ref(), &def.id, &def.object, &schedule).await?
+    {
+        out["schedule_status"] = status;
+    }
+    Ok(HttpResponse::Ok().json(out))
 }
 
 pub async fn replace(

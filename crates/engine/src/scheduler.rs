@@ -329,6 +329,32 @@ async fn run_locked(
     Ok(schedule.next_after(run.tick))
 }
 
+/// A schedule as an operator sees it (`schedule_status` of `GET /v1/webhooks/{id}`), times in
+/// the schedule's time zone: the last tick run to its end, the next one, and a run in
+/// progress with the jobs it enqueued so far. None before any node picked the schedule up.
+pub async fn status(
+    store: &dyn hookline_store::Store,
+    webhook: &str,
+    object: &str,
+    schedule: &Schedule,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let Some(bytes) = store.get_value(webhook, STATE).await? else { return Ok(None) };
+    let Ok(progress) = serde_json::from_slice::<Progress>(&bytes) else { return Ok(None) };
+    if progress.object != object {
+        return Ok(None); // moved to another object: begins afresh at its next look
+    }
+    let mut status = serde_json::json!({
+        "time_zone": schedule.time_zone(),
+        "select": schedule.select.as_str(),
+        "last_tick": schedule.local_time(progress.done_tick),
+        "next_tick": schedule.next_after(progress.done_tick).map(|t| schedule.local_time(t)),
+    });
+    if let Some(run) = progress.running {
+        status["running"] = serde_json::json!({"tick": schedule.local_time(run.tick), "records": run.records});
+    }
+    Ok(Some(status))
+}
+
 /// The idempotency id of the job a tick makes for a record version: the same when a run is
 /// resumed after its node died, different on the next tick (`select: all` sends a record
 /// again, and the target should not take it for a duplicate).

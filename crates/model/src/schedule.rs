@@ -98,6 +98,11 @@ impl Schedule {
         (latest > after_ms && latest <= now_ms).then_some(latest)
     }
 
+    /// `ms` as RFC 3339 in the schedule's time zone, to the second (`2026-03-29T09:00:00+02:00`).
+    pub fn local_time(&self, ms: i64) -> String {
+        self.at(ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
     pub fn time_zone(&self) -> &str {
         self.tz.name()
     }
@@ -126,6 +131,7 @@ mod tests {
         assert_eq!(iso(b.next_after(ms("2026-03-28T12:00:00Z")).unwrap()), "2026-03-29T07:00:00+00:00");
         assert_eq!(iso(b.next_after(ms("2026-03-27T12:00:00Z")).unwrap()), "2026-03-28T08:00:00+00:00");
         assert_eq!(b.time_zone(), "Europe/Berlin");
+        assert_eq!(b.local_time(ms("2026-03-29T07:00:00Z")), "2026-03-29T09:00:00+02:00");
 
         // Seconds count, and so does the optional year.
         let every = Schedule::parse("*/5 * * * * *", Some("UTC"), Select::Changed).unwrap();
