@@ -26,7 +26,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use hookline_model::schedule::{Schedule, Select};
 use hookline_proto::Job;
-use hookline_store::{IndexedRecord, StoreError, now_ms};
+use hookline_store::{IndexedRecord, Store, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -163,8 +163,8 @@ async fn run_loop(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch:
     let _ = ctx.store.unlock(&wh.def.id, STATE, &holder).await;
 }
 
-async fn load(ctx: &EngineContext, webhook: &str) -> Result<Option<Progress>, StoreError> {
-    let Some(bytes) = ctx.store.get_value(webhook, STATE).await? else { return Ok(None) };
+async fn load(store: &dyn Store, webhook: &str) -> Result<Option<Progress>, StoreError> {
+    let Some(bytes) = store.get_value(webhook, STATE).await? else { return Ok(None) };
     match serde_json::from_slice(&bytes) {
         Ok(p) => Ok(Some(p)),
         Err(e) => {
@@ -200,7 +200,7 @@ async fn step(
     let id = wh.def.id.as_str();
     let now = now_ms();
     // Lock-free look first: most wake-ups find nothing to do.
-    if let Some(p) = load(ctx, id).await?
+    if let Some(p) = load(ctx.store.as_ref(), id).await?
         && p.running.is_none()
         && schedule.due(p.done_tick, now).is_none()
     {
@@ -225,7 +225,7 @@ async fn run_locked(
 ) -> Result<Option<i64>, StoreError> {
     let id = wh.def.id.as_str();
     let now = now_ms();
-    let progress = load(ctx, id).await?.filter(|p| p.object == wh.def.object);
+    let progress = load(ctx.store.as_ref(), id).await?.filter(|p| p.object == wh.def.object);
     let Some(mut progress) = progress else {
         // First sight of this schedule (on this object) anywhere: ticks count from now. The
         // first `changed` run sends every matching record (nothing was sent before it).
@@ -333,16 +333,13 @@ async fn run_locked(
 /// the schedule's time zone: the last tick run to its end, the next one, and a run in
 /// progress with the jobs it enqueued so far. None before any node picked the schedule up.
 pub async fn status(
-    store: &dyn hookline_store::Store,
+    store: &dyn Store,
     webhook: &str,
     object: &str,
     schedule: &Schedule,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    let Some(bytes) = store.get_value(webhook, STATE).await? else { return Ok(None) };
-    let Ok(progress) = serde_json::from_slice::<Progress>(&bytes) else { return Ok(None) };
-    if progress.object != object {
-        return Ok(None); // moved to another object: begins afresh at its next look
-    }
+    // Moved to another object: the schedule begins afresh there at its next look.
+    let Some(progress) = load(store, webhook).await?.filter(|p| p.object == object) else { return Ok(None) };
     let mut status = serde_json::json!({
         "time_zone": schedule.time_zone(),
         "select": schedule.select.as_str(),
