@@ -187,17 +187,7 @@ async fn ndjson_ingestion_answers_per_record() {
     }
     body.push_str("{\"id\": \"bad\", \"fields\": {\"n\": \"x\"}}\n\nnot json\n");
     body.push_str(&json!({"id": "i0", "fields": {"n": 0}}).to_string()); // unchanged, no trailing newline
-    let text = reqwest::Client::new()
-        .post(format!("{}/v1/objects/item/records", node.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = api.ndjson("POST", "/v1/objects/item/records", Some(body)).await;
     assert_eq!(lines.len(), 2000 + 3 + 1, "one result per non-empty line, then the summary");
     assert_eq!(lines[0]["status"], "created");
     assert_eq!(lines[2000]["status"], "rejected");

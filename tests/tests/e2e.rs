@@ -12,6 +12,7 @@ mod traces;
 
 use std::time::Duration;
 
+use hookline::demo::survey_object;
 use serde_json::{Value, json};
 use support::*;
 
@@ -395,16 +396,7 @@ async fn write_back_errors_are_recorded_on_the_attempt() {
     assert!(api.record("survey", "W1").await["fields"].get("ticketSystemSynced").is_none());
 
     // The attempt log as NDJSON: one JSON document per line.
-    let text = reqwest::Client::new()
-        .get(format!("{}/v1/webhooks/wb/attempts", node.url))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = api.ndjson("GET", "/v1/webhooks/wb/attempts", None).await;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["id"], attempt["id"]);
     node.stop().await;

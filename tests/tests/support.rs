@@ -139,6 +139,20 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A request in NDJSON: `body` (if any) sent as `application/x-ndjson`, the answer asked
+    /// for as NDJSON and read back one JSON document per line.
+    pub async fn ndjson(&self, method: &str, path: &str, body: Option<String>) -> Vec<Value> {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{}", self.base, path))
+            .header("accept", "application/x-ndjson");
+        if let Some(b) = body {
+            req = req.header("content-type", "application/x-ndjson").body(b);
+        }
+        let text = req.send().await.expect("API reachable").text().await.unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body).await;
         assert!((200..300).contains(&status), "{method} {path} → {status}: {v}");
@@ -236,25 +250,6 @@ impl Tracker {
 pub fn seed_script(name: &str) -> String {
     let path = format!("{}/../testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// The seed's survey object, with the fields its response script writes back.
-pub fn survey_object() -> Value {
-    json!({
-        "name": "survey",
-        "id_field": "a_surveyid",
-        "fields": [
-            {"key": "a_surveyid", "type": "string"},
-            {"key": "e_email", "label": "Email", "type": "string"},
-            {"key": "k_bp_main_score_scale", "label": "Likelihood to recommend", "type": "number"},
-            {"key": "status", "label": "Status", "type": "string"},
-            {"key": "transactional_satisfaction", "label": "Transactional Satisfaction", "type": "number"},
-            {"key": "ticketSystemSynced", "type": "number"},
-            {"key": "ticketSystemSyncStatusCode", "type": "number"},
-            {"key": "ticketSystemRecordId", "type": "string"},
-            {"key": "ticketSystemSyncError", "type": "string"}
-        ]
-    })
 }
 
 /// The seed's webhook: header script auth, body script (`record[0]` corrected unless

@@ -18,7 +18,8 @@ use prost::Message;
 use serde_json::json;
 
 use crate::procs::Proc;
-use crate::support::{Api, namespace, redis_url, seed_webhook, survey_object, wait_until};
+use crate::support::{Api, namespace, redis_url, seed_webhook, wait_until};
+use hookline::demo::survey_object;
 
 type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>;
 

@@ -80,7 +80,8 @@ impl Client {
     }
 }
 
-fn survey_object() -> Value {
+/// The seed's survey object, with the fields its response script writes back.
+pub fn survey_object() -> Value {
     json!({
         "name": "survey", "id_field": "a_surveyid",
         "fields": [
