@@ -145,3 +145,27 @@ pub async fn redrive(state: web::Data<ApiState>, path: web::Path<String>) -> Res
     let moved = state.store.redrive(&path).await?;
     Ok(HttpResponse::Ok().json(json!({"redriven": moved})))
 }
+
+/// Write-backs that failed for good (no such record, an unknown field, a script error),
+/// oldest first.
+pub async fn failed_writebacks(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    ensure_webhook(&state, &path).await?;
+    let items: Vec<Value> = state
+        .store
+        .failed_writebacks(&path, 1000)
+        .await?
+        .iter()
+        .map(|f| {
+            json!({"id": f.id, "job_id": f.job.job_id, "attempt_id": f.job.attempt_id,
+                   "record_ids": f.job.record_ids, "reason": f.reason})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// Runs every failed write-back again (its response script and its record writes).
+pub async fn redrive_writebacks(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    ensure_webhook(&state, &path).await?;
+    let moved = state.store.redrive_writebacks(&path).await?;
+    Ok(HttpResponse::Ok().json(json!({"redriven": moved})))
+}

@@ -19,6 +19,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request would break something that depends on what it changes (a data object's
+    /// field a webhook uses); `field` names the part of the request at fault.
+    #[error("{}", .0.message)]
+    InUse(FieldError),
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("{0}")]
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::InUse(_) => "in_use",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -67,7 +72,7 @@ impl ResponseError for ApiError {
             ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InUse(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,7 +81,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut error = json!({"code": self.code(), "message": self.to_string()});
-        if let ApiError::Invalid(f) = self {
+        if let ApiError::Invalid(f) | ApiError::InUse(f) = self {
             error["field"] = json!(f.field);
             error["message"] = json!(f.message);
         }

@@ -10,9 +10,22 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers and every webhook loads on this node (one whose secrets do
+/// not open with this node's key, or that no longer compiles, holds its object's changes).
 pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     state.store.ping().await?;
+    if let Some(catalog) = &state.catalog {
+        let catalog = catalog.current();
+        if !catalog.broken.is_empty() {
+            let broken: Vec<serde_json::Value> = catalog
+                .broken
+                .iter()
+                .map(|(id, b)| serde_json::json!({"webhook": id, "object": b.object, "reason": b.reason}))
+                .collect();
+            return Ok(HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": "not ready", "webhooks_not_loaded": broken})));
+        }
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub secrets: hookline_secrets::SecretBox,
     /// This node's metrics, shown at `/metrics`.
     pub metrics: Arc<hookline_telemetry::Metrics>,
+    /// The node's definitions, for `/readyz` (None: a node without an engine).
+    pub catalog: Option<hookline_engine::catalog::CatalogView>,
 }
 
 /// Parses a JSON body; serde's message names the line, column and field at fault.
@@ -66,20 +68,23 @@ async fn require_token(
     next.call(req).await
 }
 
-/// Mounts every route; `state` is shared by all workers.
-pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Mounts the routes; `state` is shared by all workers. Every node serves `/healthz`,
+/// `/readyz` and `/metrics`; the `/v1` API only with `api`.
+pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics))
-            .service(
+            .route("/metrics", web::get().to(health::metrics));
+        if api {
+            cfg.service(
                 web::scope("/v1")
                     .wrap(from_fn(require_token))
                     .route("/objects", web::post().to(objects::put_object))
                     .route("/objects", web::get().to(objects::list_objects))
                     .route("/objects/{object}", web::get().to(objects::get_object))
+                    .route("/objects/{object}", web::put().to(objects::replace_object))
                     .route("/objects/{object}/records", web::post().to(objects::post_records))
                     .route("/objects/{object}/records/{id}", web::get().to(objects::get_record))
                     .route("/objects/{object}/records/{id}", web::patch().to(objects::patch_record))
@@ -94,11 +99,14 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/webhooks/{id}/attempts", web::get().to(attempts::list))
                     .route("/webhooks/{id}/dead-letters", web::get().to(attempts::dead_letters))
                     .route("/webhooks/{id}/dead-letters/redrive", web::post().to(attempts::redrive))
+                    .route("/webhooks/{id}/writeback-failures", web::get().to(attempts::failed_writebacks))
+                    .route("/webhooks/{id}/writeback-failures/redrive", web::post().to(attempts::redrive_writebacks))
                     .route("/attempts/{id}", web::get().to(attempts::get)),
-            )
-            .default_service(web::to(|| async {
-                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
-            }));
+            );
+        }
+        cfg.default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
+        }));
     }
 }
 

@@ -13,10 +13,50 @@ use crate::{ApiError, ApiState, parse_json};
 
 pub async fn put_object(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let object: DataObject = parse_json(&body)?;
+    save_object(&state, object).await
+}
+
+/// `PUT /v1/objects/{name}`: the same as a POST, with the name in the path.
+pub async fn replace_object(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let object: DataObject = parse_json(&body)?;
+    if object.name != *path {
+        return Err(FieldError::new("name", format!("must equal the name in the path, `{path}`")).into());
+    }
+    save_object(&state, object).await
+}
+
+/// Validates and saves an object, refusing a change that would leave a webhook using a
+/// field the object no longer has (the webhook and what it uses are named).
+async fn save_object(state: &ApiState, object: DataObject) -> Result<HttpResponse, ApiError> {
     object.validate()?;
-    let existed = state.store.get_object(&object.name).await?.is_some();
+    let existed = state.store.get_object(&object.name).await?;
+    if existed.is_some() {
+        let defs = state.store.definitions().await?;
+        let others: std::collections::HashMap<&str, &DataObject> =
+            defs.objects.iter().filter(|o| o.name != object.name).map(|o| (o.name.as_str(), o)).collect();
+        let object_of = |name: &str| if name == object.name { Some(&object) } else { others.get(name).copied() };
+        for stored in &defs.webhooks {
+            let def = &stored.definition;
+            let touches = def.object == object.name
+                || def.writeback.as_ref().and_then(|w| w.object.as_deref()) == Some(object.name.as_str());
+            if !touches {
+                continue;
+            }
+            if let Err(e) = hookline_engine::catalog::compile(stored, object_of) {
+                let message = format!(
+                    "this change would break webhook `{}`, which uses what it removes or changes ({}: {}); change the webhook first",
+                    def.id, e.field, e.message
+                );
+                return Err(ApiError::InUse(FieldError::new("fields", message)));
+            }
+        }
+    }
     state.store.put_object(&object).await?;
-    let status = if existed { HttpResponse::Ok() } else { HttpResponse::Created() };
+    let status = if existed.is_some() { HttpResponse::Ok() } else { HttpResponse::Created() };
     Ok({ status }.json(&object))
 }
 
@@ -67,17 +107,20 @@ fn record_json(r: &hookline_model::Record) -> Value {
 }
 
 /// Creates or updates one record through the engine's one write path, in its own trace.
+/// `definitions` is the definitions' version read after the request began.
 async fn upsert(
     state: &ApiState,
     object: &DataObject,
     id: &str,
     fields: &Fields,
+    definitions: u64,
 ) -> Result<records::Written, records::RecordError> {
     let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
     let traceparent = trace::start(&span);
-    let w = records::write(state.store.as_ref(), object, id, fields, WriteMode::Upsert, None, &traceparent)
-        .instrument(span)
-        .await?;
+    let w =
+        records::write(state.store.as_ref(), object, id, fields, WriteMode::Upsert, None, &traceparent, definitions)
+            .instrument(span)
+            .await?;
     tracing::info!(object = %object.name, record_id = %id, version = w.record.version, status = w.status(),
         trace_id = trace::trace_id(&traceparent).unwrap_or_default(), "record written");
     Ok(w)
@@ -98,6 +141,8 @@ pub async fn post_records(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let object = object(&state, &path).await?;
+    // Read once the request is here: every webhook saved before it is then at or below this.
+    let definitions = state.store.definitions_version().await?;
     let ndjson = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -135,7 +180,7 @@ pub async fn post_records(
     }
     let mut results = Vec::with_capacity(checked.len());
     for (id, fields) in checked {
-        let w = upsert(&state, &object, &id, &fields).await?;
+        let w = upsert(&state, &object, &id, &fields, definitions).await?;
         let status = w.status();
         results.push((w, status));
     }
@@ -153,7 +198,7 @@ pub async fn post_records(
 }
 
 /// Applies one NDJSON line; the result line says what happened.
-async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line: &[u8]) -> Value {
+async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line: &[u8], definitions: u64) -> Value {
     let rejected = |id: Option<&str>, field: Option<&str>, message: String| json!({"line": line_no, "id": id, "status": "rejected", "error": {"field": field, "message": message}});
     let input: RecordInput = match serde_json::from_slice(line) {
         Ok(i) => i,
@@ -163,7 +208,7 @@ async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line
         Ok(id) => id,
         Err(e) => return rejected(None, Some(&e.field), e.message),
     };
-    match upsert(state, object, &id, &input.fields).await {
+    match upsert(state, object, &id, &input.fields, definitions).await {
         Ok(w) => json!({"line": line_no, "id": id, "status": w.status(), "version": w.record.version}),
         Err(records::RecordError::Invalid(f)) => rejected(Some(&id), Some(&f.field), f.message),
         Err(e) => rejected(Some(&id), None, e.to_string()),
@@ -179,7 +224,7 @@ async fn ingest_ndjson(
     let mut counts = [0u64; 4]; // created, updated, unchanged, rejected
     let mut pending: Vec<u8> = Vec::new();
     let mut line_no = 0;
-    let apply = |line: Vec<u8>, line_no: usize| {
+    let apply = |line: Vec<u8>, line_no: usize, definitions: u64| {
         let state = state.clone();
         let object = object.clone();
         async move {
@@ -190,7 +235,7 @@ async fn ingest_ndjson(
                 return Some(json!({"line": line_no, "status": "rejected",
                                    "error": {"message": format!("line longer than {MAX_LINE} bytes")}}));
             }
-            Some(ingest_line(&state, &object, line_no, &line).await)
+            Some(ingest_line(&state, &object, line_no, &line, definitions).await)
         }
     };
     let mut record = |result: Option<Value>, out: &mut String| {
@@ -206,13 +251,17 @@ async fn ingest_ndjson(
             out.push('\n');
         }
     };
+    let mut definitions = 0;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadJson(format!("reading the request body: {e}")))?;
+        // Read again as the stream goes on: a webhook saved while a long import runs is seen
+        // by the records that arrive after it.
+        definitions = state.store.definitions_version().await?;
         pending.extend_from_slice(&chunk);
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
             line_no += 1;
-            let result = apply(line, line_no).await;
+            let result = apply(line, line_no, definitions).await;
             record(result, &mut out);
         }
         if pending.len() > MAX_LINE {
@@ -228,7 +277,7 @@ async fn ingest_ndjson(
     }
     if !pending.is_empty() {
         line_no += 1;
-        let result = apply(std::mem::take(&mut pending), line_no).await;
+        let result = apply(std::mem::take(&mut pending), line_no, definitions).await;
         record(result, &mut out);
     }
     let summary = json!({"summary": {"lines": line_no, "created": counts[0], "updated": counts[1],
@@ -253,11 +302,21 @@ pub async fn patch_record(
     let (name, id) = path.into_inner();
     let object = object(&state, &name).await?;
     let input: PatchInput = parse_json(&body)?;
+    let definitions = state.store.definitions_version().await?;
     let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
     let traceparent = trace::start(&span);
-    let w = records::write(state.store.as_ref(), &object, &id, &input.fields, WriteMode::Update, None, &traceparent)
-        .instrument(span)
-        .await?;
+    let w = records::write(
+        state.store.as_ref(),
+        &object,
+        &id,
+        &input.fields,
+        WriteMode::Update,
+        None,
+        &traceparent,
+        definitions,
+    )
+    .instrument(span)
+    .await?;
     Ok(HttpResponse::Ok().json(record_json(&w.record)))
 }
 

@@ -23,10 +23,13 @@ fn view(stored: &StoredWebhook) -> Value {
     v
 }
 
+/// Validates and compiles a definition; its scripts' syntax is checked on the script pool.
 async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWebhook, ApiError> {
     let objects: HashMap<String, DataObject> =
         state.store.list_objects().await?.into_iter().map(|o| (o.name.clone(), o)).collect();
-    Ok(catalog::compile(stored, |name| objects.get(name))?)
+    let compiled = catalog::compile(stored, |name| objects.get(name))?;
+    catalog::check_scripts(&state.scripts, &stored.definition).await?;
+    Ok(compiled)
 }
 
 /// [`compile`] for a save: also refuses a schedule whose ticks are all past (a stored one
@@ -193,6 +196,7 @@ pub async fn test(
         entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
         ..Default::default()
     };
+    let compiled = std::sync::Arc::new(compiled);
     let request = match build_request(&state.scripts, None, &compiled, &job, &entities).await {
         Ok(r) => {
             let values: Vec<&str> = r.secret_values.iter().map(String::as_str).collect();

@@ -1,14 +1,18 @@
 //! The compiled view of every definition: data objects and webhooks with their trigger
-//! plans, templates and scripts checked once, at save or load, never per call.
+//! plans, templates and scripts checked once, at save or load, never per call — and the
+//! view every worker of a node shares ([`CatalogView`]), replaced whole when any definition
+//! changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hookline_model::webhook::Backoff as DefBackoff;
 use hookline_model::{AuthDef, DataObject, FieldError, StoredWebhook, TriggerPlan, WebhookDef};
 use hookline_outbound::{Backoff, RetryPolicy};
 use hookline_secrets::SecretBox;
 use hookline_store::{Store, StoreError};
+use tokio::sync::{mpsc, watch};
 
 /// Template names inside a webhook's environment.
 pub(crate) const URL_TEMPLATE: &str = "url";
@@ -35,8 +39,20 @@ pub struct CompiledWebhook {
     pub rate: Option<hookline_model::webhook::RateLimit>,
 }
 
+impl CompiledWebhook {
+    /// The rate limit in the store's terms.
+    pub fn store_rate(&self) -> Option<hookline_store::Rate> {
+        self.rate.map(|r| hookline_store::Rate { interval: r.interval(), burst: 0 })
+    }
+}
+
+/// Most a template may do in one render: instructions (minijinja's fuel), then output.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Validates and compiles a stored webhook against the objects it names. Errors name the
-/// definition field at fault.
+/// definition field at fault. Parses templates (microseconds); script syntax is checked by
+/// the caller on the script pool ([`check_scripts`]), never on an async thread.
 pub fn compile<'a>(
     stored: &StoredWebhook,
     object_of: impl Fn(&str) -> Option<&'a DataObject>,
@@ -46,6 +62,7 @@ pub fn compile<'a>(
 
     let mut templates = minijinja::Environment::new();
     templates.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    templates.set_fuel(Some(TEMPLATE_FUEL));
     let template_err = |field: String, e: minijinja::Error| {
         FieldError::new(field, format!("template error: {}", e.detail().unwrap_or(&e.to_string())))
     };
@@ -61,9 +78,6 @@ pub fn compile<'a>(
         templates
             .add_template_owned(BODY_TEMPLATE, body.clone())
             .map_err(|e| template_err("request.body_template".into(), e))?;
-    }
-    for (path, script) in def.scripts() {
-        hookline_script::check_syntax(script).map_err(|e| FieldError::new(path, e.to_string()))?;
     }
 
     let mut signing = Vec::new();
@@ -101,6 +115,15 @@ pub fn compile<'a>(
     })
 }
 
+/// Checks the syntax of every script of a definition on the script pool; the error names
+/// the definition field at fault.
+pub async fn check_scripts(scripts: &hookline_script::ScriptPool, def: &WebhookDef) -> Result<(), FieldError> {
+    for (path, source) in def.scripts() {
+        scripts.check_syntax(source.to_string()).await.map_err(|e| FieldError::new(path, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Seals every secret of a definition for storage. Already sealed values stay as they are.
 pub fn seal_secrets(stored: &mut StoredWebhook, secrets: &SecretBox) {
     for s in stored.definition.secrets_mut() {
@@ -121,39 +144,114 @@ pub fn open_secrets(stored: &mut StoredWebhook, secrets: &SecretBox) -> Result<(
     Ok(())
 }
 
+/// A webhook this node cannot run, and why (never holding a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The data object it watches: that object's changes wait until it loads.
+    pub object: String,
+    pub reason: String,
+}
+
 /// An immutable snapshot of all definitions; replaced whole when any changes.
 #[derive(Debug, Default)]
 pub struct Catalog {
+    /// The definitions' version this snapshot holds (at least).
+    pub version: u64,
     pub objects: HashMap<String, Arc<DataObject>>,
     pub webhooks: HashMap<String, Arc<CompiledWebhook>>,
+    /// Webhooks that do not load here: their secrets do not open with this node's key, or
+    /// they no longer compile against their object.
+    pub broken: BTreeMap<String, Broken>,
 }
 
 impl Catalog {
-    /// Loads and compiles every definition. A webhook that no longer compiles (say, its
-    /// object lost a field) is left out and logged, rather than stopping the node.
+    /// Loads and compiles every definition, as of one version of them all. A webhook that
+    /// does not load is kept in [`Catalog::broken`] with the reason, rather than stopping
+    /// the node or being skipped silently.
     pub async fn load(store: &dyn Store, secrets: &SecretBox) -> Result<Catalog, StoreError> {
+        let defs = store.definitions().await?;
         let objects: HashMap<String, Arc<DataObject>> =
-            store.list_objects().await?.into_iter().map(|o| (o.name.clone(), Arc::new(o))).collect();
+            defs.objects.into_iter().map(|o| (o.name.clone(), Arc::new(o))).collect();
         let mut webhooks = HashMap::new();
-        for mut stored in store.list_webhooks().await? {
-            if let Err(error) = open_secrets(&mut stored, secrets) {
-                tracing::error!(webhook_id = %stored.definition.id, %error, "cannot decrypt the webhook's secrets (is --secret-key the same on every node?); skipped");
+        let mut broken = BTreeMap::new();
+        for mut stored in defs.webhooks {
+            let id = stored.definition.id.clone();
+            let object = stored.definition.object.clone();
+            if open_secrets(&mut stored, secrets).is_err() {
+                let reason = "its secrets do not open with this node's --secret-key (every node of a cluster needs the same key)";
+                broken.insert(id, Broken { object, reason: reason.into() });
                 continue;
             }
             match compile(&stored, |name| objects.get(name).map(|o| o.as_ref())) {
                 Ok(c) => {
-                    webhooks.insert(stored.definition.id.clone(), Arc::new(c));
+                    webhooks.insert(id, Arc::new(c));
                 }
                 Err(error) => {
-                    tracing::error!(webhook_id = %stored.definition.id, %error, "webhook does not compile; skipped")
+                    broken.insert(id, Broken { object, reason: format!("does not compile: {error}") });
                 }
             }
         }
-        Ok(Catalog { objects, webhooks })
+        Ok(Catalog { version: defs.version, objects, webhooks, broken })
     }
 
     /// Webhooks whose trigger watches `object`.
     pub fn webhooks_on<'a>(&'a self, object: &'a str) -> impl Iterator<Item = &'a Arc<CompiledWebhook>> + 'a {
         self.webhooks.values().filter(move |w| w.def.object == object)
+    }
+
+    /// Webhooks on `object` this node cannot load.
+    pub fn broken_on<'a>(&'a self, object: &'a str) -> impl Iterator<Item = (&'a String, &'a Broken)> + 'a {
+        self.broken.iter().filter(move |(_, b)| b.object == object)
+    }
+}
+
+/// The node's current catalog, shared by every worker, and a way to ask for a newer one.
+#[derive(Clone)]
+pub struct CatalogView {
+    rx: watch::Receiver<Arc<Catalog>>,
+    refresh: mpsc::UnboundedSender<u64>,
+    /// The sender of a fixed view, kept so the view stays open.
+    _fixed: Option<Arc<watch::Sender<Arc<Catalog>>>>,
+}
+
+impl CatalogView {
+    /// A view fed by `rx`, asking for reloads on `refresh` (the coordinator's).
+    pub fn new(rx: watch::Receiver<Arc<Catalog>>, refresh: mpsc::UnboundedSender<u64>) -> Self {
+        CatalogView { rx, refresh, _fixed: None }
+    }
+
+    /// A view of a fixed catalog (tests, tools).
+    pub fn fixed(catalog: Catalog) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(catalog));
+        let (refresh, _) = mpsc::unbounded_channel();
+        CatalogView { rx, refresh, _fixed: Some(Arc::new(tx)) }
+    }
+
+    pub fn current(&self) -> Arc<Catalog> {
+        self.rx.borrow().clone()
+    }
+
+    /// A catalog of definitions at least at `version`: the current one if it is, else one
+    /// loaded for it; None if none came within `timeout`.
+    pub async fn at_least(&self, version: u64, timeout: Duration) -> Option<Arc<Catalog>> {
+        let current = self.current();
+        if current.version >= version {
+            return Some(current);
+        }
+        let _ = self.refresh.send(version);
+        let mut rx = self.rx.clone();
+        let fresh = tokio::time::timeout(timeout, rx.wait_for(|c| c.version >= version)).await;
+        match fresh {
+            Ok(Ok(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the catalog is replaced.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The coordinator is gone (the node is stopping): nothing will change again.
+            std::future::pending::<()>().await;
+        }
     }
 }

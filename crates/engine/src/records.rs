@@ -75,6 +75,10 @@ pub fn check(object: &DataObject, id: &str, patch: &Fields) -> Result<(), FieldE
 
 /// Applies `patch` (null clears a field) to record `id`, storing a new version and its
 /// change. `origin_webhook` marks a write-back so it cannot re-fire that webhook.
+/// `definitions_version` is [`Store::definitions_version`] read after the request that
+/// asked for the write began (once per request is enough): the change carries it, so the
+/// trigger decides on it against every webhook saved before.
+#[allow(clippy::too_many_arguments)]
 pub async fn write(
     store: &dyn Store,
     object: &DataObject,
@@ -83,6 +87,7 @@ pub async fn write(
     mode: WriteMode,
     origin_webhook: Option<&str>,
     traceparent: &str,
+    definitions_version: u64,
 ) -> Result<Written, RecordError> {
     check(object, id, patch)?;
     for _ in 0..32 {
@@ -125,6 +130,7 @@ pub async fn write(
             origin_webhook: origin_webhook.unwrap_or_default().to_string(),
             traceparent: traceparent.to_string(),
             at_ms: now_ms(),
+            definitions_version,
         };
         match store.write_record(&object.name, id, expected, &fields, &change).await? {
             WriteResult::Written { version } => {

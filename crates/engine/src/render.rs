@@ -1,5 +1,12 @@
 //! Builds the HTTP request of one job: URL, headers and body from templates or the body
 //! script, then authentication. Secrets met on the way are returned for redaction.
+//!
+//! Templates render on the script pool's threads, never on an async thread, each under
+//! minijinja's fuel ([`TEMPLATE_FUEL`] steps) and an output limit
+//! ([`TEMPLATE_OUTPUT_LIMIT`]): a template that loops for ever runs out of fuel and fails
+//! its attempt, naming the limit.
+
+use std::sync::Arc;
 
 use hookline_model::AuthDef;
 use hookline_proto::Job;
@@ -8,7 +15,9 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::EngineContext;
-use crate::catalog::{BODY_TEMPLATE, CompiledWebhook, URL_TEMPLATE, header_template};
+use crate::catalog::{
+    BODY_TEMPLATE, CompiledWebhook, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT, URL_TEMPLATE, header_template,
+};
 
 /// A request ready to send.
 #[derive(Debug, Clone)]
@@ -47,7 +56,65 @@ pub struct BuildError {
 }
 
 fn template_error(step: &'static str, e: minijinja::Error) -> BuildError {
-    BuildError { step, message: e.to_string(), retryable: false }
+    let message = match e.kind() {
+        minijinja::ErrorKind::OutOfFuel => {
+            format!("the template ran out of fuel: it took more than its limit of {TEMPLATE_FUEL} steps")
+        }
+        minijinja::ErrorKind::WriteFailure => {
+            format!("the template's output went past its limit of {} MiB", TEMPLATE_OUTPUT_LIMIT / (1024 * 1024))
+        }
+        _ => e.to_string(),
+    };
+    BuildError { step, message, retryable: false }
+}
+
+/// A writer that refuses to grow past the template output limit.
+struct Limited(Vec<u8>);
+
+impl std::io::Write for Limited {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_OUTPUT_LIMIT {
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders template `name` of `wh` under its fuel and the output limit.
+fn render_template(wh: &CompiledWebhook, name: &str, vars: &Value, step: &'static str) -> Result<String, BuildError> {
+    let template = wh.templates.get_template(name).map_err(|e| template_error(step, e))?;
+    let mut out = Limited(Vec::new());
+    template.render_captured_to(vars, &mut out).map_err(|e| template_error(step, e))?;
+    String::from_utf8(out.0).map_err(|_| BuildError {
+        step,
+        message: "the template's output is not UTF-8".into(),
+        retryable: false,
+    })
+}
+
+/// The templated parts of a request.
+struct Templated {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+fn render_parts(wh: &CompiledWebhook, vars: &Value) -> Result<Templated, BuildError> {
+    let url = render_template(wh, URL_TEMPLATE, vars, "url template")?.trim().to_string();
+    let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
+    for name in wh.def.request.headers.keys() {
+        headers.push((name.clone(), render_template(wh, &header_template(name), vars, "header template")?));
+    }
+    let body = match &wh.def.request.body_template {
+        Some(_) if wh.body_script.is_none() => Some(render_template(wh, BODY_TEMPLATE, vars, "body template")?),
+        _ => None,
+    };
+    Ok(Templated { url, headers, body })
 }
 
 /// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
@@ -65,19 +132,16 @@ fn template_context(wh: &CompiledWebhook, job: &Job, entities: &Value) -> Value 
 pub async fn build_request(
     scripts: &ScriptPool,
     ctx: Option<&EngineContext>,
-    wh: &CompiledWebhook,
+    wh: &Arc<CompiledWebhook>,
     job: &Job,
     entities: &Value,
 ) -> Result<BuiltRequest, BuildError> {
     let vars = template_context(wh, job, entities);
-    let render = |name: &str, step: &'static str| {
-        wh.templates.get_template(name).and_then(|t| t.render(&vars)).map_err(|e| template_error(step, e))
-    };
-    let url = render(URL_TEMPLATE, "url template")?.trim().to_string();
-    let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
-    for name in wh.def.request.headers.keys() {
-        headers.push((name.clone(), render(&header_template(name), "header template")?));
-    }
+    let compiled = wh.clone();
+    let Templated { url, mut headers, body: templated_body } = scripts
+        .run_blocking(move || render_parts(&compiled, &vars))
+        .await
+        .map_err(|e| BuildError { step: "templates", message: e.to_string(), retryable: true })??;
 
     let request = &wh.def.request;
     let body: Vec<u8> = if let Some(src) = &wh.body_script {
@@ -87,8 +151,8 @@ pub async fn build_request(
             Ok(ScriptOutput::Headers(_)) => Vec::new(),
             Err(e) => return Err(BuildError { step: "body script", message: e.to_string(), retryable: false }),
         }
-    } else if request.body_template.is_some() {
-        render(BODY_TEMPLATE, "body template")?.into_bytes()
+    } else if let Some(text) = templated_body {
+        text.into_bytes()
     } else if let Some(body) = &request.body {
         body.clone().into_bytes()
     } else if matches!(request.method.to_ascii_uppercase().as_str(), "GET" | "DELETE") {

@@ -19,7 +19,6 @@
 //!
 //! [`Store::records_written`]: hookline_store::Store::records_written
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +27,13 @@ use hookline_model::schedule::{Schedule, Select};
 use hookline_proto::Job;
 use hookline_store::{IndexedRecord, Store, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::EngineContext;
-use crate::catalog::{Catalog, CompiledWebhook};
+use crate::catalog::CompiledWebhook;
 use crate::messages::CatalogChanged;
 use crate::trace;
 use crate::trigger::record_job;
+use crate::workers::{Start, WorkerCtx, WorkerSet};
 
 /// Store value and lock name, under the webhook's keys.
 const STATE: &str = "schedule";
@@ -78,49 +77,29 @@ struct Run {
     records: u64,
 }
 
-/// A running schedule loop: its webhook version, and the switch that stops it.
-struct Loop {
-    version: u64,
-    stop: watch::Sender<bool>,
-}
-
 pub struct Scheduler {
     ctx: EngineContext,
-    loops: HashMap<String, Loop>,
+    workers: WorkerSet,
+    start: Start,
 }
 
 impl Scheduler {
     pub fn new(ctx: EngineContext) -> Self {
-        Scheduler { ctx, loops: HashMap::new() }
+        let start: Start = Arc::new(|w| Box::pin(run_loop(w)));
+        Scheduler { ctx, workers: WorkerSet::new("scheduler"), start }
     }
+}
 
-    fn sync_loops(&mut self, catalog: &Catalog) {
-        let scheduled = |wh: &CompiledWebhook| !wh.paused && wh.plan.schedule.is_some();
-        self.loops.retain(|id, l| {
-            let keep = catalog.webhooks.get(id).is_some_and(|wh| scheduled(wh) && wh.version == l.version);
-            if !keep {
-                let _ = l.stop.send(true);
-            }
-            keep
-        });
-        for (id, wh) in &catalog.webhooks {
-            if !scheduled(wh) || self.loops.contains_key(id) {
-                continue;
-            }
-            let (stop, stopped) = watch::channel(false);
-            actix::spawn(run_loop(self.ctx.clone(), wh.clone(), stopped));
-            self.loops.insert(id.clone(), Loop { version: wh.version, stop });
-        }
-    }
+/// Whether `wh` runs on a schedule now.
+fn scheduled(wh: &CompiledWebhook) -> bool {
+    !wh.paused && wh.plan.schedule.is_some()
 }
 
 impl Actor for Scheduler {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for l in self.loops.values() {
-            let _ = l.stop.send(true);
-        }
+        self.workers.stop_all();
     }
 }
 
@@ -128,23 +107,23 @@ impl Handler<CatalogChanged> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: CatalogChanged, _ctx: &mut Self::Context) {
-        self.sync_loops(&msg.catalog);
+        let wanted = msg.catalog.webhooks.values().filter(|wh| scheduled(wh)).map(|wh| wh.def.id.clone());
+        self.workers.sync(&self.ctx, wanted, &self.start);
     }
 }
 
-fn stopping(ctx: &EngineContext, stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || *ctx.shutdown.borrow()
-}
-
-/// One scheduled webhook's loop: sleeps until its next tick, then tries to run it.
-async fn run_loop(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch::Receiver<bool>) {
-    let _running = ctx.drain.guard();
-    let Some(schedule) = wh.plan.schedule.clone() else { return };
+/// One scheduled webhook's loop: sleeps until its next tick, then tries to run it. It runs
+/// the webhook's current definition, so a changed schedule takes effect at the next look.
+async fn run_loop(w: WorkerCtx) {
+    let ctx = w.engine.clone();
     // Unique per loop: a lock left by an earlier loop of this node is not this one's.
     let holder = format!("{}:{}", ctx.node_id, uuid::Uuid::new_v4());
-    tracing::info!(webhook_id = %wh.def.id, schedule = ?schedule, "schedule started");
-    while !stopping(&ctx, &stop) {
-        let wait = match step(&ctx, &wh, &schedule, &holder, &stop).await {
+    let mut view = ctx.catalog.clone();
+    tracing::info!(webhook_id = %w.key, "schedule started");
+    while !w.stopping() {
+        let Some(wh) = ctx.catalog.current().webhooks.get(&w.key).filter(|wh| scheduled(wh)).cloned() else { break };
+        let Some(schedule) = wh.plan.schedule.clone() else { break };
+        let wait = match step(&ctx, &wh, &schedule, &holder, &w).await {
             Ok(Some(next)) => Duration::from_millis(next.saturating_sub(now_ms()).max(0) as u64),
             Ok(None) => MAX_SLEEP,
             Err(error) => {
@@ -152,15 +131,14 @@ async fn run_loop(ctx: EngineContext, wh: Arc<CompiledWebhook>, mut stop: watch:
                 Duration::from_secs(1)
             }
         };
-        let mut shutdown = ctx.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
-            _ = stop.changed() => {}
-            _ = shutdown.changed() => {}
+            _ = view.changed() => {}
+            _ = w.stopped() => {}
         }
     }
     // Whatever this loop held is free for a peer at once, not only after the lock expires.
-    let _ = ctx.store.unlock(&wh.def.id, STATE, &holder).await;
+    let _ = ctx.store.unlock(&w.key, STATE, &holder).await;
 }
 
 async fn load(store: &dyn Store, webhook: &str) -> Result<Option<Progress>, StoreError> {
@@ -195,7 +173,7 @@ async fn step(
     wh: &CompiledWebhook,
     schedule: &Schedule,
     holder: &str,
-    stop: &watch::Receiver<bool>,
+    w: &WorkerCtx,
 ) -> Result<Option<i64>, StoreError> {
     let id = wh.def.id.as_str();
     let now = now_ms();
@@ -210,7 +188,7 @@ async fn step(
         // A peer runs it (or has just started the schedule); look again shortly.
         return Ok(Some(now + 1_000));
     }
-    let result = run_locked(ctx, wh, schedule, holder, stop).await;
+    let result = run_locked(ctx, wh, schedule, holder, w).await;
     let _ = ctx.store.unlock(id, STATE, holder).await;
     result
 }
@@ -221,7 +199,7 @@ async fn run_locked(
     wh: &CompiledWebhook,
     schedule: &Schedule,
     holder: &str,
-    stop: &watch::Receiver<bool>,
+    w: &WorkerCtx,
 ) -> Result<Option<i64>, StoreError> {
     let id = wh.def.id.as_str();
     let now = now_ms();
@@ -264,7 +242,7 @@ async fn run_locked(
     let traceparent = trace::start(&span);
     let started = std::time::Instant::now();
     loop {
-        if stopping(ctx, stop) {
+        if w.stopping() {
             // Leave the progress for whichever node runs next.
             progress.running = Some(run);
             save(ctx, id, holder, &progress).await?;

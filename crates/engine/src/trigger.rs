@@ -1,78 +1,206 @@
 //! The trigger consumes each data object's change stream (consumer group `trigger`),
 //! decides for every webhook on that object whether the change fires it, enqueues the jobs
-//! and only then acknowledges the changes: a crash in between re-reads them, so no accepted
-//! change is lost.
+//! and only then acknowledges the changes: a crash in between reads them again, so no
+//! accepted change is lost.
+//!
+//! A change is decided on against every webhook of its object *as of that change*: it
+//! carries the definitions' version read before it was written, and a worker whose catalog
+//! is older waits for a newer one first. While a webhook of the object does not load on
+//! this node (its secrets do not open here, it no longer compiles), the object's changes
+//! are not read here at all, so they wait — for this node to be fixed, or for a node that
+//! can load it — instead of being decided on without it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use hookline_model::{ChangeView, Decision, Fields, decide};
 use hookline_proto::{Change, Job};
-use hookline_store::{Entry, StoreError, now_ms};
-use tracing::Instrument;
+use hookline_store::queue::{Consumer, Lease};
+use hookline_store::{ClaimScan, QueueName, StoreError, now_ms};
 
 use crate::EngineContext;
 use crate::catalog::{Catalog, CompiledWebhook};
 use crate::messages::CatalogChanged;
 use crate::trace;
+use crate::workers::{Start, WorkerCtx, WorkerSet};
 
-/// Changes read from one object's stream, to decide on and acknowledge.
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct ChangeBatch {
-    pub object: String,
-    pub entries: Vec<Entry<Change>>,
-}
+/// Changes read at a time.
+const READ: usize = 100;
+/// How long a worker waits for definitions as new as a change says before giving it back.
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 pub struct Trigger {
     ctx: EngineContext,
-    catalog: Arc<Catalog>,
-    /// Objects whose change stream is being read.
-    following: HashSet<String>,
+    workers: WorkerSet,
+    start: Start,
 }
 
 impl Trigger {
     pub fn new(ctx: EngineContext) -> Self {
-        Trigger { ctx, catalog: Arc::default(), following: HashSet::new() }
+        let start: Start = Arc::new(|w| Box::pin(follow_object(w)));
+        Trigger { ctx, workers: WorkerSet::new("trigger"), start }
     }
 }
 
-/// How long a change may stay unacknowledged by a consumer before another takes it over.
-const CLAIM_IDLE: Duration = Duration::from_secs(30);
+impl Actor for Trigger {
+    type Context = Context<Self>;
 
-async fn follow_object(ctx: EngineContext, object: String, addr: Addr<Trigger>) {
-    let _running = ctx.drain.guard();
-    let mut shutdown = ctx.shutdown.clone();
-    let mut last_claim: Option<tokio::time::Instant> = None;
-    while !*shutdown.borrow() {
-        // Changes a dead consumer read but never acknowledged (processing takes
-        // milliseconds, so an entry idle this long has no live owner).
-        let claimed = if last_claim.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            last_claim = Some(tokio::time::Instant::now());
-            ctx.store.claim_changes(&object, &ctx.node_id, CLAIM_IDLE).await
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.workers.stop_all();
+    }
+}
+
+impl Handler<CatalogChanged> for Trigger {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatalogChanged, _ctx: &mut Self::Context) {
+        let objects = msg.catalog.objects.keys().cloned();
+        self.workers.sync(&self.ctx, objects, &self.start);
+    }
+}
+
+/// One object's change stream, until the worker is told to stop.
+async fn follow_object(w: WorkerCtx) {
+    let ctx = &w.engine;
+    let object = w.key.clone();
+    let consumer: Consumer<Change> =
+        Consumer::new(ctx.store.clone(), QueueName::changes(&object), &ctx.consumer, ctx.lease, None);
+    let mut view = ctx.catalog.clone();
+    let mut scan = ClaimScan { min_idle: ctx.lease, cursor: String::new() };
+    let mut last_scan = tokio::time::Instant::now() - ctx.lease;
+    while !w.stopping() {
+        let catalog = view.current();
+        if let Some((id, broken)) = catalog.broken_on(&object).next() {
+            tracing::warn!(%object, webhook_id = %id, reason = %broken.reason, "holding this object's changes until its webhook loads");
+            tokio::select! {
+                _ = view.changed() => {}
+                _ = w.stopped() => {}
+            }
+            continue;
+        }
+        // Changes a dead consumer read but never acknowledged (every live one heartbeats).
+        let read = if last_scan.elapsed() >= ctx.lease / 2 {
+            last_scan = tokio::time::Instant::now();
+            match consumer.claim(&scan, READ).await {
+                Ok((lease, next)) => {
+                    scan.cursor = next;
+                    if !lease.is_empty() {
+                        tracing::info!(%object, count = lease.len(), "took over changes of a stopped consumer");
+                    }
+                    Ok(lease)
+                }
+                Err(e) => Err(e),
+            }
         } else {
-            Ok(Vec::new())
-        };
-        let read = match claimed {
-            Ok(c) if !c.is_empty() => Ok(c),
-            Ok(_) => ctx.store.read_changes(&object, &ctx.node_id, 100, Duration::from_secs(1)).await,
-            Err(e) => Err(e),
+            tokio::select! {
+                r = consumer.read(READ, Duration::from_secs(2)) => r,
+                _ = w.stopped() => break,
+            }
         };
         let outcome = match read {
-            Ok(entries) if entries.is_empty() => Ok(()),
-            Ok(entries) => match addr.send(ChangeBatch { object: object.clone(), entries }).await {
-                Ok(r) => r,
-                Err(_) => return, // the actor is gone
-            },
+            Ok(lease) if lease.is_empty() => Ok(()),
+            Ok(lease) => process(ctx, &object, &consumer, lease).await,
             Err(e) => Err(e),
         };
         if let Err(error) = outcome {
-            tracing::warn!(object, %error, "reading changes failed; retrying");
-            let _ = tokio::time::timeout(Duration::from_secs(1), shutdown.changed()).await;
+            tracing::warn!(%object, %error, "processing changes failed; retrying");
+            w.pause(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Decides on a lease of changes, enqueues the jobs they fire and acknowledges them; gives
+/// them back if this node cannot decide on them as of their definitions.
+async fn process(
+    ctx: &EngineContext,
+    object: &str,
+    consumer: &Consumer<Change>,
+    lease: Lease<Change>,
+) -> Result<(), StoreError> {
+    let newest = lease.entries().iter().map(|e| e.value.definitions_version).max().unwrap_or(0);
+    let catalog = match ctx.catalog.at_least(newest, CATCH_UP).await {
+        Some(c) if c.broken_on(object).next().is_none() => c,
+        Some(_) => {
+            // A webhook of the object stopped loading: leave the changes to whoever can.
+            return consumer.release(lease).await;
+        }
+        None => {
+            tracing::warn!(
+                object,
+                version = newest,
+                "definitions as new as these changes did not arrive; giving them back"
+            );
+            return consumer.release(lease).await;
+        }
+    };
+    let jobs = decide_all(&catalog, object, &lease);
+    let enqueued = jobs.len();
+    // Jobs first, acknowledgement second: a crash between the two reads the changes again
+    // and enqueues again (at-least-once, with the same job ids), never zero times.
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match ctx.store.enqueue(&jobs).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && wait < Duration::from_secs(5) => {
+                tracing::warn!(object, error = %e, "cannot enqueue jobs yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let changes = lease.len();
+    let acked = consumer.ack(lease).await?;
+    if acked < changes {
+        tracing::warn!(
+            object,
+            changes,
+            acked,
+            "some changes were taken over meanwhile; their jobs may be queued twice (same job ids)"
+        );
+    }
+    tracing::debug!(object, changes, enqueued, "changes processed");
+    Ok(())
+}
+
+/// The jobs a lease of changes fires, each change in its own `trigger` span.
+fn decide_all(catalog: &Catalog, object: &str, lease: &Lease<Change>) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for entry in lease.entries() {
+        let change = &entry.value;
+        let Some(new) = parse_fields(&change.new_json) else {
+            tracing::error!(object, record_id = %change.record_id, "undecodable change; skipped");
+            continue;
+        };
+        let old = parse_fields(&change.old_json);
+        let span = tracing::info_span!(
+            "trigger",
+            object = %object,
+            record_id = %change.record_id,
+            version = change.version,
+            trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
+        );
+        trace::resume(&span, &change.traceparent);
+        let _guard = span.enter();
+        let view = ChangeView {
+            old: old.as_ref(),
+            new: &new,
+            origin_webhook: (!change.origin_webhook.is_empty()).then_some(change.origin_webhook.as_str()),
+        };
+        for wh in catalog.webhooks_on(object) {
+            let decision = decide(&wh.def.id, &wh.plan, view);
+            tracing::debug!(webhook_id = %wh.def.id, decision = decision.as_str(), "trigger decision");
+            if decision != Decision::Fire {
+                continue;
+            }
+            let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
+            let traceparent = trace::start(&enqueue);
+            let job_id = job_id(&wh.def.id, object, &change.record_id, change.version);
+            jobs.push(record_job(wh, job_id, object, &change.record_id, change.version, &new, traceparent));
+        }
+    }
+    jobs
 }
 
 /// The idempotency id of the job a record version makes for a webhook: derived, not
@@ -113,77 +241,6 @@ pub(crate) fn record_job(
 
 fn parse_fields(bytes: &[u8]) -> Option<Fields> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
-}
-
-impl Actor for Trigger {
-    type Context = Context<Self>;
-}
-
-impl Handler<CatalogChanged> for Trigger {
-    type Result = ();
-
-    fn handle(&mut self, msg: CatalogChanged, ctx: &mut Self::Context) {
-        self.catalog = msg.catalog;
-        for object in self.catalog.objects.keys() {
-            if self.following.insert(object.clone()) {
-                ctx.spawn(follow_object(self.ctx.clone(), object.clone(), ctx.address()).into_actor(self));
-            }
-        }
-    }
-}
-
-impl Handler<ChangeBatch> for Trigger {
-    type Result = ResponseFuture<Result<(), StoreError>>;
-
-    fn handle(&mut self, msg: ChangeBatch, _ctx: &mut Self::Context) -> Self::Result {
-        let catalog = self.catalog.clone();
-        let store = self.ctx.store.clone();
-        Box::pin(async move {
-            let mut jobs = Vec::new();
-            let mut ids = Vec::with_capacity(msg.entries.len());
-            for entry in &msg.entries {
-                let change = &entry.value;
-                ids.push(entry.id.clone());
-                let Some(new) = parse_fields(&change.new_json) else {
-                    tracing::error!(object = %msg.object, record_id = %change.record_id, "undecodable change; skipped");
-                    continue;
-                };
-                let old = parse_fields(&change.old_json);
-                let span = tracing::info_span!(
-                    "trigger",
-                    object = %msg.object,
-                    record_id = %change.record_id,
-                    version = change.version,
-                    trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
-                );
-                trace::resume(&span, &change.traceparent);
-                let _guard = span.enter();
-                let view = ChangeView {
-                    old: old.as_ref(),
-                    new: &new,
-                    origin_webhook: (!change.origin_webhook.is_empty()).then_some(change.origin_webhook.as_str()),
-                };
-                for wh in catalog.webhooks_on(&msg.object) {
-                    let decision = decide(&wh.def.id, &wh.plan, view);
-                    tracing::debug!(webhook_id = %wh.def.id, decision = decision.as_str(), "trigger decision");
-                    if decision != Decision::Fire {
-                        continue;
-                    }
-                    let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
-                    let traceparent = trace::start(&enqueue);
-                    let job_id = job_id(&wh.def.id, &msg.object, &change.record_id, change.version);
-                    jobs.push(record_job(wh, job_id, &msg.object, &change.record_id, change.version, &new, traceparent));
-                }
-            }
-            let enqueued = jobs.len();
-            // Jobs first, acknowledgement second: a crash between the two re-reads the
-            // changes and enqueues again (at-least-once), never zero times.
-            store.enqueue(&jobs).await?;
-            store.ack_changes(&msg.object, &ids).await?;
-            tracing::debug!(object = %msg.object, changes = ids.len(), enqueued, "changes processed");
-            Ok(())
-        }.instrument(tracing::Span::current()))
-    }
 }
 
 #[cfg(test)]

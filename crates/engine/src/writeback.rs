@@ -1,9 +1,15 @@
 //! The writeback role runs a webhook's response script on the final attempt's result,
 //! passes its output through the webhook's import mapping, and updates the triggering
 //! records through the same path as an API update — marked with the webhook's id so the
-//! update cannot fire that webhook again. Whatever goes wrong is noted on the attempt.
+//! update cannot fire that webhook again.
+//!
+//! A write that fails for a passing reason (the store unreachable, a record changed by
+//! others too often) is tried again with backoff, the write-back's entry kept alive by its
+//! lease meanwhile. One that fails for good (no such record, a field the object does not
+//! have, a script error) is noted on the attempt and kept among the webhook's failed
+//! write-backs, to be redriven once the cause is fixed. Workers read the data objects from
+//! the node's current catalog, so an object's new fields are seen without a restart.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,30 +17,33 @@ use actix::prelude::*;
 use hookline_model::{Fields, WebhookDef};
 use hookline_proto::WritebackJob;
 use hookline_script::{ResponseView, ScriptCall, ScriptKind, ScriptOutput};
+use hookline_store::queue::Consumer;
+use hookline_store::{ClaimScan, Entry, QueueName, WritebackDone};
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::EngineContext;
-use crate::catalog::{Catalog, CompiledWebhook};
+use crate::catalog::CompiledWebhook;
 use crate::messages::CatalogChanged;
-use crate::records::{self, WriteMode};
+use crate::records::{self, RecordError, WriteMode};
 use crate::trace;
+use crate::workers::{Start, WorkerCtx, WorkerSet};
 
-struct Worker {
-    version: u64,
-    stop: watch::Sender<bool>,
-}
+/// Write-backs read at a time.
+const READ: usize = 16;
+/// How long a write-back keeps trying after passing failures before it counts as failed.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 pub struct Writeback {
     ctx: EngineContext,
-    catalog: Arc<Catalog>,
-    workers: HashMap<String, Worker>,
+    workers: WorkerSet,
+    start: Start,
 }
 
 impl Writeback {
     pub fn new(ctx: EngineContext) -> Self {
-        Writeback { ctx, catalog: Arc::default(), workers: HashMap::new() }
+        let start: Start = Arc::new(|w| Box::pin(run_worker(w)));
+        Writeback { ctx, workers: WorkerSet::new("writeback"), start }
     }
 }
 
@@ -42,9 +51,7 @@ impl Actor for Writeback {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for w in self.workers.values() {
-            let _ = w.stop.send(true);
-        }
+        self.workers.stop_all();
     }
 }
 
@@ -52,64 +59,136 @@ impl Handler<CatalogChanged> for Writeback {
     type Result = ();
 
     fn handle(&mut self, msg: CatalogChanged, _ctx: &mut Self::Context) {
-        self.catalog = msg.catalog;
-        let catalog = self.catalog.clone();
-        self.workers.retain(|id, w| {
-            let keep = catalog.webhooks.get(id).is_some_and(|wh| wh.version == w.version);
-            if !keep {
-                let _ = w.stop.send(true);
-            }
-            keep
-        });
         // Write-backs go on while a webhook is paused: they finish work already delivered.
-        for (id, wh) in &catalog.webhooks {
-            if wh.response_script.is_none() || self.workers.contains_key(id) {
+        let wanted =
+            msg.catalog.webhooks.values().filter(|wh| wh.response_script.is_some()).map(|wh| wh.def.id.clone());
+        self.workers.sync(&self.ctx, wanted, &self.start);
+    }
+}
+
+async fn run_worker(w: WorkerCtx) {
+    let ctx = w.engine.clone();
+    let id = w.key.clone();
+    let consumer: Consumer<WritebackJob> =
+        Consumer::new(ctx.store.clone(), QueueName::writebacks(&id), &ctx.consumer, ctx.lease, None);
+    let mut scan = ClaimScan { min_idle: ctx.lease, cursor: String::new() };
+    let mut last_scan = tokio::time::Instant::now() - ctx.lease;
+    while !w.stopping() {
+        if !ctx.catalog.current().webhooks.contains_key(&id) {
+            break;
+        }
+        let read = if last_scan.elapsed() >= ctx.lease / 2 {
+            last_scan = tokio::time::Instant::now();
+            consumer.claim(&scan, READ).await.map(|(lease, next)| {
+                scan.cursor = next;
+                lease
+            })
+        } else {
+            tokio::select! {
+                r = consumer.read(READ, Duration::from_secs(2)) => r,
+                _ = w.stopped() => break,
+            }
+        };
+        let lease = match read {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(webhook_id = %id, %error, "cannot read write-backs; retrying");
+                w.pause(Duration::from_secs(1)).await;
                 continue;
             }
-            let (stop, stopped) = watch::channel(false);
-            actix::spawn(run_worker(self.ctx.clone(), wh.clone(), catalog.clone(), stopped));
-            self.workers.insert(id.clone(), Worker { version: wh.version, stop });
+        };
+        if lease.is_empty() {
+            continue;
+        }
+        let mut done = Vec::with_capacity(lease.len());
+        for entry in lease.entries() {
+            done.push(write_back_entry(&ctx, &id, entry).await);
+        }
+        match ctx.store.finish_writebacks(&id, &ctx.consumer, &done).await {
+            Ok(finished) => {
+                if finished.iter().any(|f| !f) {
+                    tracing::warn!(webhook_id = %id, "write-backs were taken over meanwhile; their results were not recorded here");
+                }
+                drop(lease.into_entries());
+            }
+            Err(error) => {
+                tracing::warn!(webhook_id = %id, %error, "cannot record write-backs; they run again");
+                let _ = consumer.release(lease).await;
+            }
         }
     }
 }
 
-async fn run_worker(
-    ctx: EngineContext,
-    wh: Arc<CompiledWebhook>,
-    catalog: Arc<Catalog>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _running = ctx.drain.guard();
-    let id = wh.def.id.clone();
-    let mut claimed_at = None::<tokio::time::Instant>;
-    while !*stop.borrow() && !*ctx.shutdown.borrow() {
-        let entries = if claimed_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            claimed_at = Some(tokio::time::Instant::now());
-            ctx.store.claim_writebacks(&id, &ctx.node_id, Duration::from_secs(60)).await
-        } else {
-            Ok(Vec::new())
+/// Runs one write-back to its end (trying again after passing failures) and says how it went.
+async fn write_back_entry(ctx: &EngineContext, id: &str, entry: &Entry<WritebackJob>) -> WritebackDone {
+    let job = &entry.value;
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(100);
+    let mut pending: Option<Vec<usize>> = None;
+    let result = loop {
+        // The webhook as it is now (a write-back of a deleted webhook has nothing to write).
+        let Some(wh) = ctx.catalog.current().webhooks.get(id).cloned() else {
+            break Err(Failure::permanent("the webhook was deleted".into()));
         };
-        let entries = match entries {
-            Ok(e) if !e.is_empty() => Ok(e),
-            Ok(_) => ctx.store.read_writebacks(&id, &ctx.node_id, 16, Duration::from_secs(1)).await,
-            Err(e) => Err(e),
-        };
-        match entries {
-            Ok(entries) => {
-                for entry in entries {
-                    let error = write_back(&ctx, &wh, &catalog, &entry.value).await.err();
-                    if let Err(e) =
-                        ctx.store.finish_writeback(&id, &entry.id, &entry.value.attempt_id, error.as_deref()).await
-                    {
-                        tracing::warn!(webhook_id = %id, error = %e, "cannot record the write-back; it will run again");
-                    }
-                }
+        match write_back(ctx, &wh, job, pending.as_deref()).await {
+            Ok(()) => break Ok(()),
+            Err(WriteBackError { failure, retry_outputs })
+                if failure.transient && started.elapsed() < GIVE_UP_AFTER =>
+            {
+                tracing::warn!(webhook_id = id, job_id = %job.job_id, error = %failure.message, "write-back failed for now; trying again");
+                ctx.metrics.writeback_retried(id);
+                pending = retry_outputs;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
             }
-            Err(error) => {
-                tracing::warn!(webhook_id = %id, %error, "cannot read write-backs");
-                let _ = tokio::time::timeout(Duration::from_secs(1), stop.changed()).await;
-            }
+            Err(WriteBackError { failure, .. }) => break Err(failure),
         }
+    };
+    let mut attempt = ctx.store.get_attempt(id, &job.attempt_id).await.ok().flatten();
+    let failed = match result {
+        Ok(()) => {
+            if let Some(a) = attempt.as_mut() {
+                a.writeback_status = "done".into();
+                a.writeback_error.clear();
+            }
+            None
+        }
+        Err(failure) => {
+            ctx.metrics.writeback_failed(id);
+            tracing::warn!(webhook_id = id, job_id = %job.job_id, error = %failure.message, "write-back failed; kept among the failed write-backs");
+            if let Some(a) = attempt.as_mut() {
+                a.writeback_status = "error".into();
+                a.writeback_error = failure.message.clone();
+            }
+            Some((job.clone(), failure.message))
+        }
+    };
+    WritebackDone { entry: entry.id.clone(), attempt, failed }
+}
+
+/// Why a write-back failed, and whether trying again may help.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn permanent(message: String) -> Self {
+        Failure { message, transient: false }
+    }
+}
+
+#[derive(Debug)]
+struct WriteBackError {
+    failure: Failure,
+    /// The outputs (by index) still to write, when some were written already.
+    retry_outputs: Option<Vec<usize>>,
+}
+
+impl From<Failure> for WriteBackError {
+    fn from(failure: Failure) -> Self {
+        WriteBackError { failure, retry_outputs: None }
     }
 }
 
@@ -132,12 +211,22 @@ pub fn map_output(def: &WebhookDef, out: &serde_json::Map<String, Value>) -> Res
     Ok((id, fields))
 }
 
+/// Whether a failed record write may succeed later.
+fn transient(e: &RecordError) -> bool {
+    match e {
+        RecordError::Contended { .. } => true,
+        RecordError::Store(s) => s.is_transient(),
+        RecordError::Invalid(_) | RecordError::NotFound { .. } => false,
+    }
+}
+
+/// Runs the response script and writes its outputs (only those in `only`, when given).
 async fn write_back(
     ctx: &EngineContext,
     wh: &CompiledWebhook,
-    catalog: &Catalog,
     job: &WritebackJob,
-) -> Result<(), String> {
+    only: Option<&[usize]>,
+) -> Result<(), WriteBackError> {
     let span = tracing::info_span!(
         "writeback",
         webhook_id = %wh.def.id,
@@ -162,9 +251,12 @@ async fn write_back(
         let written = match ctx.scripts.run(call).instrument(tracing::info_span!("script", kind = "response")).await {
             Ok(ScriptOutput::Written(text)) => text,
             Ok(ScriptOutput::Headers(_)) => String::new(),
+            Err(hookline_script::ScriptError::PoolClosed) => {
+                return Err(Failure { message: "the script pool is stopping".into(), transient: true }.into());
+            }
             Err(e) => {
                 ctx.metrics.script_error(&wh.def.id);
-                return Err(format!("response script: {e}"));
+                return Err(Failure::permanent(format!("response script: {e}")).into());
             }
         };
         let Some(mapping) = &wh.def.writeback else { return Ok(()) };
@@ -177,32 +269,64 @@ async fn write_back(
                 .into_iter()
                 .map(|v| match v {
                     Value::Object(o) => Ok(o),
-                    _ => Err("response script output array must hold objects".to_string()),
+                    _ => Err(Failure::permanent("response script output array must hold objects".to_string())),
                 })
                 .collect::<Result<_, _>>()?,
-            Ok(_) => return Err("response script output must be a JSON object or an array of objects".into()),
-            Err(e) => return Err(format!("response script output is not JSON: {e}")),
+            Ok(_) => {
+                return Err(Failure::permanent("response script output must be a JSON object or an array of objects".into()).into());
+            }
+            Err(e) => return Err(Failure::permanent(format!("response script output is not JSON: {e}")).into()),
         };
+        let catalog = ctx.catalog.current();
         let object_name = mapping.object.as_deref().unwrap_or(&wh.def.object);
         let Some(object) = catalog.objects.get(object_name) else {
-            return Err(format!("no data object named `{object_name}`"));
+            return Err(Failure::permanent(format!("no data object named `{object_name}`")).into());
         };
+        let version = ctx.store.definitions_version().await.map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
         let mut errors = Vec::new();
-        for out in &outputs {
+        let mut retry = Vec::new();
+        let mut any_transient = false;
+        for (i, out) in outputs.iter().enumerate() {
+            if only.is_some_and(|o| !o.contains(&i)) {
+                continue;
+            }
             let result = match map_output(&wh.def, out) {
                 Ok((id, fields)) => {
-                    records::write(ctx.store.as_ref(), object, &id, &fields, WriteMode::Update, Some(&wh.def.id), &traceparent)
-                        .await
-                        .map(|w| tracing::info!(record_id = %id, version = w.record.version, changed = w.changed, "written back"))
-                        .map_err(|e| e.to_string())
+                    let write = records::write(
+                        ctx.store.as_ref(),
+                        object,
+                        &id,
+                        &fields,
+                        WriteMode::Update,
+                        Some(&wh.def.id),
+                        &traceparent,
+                        version,
+                    )
+                    .await;
+                    match write {
+                        Ok(w) => {
+                            tracing::info!(record_id = %id, version = w.record.version, changed = w.changed, "written back");
+                            Ok(())
+                        }
+                        Err(e) => Err((e.to_string(), transient(&e))),
+                    }
                 }
-                Err(e) => Err(e),
+                Err(e) => Err((e, false)),
             };
-            if let Err(e) = result {
-                errors.push(e);
+            if let Err((message, is_transient)) = result {
+                if is_transient {
+                    any_transient = true;
+                    retry.push(i);
+                }
+                errors.push(message);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        // Try again only while every failure may pass; one that cannot fails the write-back.
+        let transient = any_transient && retry.len() == errors.len();
+        Err(WriteBackError { failure: Failure { message: errors.join("; "), transient }, retry_outputs: Some(retry) })
     }
     .instrument(span)
     .await

@@ -57,6 +57,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_LOG_FORMAT")]
     #[serde(alias = "log_format")]
     pub log_format: Option<String>,
+    /// How long queue entries and concurrency permits a node holds last without renewal
+    /// (renewed every third of it); a stopped node's work is taken over this long after its
+    /// last renewal [default: 10s]
+    #[arg(long, env = "HOOKLINE_LEASE")]
+    pub lease: Option<String>,
     /// TOML file with the same keys
     #[arg(long, env = "HOOKLINE_CONFIG")]
     #[serde(skip)]
@@ -78,6 +83,7 @@ impl ServeArgs {
             secret_key: self.secret_key.or(other.secret_key),
             otlp_endpoint: self.otlp_endpoint.or(other.otlp_endpoint),
             log_format: self.log_format.or(other.log_format),
+            lease: self.lease.or(other.lease),
             config: self.config,
         }
     }
@@ -98,6 +104,7 @@ pub struct Config {
     pub secret_key: Option<String>,
     pub otlp_endpoint: Option<String>,
     pub log_format: hookline_telemetry::LogFormat,
+    pub lease: std::time::Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -132,7 +139,7 @@ impl Config {
         let listen_text = a.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr =
             listen_text.parse().with_context(|| format!("--listen: `{listen_text}` is not an address"))?;
-        let mut roles = Roles { coordinator: false, trigger: false, dispatcher: false, writeback: false };
+        let mut roles = Roles::NONE;
         let mut api = false;
         let names = a.roles.unwrap_or_else(|| vec!["all".into()]);
         for name in &names {
@@ -149,7 +156,7 @@ impl Config {
                 other => bail!("--roles: unknown role `{other}` (api, coordinator, trigger, dispatcher, writeback)"),
             }
         }
-        if !api && roles == (Roles { coordinator: false, trigger: false, dispatcher: false, writeback: false }) {
+        if !api && roles == Roles::NONE {
             bail!("--roles: name at least one role");
         }
         let mut allow_targets = Vec::new();
@@ -176,6 +183,14 @@ impl Config {
             .unwrap_or("text")
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--log-format: {e}"))?;
+        let lease = match a.lease.as_deref() {
+            None => hookline_engine::DEFAULT_LEASE,
+            Some(text) => humantime::parse_duration(text.trim())
+                .with_context(|| format!("--lease: `{text}` is not a duration (e.g. 10s)"))?,
+        };
+        if lease < std::time::Duration::from_millis(300) || lease > std::time::Duration::from_secs(3600) {
+            bail!("--lease: must be between 300ms and 1h");
+        }
         Ok(Config {
             listen,
             redis: a.redis.filter(|r| !r.is_empty()),
@@ -189,6 +204,7 @@ impl Config {
             secret_key: a.secret_key.filter(|t| !t.is_empty()),
             otlp_endpoint: a.otlp_endpoint.filter(|t| !t.is_empty()),
             log_format,
+            lease,
         })
     }
 }
@@ -222,5 +238,9 @@ mod tests {
                 .contains("--allow-target")
         );
         assert!(toml::from_str::<ServeArgs>("lisen = 1").is_err());
+        assert!(bad(ServeArgs { lease: Some("soon".into()), ..Default::default() }).contains("--lease"));
+        assert!(bad(ServeArgs { lease: Some("1ms".into()), ..Default::default() }).contains("--lease"));
+        let c = Config::from_args(ServeArgs { lease: Some("2s".into()), ..Default::default() }).unwrap();
+        assert_eq!(c.lease, std::time::Duration::from_secs(2));
     }
 }

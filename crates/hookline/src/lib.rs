@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 use hookline_api::ApiState;
-use hookline_engine::{Engine, EngineContext, drain::Drain};
+use hookline_engine::{Engine, EngineParts, drain::Drain};
 use hookline_outbound::{ClientConfig, Outbound, TargetPolicy};
 use hookline_script::{PoolConfig, ScriptPool};
 use hookline_secrets::SecretBox;
@@ -77,61 +77,54 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     .context("building the HTTP client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
-    let ctx = EngineContext {
+    let parts = EngineParts {
         store: store.clone(),
         outbound,
         scripts: scripts.clone(),
         node_id: config.node_id.clone(),
+        lease: config.lease,
         shutdown: stop_rx,
         drain: drain.clone(),
         secrets: secrets.clone(),
         metrics: metrics.clone(),
     };
     let roles = config.roles;
-    let engine = if roles.coordinator || roles.trigger || roles.dispatcher || roles.writeback {
-        Some(Engine::start(ctx, roles).await.context("starting the engine")?)
-    } else {
-        None
-    };
+    let (engine, ctx) = Engine::start(parts, roles).await.context("starting the engine")?;
 
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let server = if config.api {
-        let state =
-            ApiState { store, scripts, api_token: config.api_token.as_deref().map(Arc::from), secrets, metrics };
-        let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone())))
-            .workers(2)
-            .disable_signals()
-            .shutdown_timeout(10)
-            .listen(listener)?
-            .run();
-        Some(server)
-    } else {
-        drop(listener);
-        None
+    // Every node serves its probes and metrics; only the api role serves `/v1`.
+    let state = ApiState {
+        store,
+        scripts,
+        api_token: config.api_token.as_deref().map(Arc::from),
+        secrets,
+        metrics,
+        catalog: Some(ctx.catalog.clone()),
     };
-    if config.api {
+    let api = config.api;
+    let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone(), api)))
+        .workers(if api { 2 } else { 1 })
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+    if api {
         println!("hookline listening on http://{addr} (node {}, api and {roles})", config.node_id);
     } else {
-        // No HTTP without the api role; the line still tells scripts the node is up.
-        println!("hookline listening on http://{addr} (node {}, {roles}; no HTTP API on this node)", config.node_id);
+        println!(
+            "hookline listening on http://{addr} (node {}, {roles}; probes and metrics only, no /v1 API)",
+            config.node_id
+        );
     }
     tracing::info!(%addr, node_id = %config.node_id, "hookline started");
 
-    let handle = server.as_ref().map(|s| s.handle());
-    let serving = async {
-        match server {
-            Some(s) => s.await,
-            None => std::future::pending().await,
-        }
-    };
+    let handle = server.handle();
     tokio::select! {
-        result = serving => result.context("the HTTP server failed")?,
+        result = server => result.context("the HTTP server failed")?,
         _ = shutdown => tracing::info!("stopping"),
     }
-    if let Some(h) = handle {
-        h.stop(true).await;
-    }
+    handle.stop(true).await;
     let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, drain.wait()).await.is_err() {
         tracing::warn!("in-flight work did not finish in time; it will be delivered again");

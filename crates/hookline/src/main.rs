@@ -22,6 +22,18 @@ enum Command {
     Import(hookline::import::ImportArgs),
 }
 
+/// The runtime every command runs on: actix's system (the actors) on a multi-threaded Tokio
+/// runtime, so the workers and deliveries the actors spawn use every core.
+fn system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("hookline-worker")
+            .build()
+            .expect("a Tokio runtime (threads and a timer) can be built")
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
@@ -31,17 +43,17 @@ fn main() -> anyhow::Result<()> {
                 hookline_telemetry::init(config.log_format, "info", config.otlp_endpoint.as_deref(), &config.node_id);
             let listener = std::net::TcpListener::bind(config.listen)
                 .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
-            actix_rt::System::new().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
+            system().block_on(hookline::run(config, listener, hookline::shutdown_signal()))
         }
         Command::Demo(args) => {
             let config = Config::load(args)?;
             // Quiet logs so the story reads clearly; RUST_LOG still wins.
             let _telemetry =
                 hookline_telemetry::init(config.log_format, "warn", config.otlp_endpoint.as_deref(), &config.node_id);
-            actix_rt::System::new().block_on(hookline::demo::run(config, hookline::shutdown_signal()))
+            system().block_on(hookline::demo::run(config, hookline::shutdown_signal()))
         }
         Command::Import(args) => {
-            let summary = actix_rt::System::new().block_on(hookline::import::run(args))?;
+            let summary = system().block_on(hookline::import::run(args))?;
             if summary.rejected > 0 {
                 std::process::exit(1);
             }

@@ -25,6 +25,9 @@ pub struct Change {
     pub traceparent: String,
     #[prost(int64, tag = "8")]
     pub at_ms: i64,
+    /// The definitions' version read before the change was written.
+    #[prost(uint64, tag = "9")]
+    pub definitions_version: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

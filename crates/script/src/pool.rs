@@ -28,9 +28,11 @@ pub(crate) struct Counters {
 
 type Reply = oneshot::Sender<Result<ScriptOutput, ScriptError>>;
 
-struct Job {
-    call: ScriptCall,
-    reply: Reply,
+/// What a pool thread is asked to do: run a script, or any other CPU-bound task that must
+/// stay off the async threads (rendering a template, a syntax check).
+enum Job {
+    Call { call: ScriptCall, reply: Reply },
+    Task(Box<dyn FnOnce() + Send>),
 }
 
 struct Shared {
@@ -82,8 +84,32 @@ impl ScriptPool {
     /// cancels it.
     pub async fn run(&self, call: ScriptCall) -> Result<ScriptOutput, ScriptError> {
         let (reply, answer) = oneshot::channel();
-        self.shared.jobs.send(Job { call, reply }).map_err(|_| ScriptError::PoolClosed)?;
+        self.shared.jobs.send(Job::Call { call, reply }).map_err(|_| ScriptError::PoolClosed)?;
         answer.await.unwrap_or(Err(ScriptError::PoolClosed))
+    }
+
+    /// Runs `f` on one of the pool's threads and waits for its result without blocking the
+    /// async caller: for CPU-bound work of bounded cost (template rendering under its fuel,
+    /// syntax checks). A panic in `f` is caught and reported as an internal error.
+    pub async fn run_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ScriptError> {
+        let (reply, answer) = oneshot::channel();
+        let task = Box::new(move || {
+            if reply.is_closed() {
+                return;
+            }
+            let result = catch_unwind(AssertUnwindSafe(f)).map_err(|_| ScriptError::internal("a pool task panicked"));
+            let _ = reply.send(result);
+        });
+        self.shared.jobs.send(Job::Task(task)).map_err(|_| ScriptError::PoolClosed)?;
+        answer.await.unwrap_or(Err(ScriptError::PoolClosed))
+    }
+
+    /// Syntax-checks a script (see [`crate::check_syntax`]) on a pool thread.
+    pub async fn check_syntax(&self, source: String) -> Result<(), ScriptError> {
+        self.run_blocking(move || crate::check_syntax(&source)).await?
     }
 
     /// Compilation and run counters.
@@ -119,8 +145,13 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, limits: &Limits, counters: &Cou
             }
         }
         let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(Job { call, reply }) = job else {
-            break; // every ScriptPool is gone
+        let (call, reply) = match job {
+            Ok(Job::Call { call, reply }) => (call, reply),
+            Ok(Job::Task(task)) => {
+                task();
+                continue;
+            }
+            Err(_) => break, // every ScriptPool is gone
         };
         if reply.is_closed() {
             continue; // the caller stopped waiting

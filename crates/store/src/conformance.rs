@@ -4,11 +4,6 @@
 //! side). [`run_all`] runs every check once.
 //!
 //! Enabled in this crate's tests and, for other crates' tests, with the `conformance` feature.
-//!
-//! The Redis backend creates a consumer group on the first read or claim of a queue and
-//! answers that call empty, even if entries were already there. The checks therefore
-//! "prime" each queue (one non-blocking read) before appending to it; a backend may as well
-//! return the entries at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +12,17 @@ use hookline_model::{DataObject, Fields, StoredWebhook};
 use hookline_proto::{Attempt, Change, Job, Outcome, WritebackJob};
 use serde_json::json;
 
-use crate::{ATTEMPT_RETENTION, AttemptFilter, DefEvent, FollowUp, IndexedRecord, Store, WriteResult, now_ms};
+use crate::queue::Consumer;
+use crate::{
+    ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DefEvent, FollowUp, IndexedRecord, QueueName, Rate,
+    RawEntry, Renew, Store, Take, Taken, WriteResult, WritebackDone, now_ms,
+};
 
 const NO_BLOCK: Duration = Duration::ZERO;
 /// Long enough that nothing in a check is ever this idle.
 const LONG: Duration = Duration::from_secs(600);
+/// A permit lease longer than any check.
+const LEASE: Duration = Duration::from_secs(60);
 
 /// Runs every check against `store`, under a fresh prefix.
 pub async fn run_all(store: Arc<dyn Store>) {
@@ -29,11 +30,13 @@ pub async fn run_all(store: Arc<dyn Store>) {
     let s = store.as_ref();
     records(s, &p).await;
     write_index(s, &p).await;
-    change_claims(s, &p).await;
+    change_leases(s, &p).await;
+    claim_cursor(s, &p).await;
     definitions(s, &p).await;
     definition_events(s, &p).await;
     job_queue(s, &p).await;
-    requeue(s, &p).await;
+    take_capacity(s, &p).await;
+    job_leases(s, &p).await;
     blocking_reads(s, &p).await;
     concurrent_readers(s, &p).await;
     concurrent_writers(s, &p).await;
@@ -42,9 +45,12 @@ pub async fn run_all(store: Arc<dyn Store>) {
     writebacks(s, &p).await;
     attempt_log(s, &p).await;
     permits(s, &p).await;
+    permits_outlive_their_lease_while_renewed(s, &p).await;
     values_and_locks(s, &p).await;
     batch_complete(s, &p).await;
     rate_limit(s, &p).await;
+    delivery_counts(s, &p).await;
+    consumer_heartbeat(store.clone(), &p).await;
 }
 
 // --- helpers ---
@@ -114,23 +120,71 @@ fn change(object: &str, id: &str, version: u64, status: &str) -> Change {
     }
 }
 
-fn job_ids(entries: &[crate::Entry<Job>]) -> Vec<String> {
-    entries.iter().map(|e| e.value.job_id.clone()).collect()
+pub(crate) fn decode<T: hookline_proto::Message + Default>(e: &RawEntry) -> T {
+    T::decode(e.payload.as_slice()).expect("an entry that decodes")
 }
 
-/// A non-blocking read that must find nothing; creates the consumer group where needed.
-async fn prime_jobs(store: &dyn Store, webhook: &str) {
-    let got = store.read_jobs(webhook, "primer", 10, NO_BLOCK).await.expect("read_jobs");
-    assert!(got.is_empty(), "queue {webhook} should start empty, got {:?}", job_ids(&got));
+fn job_ids(entries: &[RawEntry]) -> Vec<String> {
+    entries.iter().map(|e| decode::<Job>(e).job_id).collect()
+}
+
+fn ids(entries: &[RawEntry]) -> Vec<String> {
+    entries.iter().map(|e| e.id.clone()).collect()
+}
+
+/// A take of up to `calls` calls of `batch` jobs each for `consumer`, asking for the permits
+/// (the limit is `calls`, so a consumer that holds them takes with `free`).
+fn take<'a>(webhook: &'a str, consumer: &'a str, free: u32, want: u32, limit: u32, batch: u32) -> Take<'a> {
+    Take {
+        webhook,
+        consumer,
+        lease: LEASE,
+        limit,
+        free,
+        want,
+        release: &[],
+        batch,
+        max_entries: 1000,
+        rate: None,
+        claim: None,
+    }
+}
+
+/// Takes up to `n` single-job calls, with permits of a high limit.
+async fn take_jobs(store: &dyn Store, webhook: &str, consumer: &str, n: u32) -> Taken {
+    store.take(&take(webhook, consumer, 0, n, 1000, 1)).await.expect("take")
+}
+
+/// A completion of `entries` (one call) with the given attempt and follow-up.
+fn completion(entries: &[RawEntry], attempt: Attempt, follow_up: FollowUp) -> Completion {
+    Completion { entries: ids(entries), attempt, follow_up }
+}
+
+/// Completes one call of `consumer`, asserting it took effect.
+async fn complete_one(store: &dyn Store, webhook: &str, consumer: &str, c: Completion) {
+    assert_eq!(store.complete(webhook, consumer, &[c]).await.expect("complete"), [true], "the consumer owns it");
+}
+
+/// Completes every entry of `taken` as a success, each its own call.
+async fn succeed_all(store: &dyn Store, webhook: &str, consumer: &str, entries: &[RawEntry]) {
+    let items: Vec<Completion> = entries
+        .iter()
+        .map(|e| {
+            completion(std::slice::from_ref(e), attempt(&decode(e), Outcome::Success, now_ms()), FollowUp::default())
+        })
+        .collect();
+    let done = store.complete(webhook, consumer, &items).await.expect("complete");
+    assert!(done.iter().all(|d| *d), "{done:?}");
 }
 
 // --- checks ---
 
 /// Versions 1, 2, 3…; a stale expected version conflicts; each write's change is on the
-/// object's change stream, delivered once.
+/// object's change stream, handed out once.
 pub async fn records(store: &dyn Store, prefix: &str) {
     let obj = format!("{prefix}-rec");
-    assert!(store.read_changes(&obj, "t1", 10, NO_BLOCK).await.expect("read_changes").is_empty());
+    let q = QueueName::changes(&obj);
+    assert!(store.read(&q, "t1", 10, NO_BLOCK).await.expect("read").is_empty());
     assert!(store.get_record(&obj, "S1").await.expect("get_record").is_none());
 
     for (expected, status) in [(0, "Open"), (1, "Pending"), (2, "Completed")] {
@@ -147,16 +201,795 @@ pub async fn records(store: &dyn Store, prefix: &str) {
     assert_eq!((rec.id.as_str(), rec.version), ("S1", 3));
     assert_eq!(rec.fields, fields("Completed"), "the last accepted write's fields, not the conflicting ones");
 
-    let changes = store.read_changes(&obj, "t1", 10, NO_BLOCK).await.expect("read_changes");
-    let seen: Vec<(u64, &str)> = changes.iter().map(|e| (e.value.version, e.value.record_id.as_str())).collect();
-    assert_eq!(seen, [(1, "S1"), (2, "S1"), (3, "S1")], "one change per accepted write, in order");
-    let first: Fields = serde_json::from_slice(&changes[0].value.new_json).expect("change JSON");
+    let changes = store.read(&q, "t1", 10, NO_BLOCK).await.expect("read");
+    let seen: Vec<(u64, String)> = changes.iter().map(decode::<Change>).map(|c| (c.version, c.record_id)).collect();
+    assert_eq!(seen, [(1, "S1".into()), (2, "S1".into()), (3, "S1".into())], "one change per accepted write, in order");
+    let first: Fields = serde_json::from_slice(&decode::<Change>(&changes[0]).new_json).expect("change JSON");
     assert_eq!(first, fields("Open"));
+    assert!(changes.iter().all(|e| e.deliveries == 1 && !e.solo));
     assert!(changes.windows(2).all(|w| w[0].id != w[1].id), "entry ids are distinct");
-    assert!(store.read_changes(&obj, "t2", 10, NO_BLOCK).await.expect("read_changes").is_empty(), "delivered once");
-    let ids: Vec<String> = changes.iter().map(|e| e.id.clone()).collect();
-    store.ack_changes(&obj, &ids).await.expect("ack_changes");
-    assert!(store.claim_changes(&obj, "t2", Duration::ZERO).await.expect("claim_changes").is_empty());
+    assert!(store.read(&q, "t2", 10, NO_BLOCK).await.expect("read").is_empty(), "handed out once");
+    assert_eq!(store.ack(&q, "t2", &ids(&changes)).await.expect("ack"), Vec::<String>::new(), "not t2's to ack");
+    assert_eq!(store.ack(&q, "t1", &ids(&changes)).await.expect("ack"), ids(&changes), "t1's");
+    let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
+    assert!(store.claim(&q, "t2", &scan, 10).await.expect("claim").0.is_empty(), "acknowledged entries are gone");
+}
+
+/// An entry handed to a consumer is its own while it touches it; one left idle a lease is
+/// taken over by another consumer (counting a delivery), after which the first may neither
+/// touch nor acknowledge it; a released entry is taken over at once.
+pub async fn change_leases(store: &dyn Store, prefix: &str) {
+    let obj = format!("{prefix}-chl");
+    let q = QueueName::changes(&obj);
+    store.write_record(&obj, "S1", 0, &fields("Open"), &change(&obj, "S1", 1, "Open")).await.expect("write_record");
+    let read = store.read(&q, "a", 10, NO_BLOCK).await.expect("read");
+    assert_eq!(read.len(), 1);
+    let idle = Duration::from_millis(150);
+    let scan = ClaimScan { min_idle: idle, cursor: String::new() };
+    // Touched more often than `idle`, it is never taken.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.touch(&q, "a", &ids(&read)).await.expect("touch"), Vec::<String>::new(), "still a's");
+        assert!(store.claim(&q, "b", &scan, 10).await.expect("claim").0.is_empty(), "a touched it just now");
+    }
+    tokio::time::sleep(idle + Duration::from_millis(50)).await;
+    let (claimed, _) = store.claim(&q, "b", &scan, 10).await.expect("claim");
+    assert_eq!(ids(&claimed), ids(&read), "idle a lease: taken over");
+    assert_eq!(claimed[0].deliveries, 2, "a take-over counts a delivery");
+    assert_eq!(decode::<Change>(&claimed[0]).version, 1);
+    assert_eq!(store.touch(&q, "a", &ids(&read)).await.expect("touch"), ids(&read), "a learns it lost it");
+    assert!(store.ack(&q, "a", &ids(&read)).await.expect("ack").is_empty(), "a cannot finish b's entry");
+    assert!(store.claim(&q, "c", &scan, 10).await.expect("claim").0.is_empty(), "b has it, freshly");
+
+    // Released: taken over at once, however fresh.
+    store.release(&q, "a", &ids(&claimed)).await.expect("release");
+    assert!(
+        store
+            .claim(&q, "c", &ClaimScan { min_idle: LONG, cursor: String::new() }, 10)
+            .await
+            .expect("claim")
+            .0
+            .is_empty(),
+        "a's release of b's entry changes nothing"
+    );
+    store.release(&q, "b", &ids(&claimed)).await.expect("release");
+    let (again, _) =
+        store.claim(&q, "c", &ClaimScan { min_idle: LONG, cursor: String::new() }, 10).await.expect("claim");
+    assert_eq!(ids(&again), ids(&read), "a released entry is anyone's at once");
+    assert_eq!(store.ack(&q, "c", &ids(&again)).await.expect("ack"), ids(&read));
+}
+
+/// A take-over scan goes on from its cursor: with more idle entries than one claim takes,
+/// successive claims meet each once, and the cursor ends empty.
+pub async fn claim_cursor(store: &dyn Store, prefix: &str) {
+    let obj = format!("{prefix}-cur");
+    let q = QueueName::changes(&obj);
+    for n in 0..5 {
+        let id = format!("S{n}");
+        store.write_record(&obj, &id, 0, &fields("Open"), &change(&obj, &id, 1, "Open")).await.expect("write_record");
+    }
+    let read = store.read(&q, "dead", 10, NO_BLOCK).await.expect("read");
+    assert_eq!(read.len(), 5);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut scan = ClaimScan { min_idle: Duration::from_millis(50), cursor: String::new() };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let (got, next) = store.claim(&q, "live", &scan, 2).await.expect("claim");
+        assert!(got.len() <= 2);
+        seen.extend(ids(&got));
+        if next.is_empty() {
+            break;
+        }
+        scan.cursor = next;
+    }
+    assert_eq!(seen, ids(&read), "each idle entry once, in order, over several claims");
+}
+
+/// Objects: put (insert and update), get, list. Webhooks: compare-and-set on the version,
+/// delete with the version, which also empties the webhook's queues and drops its values and
+/// the locks the engine takes (`oauth-refresh`, `schedule`). Every change of a definition
+/// bumps the definitions' version, read with the definitions in one step.
+pub async fn definitions(store: &dyn Store, prefix: &str) {
+    let (a, b) = (format!("{prefix}-obj-a"), format!("{prefix}-obj-b"));
+    let v0 = store.definitions_version().await.expect("definitions_version");
+    assert!(store.get_object(&a).await.expect("get_object").is_none());
+    store.put_object(&object(&a, None)).await.expect("put_object");
+    store.put_object(&object(&b, None)).await.expect("put_object");
+    store.put_object(&object(&a, Some("score"))).await.expect("put_object again");
+    assert!(store.definitions_version().await.expect("definitions_version") >= v0 + 3, "each put bumps it");
+    assert_eq!(store.get_object(&a).await.expect("get_object"), Some(object(&a, Some("score"))), "updated in place");
+    let mut listed: Vec<String> = store
+        .list_objects()
+        .await
+        .expect("list_objects")
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [a.clone(), b.clone()]);
+
+    let id = format!("{prefix}-wh");
+    assert!(store.get_webhook(&id).await.expect("get_webhook").is_none());
+    let before = store.definitions_version().await.expect("definitions_version");
+    assert!(!store.put_webhook(&webhook(&id, 2, "https://a.example")).await.expect("put_webhook"), "v2 of nothing");
+    assert_eq!(store.definitions_version().await.expect("definitions_version"), before, "a refused put bumps nothing");
+    assert!(store.put_webhook(&webhook(&id, 1, "https://a.example")).await.expect("put_webhook"), "new at v1");
+    assert!(store.definitions_version().await.expect("definitions_version") > before, "a put bumps the version");
+    assert!(!store.put_webhook(&webhook(&id, 1, "https://b.example")).await.expect("put_webhook"), "v1 exists");
+    assert!(!store.put_webhook(&webhook(&id, 3, "https://b.example")).await.expect("put_webhook"), "skips v2");
+    assert!(store.put_webhook(&webhook(&id, 2, "https://b.example")).await.expect("put_webhook"), "v1 → v2");
+    let got = store.get_webhook(&id).await.expect("get_webhook").expect("stored");
+    assert_eq!((got.version, got.definition.request.url.as_str()), (2, "https://b.example"));
+    let ids: Vec<String> =
+        store.list_webhooks().await.expect("list_webhooks").into_iter().map(|w| w.definition.id).collect();
+    assert!(ids.contains(&id), "{id} listed in {ids:?}");
+    let defs = store.definitions().await.expect("definitions");
+    assert_eq!(defs.version, store.definitions_version().await.expect("definitions_version"));
+    assert!(defs.objects.iter().any(|o| o.name == a) && defs.webhooks.iter().any(|w| w.definition.id == id));
+
+    store.enqueue(&[job(&id, "1"), job(&id, "2"), Job { attempts: 1, ..job(&id, "3") }]).await.expect("enqueue");
+    assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 3, "fresh and solo jobs count");
+    let hour = Duration::from_secs(3600);
+    store.set_value(&id, "schedule", b"progress", hour).await.expect("set_value");
+    for lock in ["oauth-refresh", "schedule"] {
+        assert!(store.try_lock(&id, lock, "old-holder", hour).await.expect("try_lock"), "{lock}");
+    }
+    assert!(!store.delete_webhook(&id, 1).await.expect("delete_webhook"), "stale version");
+    assert!(store.get_webhook(&id).await.expect("get_webhook").is_some());
+    let before = store.definitions_version().await.expect("definitions_version");
+    assert!(store.delete_webhook(&id, 2).await.expect("delete_webhook"));
+    assert!(store.definitions_version().await.expect("definitions_version") > before, "a delete bumps the version");
+    assert!(store.get_webhook(&id).await.expect("get_webhook").is_none());
+    assert!(!store.delete_webhook(&id, 2).await.expect("delete_webhook"), "already gone");
+    assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 0, "its queue went with it");
+    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None, "its values went with it");
+    let late = store.set_value_locked(&id, "schedule", b"late", hour, "schedule", "old-holder").await;
+    assert!(!late.expect("set_value_locked"), "a holder of a deleted webhook's lock stores nothing");
+    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None);
+    for lock in ["oauth-refresh", "schedule"] {
+        let taken = store.try_lock(&id, lock, "new-holder", hour).await.expect("try_lock");
+        assert!(taken, "its lock {lock} went with it: free at once");
+        store.unlock(&id, lock, "new-holder").await.expect("unlock");
+    }
+    assert!(store.put_webhook(&webhook(&id, 1, "https://c.example")).await.expect("put_webhook"), "new again at v1");
+}
+
+/// Jobs are taken once, in order, under permits of the webhook's limit; a completed call is
+/// gone, its attempt kept; a consumer cannot complete another's; depth counts ready, pending
+/// and delayed jobs.
+pub async fn job_queue(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-q");
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
+    assert_eq!(store.oldest_job_ms(&wh).await.expect("oldest_job_ms"), None);
+    let before = now_ms();
+    store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3);
+    let oldest = store.oldest_job_ms(&wh).await.expect("oldest_job_ms").expect("a job is waiting");
+    assert!(oldest >= before - 1000 && oldest <= now_ms() + 1000, "queued at {oldest}, around {before}");
+
+    let a = store.take(&take(&wh, "a", 0, 2, 2, 1)).await.expect("take");
+    assert_eq!(a.granted.len(), 2, "two permits of the limit of two");
+    assert_eq!(job_ids(&a.entries), [format!("{wh}-1"), format!("{wh}-2")], "in order, one job per permit");
+    assert!(a.entries.iter().all(|e| e.deliveries == 1 && !e.solo), "a first hand-out, of fresh jobs");
+    let b = store.take(&take(&wh, "b", 0, 2, 2, 1)).await.expect("take");
+    assert!(b.granted.is_empty() && b.entries.is_empty(), "the limit is held by a: nothing for b");
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "pending jobs still count");
+
+    let first = &a.entries[0];
+    let done = attempt(&decode(first), Outcome::Success, now_ms());
+    let not_b = store.complete(&wh, "b", &[completion(&a.entries[..1], done.clone(), FollowUp::default())]).await;
+    assert_eq!(not_b.expect("complete"), [false], "b does not own a's job");
+    assert!(store.get_attempt(&wh, &done.attempt_id).await.expect("get_attempt").is_none(), "nothing recorded for b");
+    complete_one(store, &wh, "a", completion(&a.entries[..1], done.clone(), FollowUp::default())).await;
+    assert_eq!(store.get_attempt(&wh, &done.attempt_id).await.expect("get_attempt"), Some(done.clone()));
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 2);
+    let twice = store.complete(&wh, "a", &[completion(&a.entries[..1], done, FollowUp::default())]).await;
+    assert_eq!(twice.expect("complete"), [false], "a completed call is gone");
+
+    // a gives one permit back (keeping the other for its pending job): b gets it, and job 3.
+    store.release_permits(&wh, "a", &a.granted[..1], false).await.expect("release_permits");
+    let b = store.take(&take(&wh, "b", 0, 2, 2, 1)).await.expect("take");
+    assert_eq!((b.granted.len(), job_ids(&b.entries)), (1, vec![format!("{wh}-3")]));
+    succeed_all(store, &wh, "a", &a.entries[1..]).await;
+    succeed_all(store, &wh, "b", &b.entries).await;
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
+    let after = store.take(&take(&wh, "a", 1, 0, 2, 1)).await.expect("take");
+    assert!(after.entries.is_empty(), "nothing left");
+}
+
+/// A take reads only what its calls can carry: solo jobs (retried, or whole batches) one
+/// call each, first; fresh jobs `batch` to a call; never past `max_entries`.
+pub async fn take_capacity(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-cap");
+    let mut jobs: Vec<Job> = (0..7).map(|n| job(&wh, &n.to_string())).collect();
+    let mut batch = job(&wh, "batch");
+    batch.record_ids = vec!["x1".into(), "x2".into()];
+    jobs.push(Job { attempts: 2, ..job(&wh, "retried") });
+    jobs.push(batch);
+    store.enqueue(&jobs).await.expect("enqueue");
+
+    let t = store.take(&take(&wh, "a", 0, 3, 3, 2)).await.expect("take");
+    assert_eq!(t.granted.len(), 3);
+    let solo: Vec<bool> = t.entries.iter().map(|e| e.solo).collect();
+    assert_eq!(solo, [true, true, false, false], "two solo calls, then one call of two fresh jobs");
+    assert_eq!(
+        job_ids(&t.entries),
+        [format!("{wh}-retried"), format!("{wh}-batch"), format!("{wh}-0"), format!("{wh}-1")]
+    );
+    assert!(t.entries[0].id != t.entries[2].id);
+
+    // Three free permits, batches of two: six fresh jobs would fit, five are left.
+    let mut rest = take(&wh, "a", 3, 0, 3, 2);
+    rest.max_entries = 4;
+    let t2 = store.take(&rest).await.expect("take");
+    assert_eq!(job_ids(&t2.entries), (2..6).map(|n| format!("{wh}-{n}")).collect::<Vec<_>>(), "capped at max_entries");
+    let t3 = store.take(&take(&wh, "a", 3, 0, 3, 2)).await.expect("take");
+    assert_eq!(job_ids(&t3.entries), [format!("{wh}-6")]);
+    // A consumer with no free permit and none to get reads nothing.
+    store.enqueue(&[job(&wh, "late")]).await.expect("enqueue");
+    let none = store.take(&take(&wh, "b", 0, 2, 3, 2)).await.expect("take");
+    assert!(none.granted.is_empty() && none.entries.is_empty(), "every permit is a's");
+}
+
+/// A dispatcher's renewals keep its permits and its jobs; one that stops renewing loses both:
+/// its jobs go to the next take-over scan (counting a delivery), its permits expire, and its
+/// renewal says so; its late completion is refused.
+pub async fn job_leases(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-jl");
+    let lease = Duration::from_millis(300);
+    store.enqueue(&[job(&wh, "1")]).await.expect("enqueue");
+    let mut ask = take(&wh, "a", 0, 1, 1, 1);
+    ask.lease = lease;
+    let a = store.take(&ask).await.expect("take");
+    assert_eq!((a.granted.len(), a.entries.len()), (1, 1));
+    let renew = |consumer: &'static str, permits: Vec<String>, entries: Vec<String>| {
+        let wh = wh.clone();
+        async move {
+            let r = Renew {
+                webhook: &wh,
+                consumer,
+                lease,
+                limit: 1,
+                permits: &permits,
+                entries: &entries,
+                contending: true,
+            };
+            store.renew(&r).await.expect("renew")
+        }
+    };
+    let mut scan_b = take(&wh, "b", 0, 1, 1, 1);
+    scan_b.lease = lease;
+    scan_b.claim = Some(ClaimScan { min_idle: lease, cursor: String::new() });
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        let r = renew("a", a.granted.clone(), ids(&a.entries)).await;
+        assert!(r.lost_permits.is_empty() && r.lost_entries.is_empty(), "a keeps what it renews: {r:?}");
+        let b = store.take(&scan_b).await.expect("take");
+        assert!(b.granted.is_empty() && b.entries.is_empty(), "b gets neither a permit nor a's job");
+    }
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let b = store.take(&scan_b).await.expect("take");
+    assert_eq!(b.granted.len(), 1, "a's permit expired");
+    assert_eq!(job_ids(&b.entries), [format!("{wh}-1")], "a's job taken over");
+    assert_eq!(b.entries[0].deliveries, 2);
+    let r = renew("a", a.granted.clone(), ids(&a.entries)).await;
+    assert_eq!((r.lost_permits, r.lost_entries), (a.granted.clone(), ids(&a.entries)), "a learns it lost both");
+    let late = attempt(&decode(&a.entries[0]), Outcome::Success, now_ms());
+    let refused = store.complete(&wh, "a", &[completion(&a.entries, late.clone(), FollowUp::default())]).await;
+    assert_eq!(refused.expect("complete"), [false], "a's late completion is not recorded");
+    assert!(store.get_attempt(&wh, &late.attempt_id).await.expect("get_attempt").is_none());
+    succeed_all(store, &wh, "b", &b.entries).await;
+}
+
+/// A blocked read wakes for an entry appended during the block; `block = 0` never waits; a
+/// dispatcher's wait ends on a new fresh or solo job, or at its timeout.
+pub async fn blocking_reads(store: &dyn Store, prefix: &str) {
+    let obj = format!("{prefix}-blk-obj");
+    let q = QueueName::changes(&obj);
+    let started = Instant::now();
+    assert!(store.read(&q, "t", 1, NO_BLOCK).await.expect("read").is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1), "block = 0 returns at once");
+    let started = Instant::now();
+    assert!(store.read(&q, "t", 1, Duration::from_millis(150)).await.expect("read").is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(100), "an empty blocking read waits for its block");
+    let (got, ()) = tokio::join!(store.read(&q, "t", 10, Duration::from_secs(2)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store.write_record(&obj, "S1", 0, &fields("Open"), &change(&obj, "S1", 1, "Open")).await.expect("write_record");
+    });
+    let got = got.expect("read");
+    assert_eq!(got.iter().map(|e| decode::<Change>(e).record_id).collect::<Vec<_>>(), ["S1"]);
+
+    let wh = format!("{prefix}-blk");
+    let empty = take_jobs(store, &wh, "a", 1).await;
+    assert!(empty.entries.is_empty());
+    let started = Instant::now();
+    store.wait_for_jobs(&wh, &empty.mark, Duration::from_millis(150)).await.expect("wait_for_jobs");
+    assert!(started.elapsed() >= Duration::from_millis(100), "nothing came: it waited its timeout");
+    for late in [job(&wh, "late"), Job { attempts: 1, ..job(&wh, "late-retry") }] {
+        let mark = take_jobs(store, &wh, "a", 0).await.mark;
+        let started = Instant::now();
+        let ((), waited) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                store.enqueue(std::slice::from_ref(&late)).await.expect("enqueue");
+            },
+            store.wait_for_jobs(&wh, &mark, Duration::from_secs(5))
+        );
+        waited.expect("wait_for_jobs");
+        assert!(started.elapsed() < Duration::from_secs(4), "woken by {}", late.job_id);
+        let got = take_jobs(store, &wh, "a", 1).await;
+        assert_eq!(job_ids(&got.entries), std::slice::from_ref(&late.job_id));
+        succeed_all(store, &wh, "a", &got.entries).await;
+    }
+}
+
+/// Takers running side by side never receive the same job.
+pub async fn concurrent_readers(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-conc");
+    let jobs: Vec<Job> = (0..40).map(|n| job(&wh, &n.to_string())).collect();
+    store.enqueue(&jobs).await.expect("enqueue");
+    let reader = |name: String| {
+        let wh = wh.clone();
+        async move {
+            let mut mine = Vec::new();
+            // Bounded, so a backend that redelivers forever fails instead of hanging.
+            for _ in 0..100 {
+                let got = store.take(&take(&wh, &name, 3, 0, 1000, 1)).await.expect("take");
+                if got.entries.is_empty() {
+                    break;
+                }
+                mine.extend(job_ids(&got.entries));
+            }
+            mine
+        }
+    };
+    let all = futures_util::future::join_all((0..4).map(|i| reader(format!("r{i}")))).await;
+    let mut seen: Vec<String> = all.into_iter().flatten().collect();
+    assert_eq!(seen.len(), 40, "every job handed out exactly once");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 40, "no job handed out twice");
+}
+
+/// Writers running side by side lose nothing: every job enqueued and every record write
+/// accepted is there once.
+pub async fn concurrent_writers(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-cw");
+    let obj = format!("{prefix}-cw-obj");
+    let writer = |w: usize| {
+        let (wh, obj) = (wh.clone(), obj.clone());
+        async move {
+            for n in 0..10 {
+                store.enqueue(&[job(&wh, &format!("{w}.{n}"))]).await.expect("enqueue");
+                let id = format!("R{w}.{n}");
+                store
+                    .write_record(&obj, &id, 0, &fields("Open"), &change(&obj, &id, 1, "Open"))
+                    .await
+                    .expect("write_record");
+            }
+        }
+    };
+    futures_util::future::join_all((0..8).map(writer)).await;
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 80);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let read = store.take(&take(&wh, "r", 50, 0, 1000, 1)).await.expect("take");
+        if read.entries.is_empty() {
+            break;
+        }
+        got.extend(job_ids(&read.entries));
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 80, "every job once");
+    let changes = store.read(&QueueName::changes(&obj), "t", 1_000, NO_BLOCK).await.expect("read");
+    assert_eq!(changes.len(), 80, "every change once");
+}
+
+/// Retries wait in the delayed set until due, then come back, in due order, as solo jobs.
+pub async fn delayed_retries(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-dly");
+    let none = take_jobs(store, &wh, "d", 1).await;
+    assert_eq!(none.next_due_ms, None, "nothing delayed");
+    store.enqueue(&[job(&wh, "a"), job(&wh, "b"), job(&wh, "c")]).await.expect("enqueue");
+    let read = take_jobs(store, &wh, "d", 3).await;
+    assert_eq!(read.entries.len(), 3);
+    let t = now_ms();
+    let dues = [t + 600, t + 200, t + 400];
+    let items: Vec<Completion> = read
+        .entries
+        .iter()
+        .zip(dues)
+        .map(|(entry, due)| {
+            let j: Job = decode(entry);
+            let mut a = attempt(&j, Outcome::RetryScheduled, now_ms());
+            a.next_attempt_at_ms = due;
+            let retry = Job { attempts: j.attempts + 1, ..j };
+            completion(std::slice::from_ref(entry), a, FollowUp { retry: Some((retry, due)), ..Default::default() })
+        })
+        .collect();
+    assert_eq!(store.complete(&wh, "d", &items).await.expect("complete"), [true, true, true]);
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "delayed jobs count");
+    let early = store.take(&take(&wh, "d", 3, 0, 1000, 1)).await.expect("take");
+    assert!(early.entries.is_empty(), "not due yet");
+    assert_eq!(early.next_due_ms, Some(t + 200), "the next one due");
+
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while order.len() < 3 && Instant::now() < deadline {
+        let got = store.take(&take(&wh, "d", 3, 0, 1000, 1)).await.expect("take");
+        for e in &got.entries {
+            assert!(e.solo, "a retry is sent alone");
+            let j: Job = decode(e);
+            assert_eq!(j.attempts, 1, "the retry's job, not the original");
+            order.push(j.job_id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(order, [format!("{wh}-b"), format!("{wh}-c"), format!("{wh}-a")], "in due order");
+    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "ready again, pending");
+}
+
+/// A final failure dead-letters the job with its reason; a redrive puts it back, marked,
+/// with a fresh attempt budget, to be sent alone.
+pub async fn dead_letters(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-dead");
+    assert!(store.dead_letters(&wh, 10).await.expect("dead_letters").is_empty());
+    assert_eq!(store.redrive(&wh).await.expect("redrive"), 0);
+    store.enqueue(&[job(&wh, "1"), job(&wh, "2")]).await.expect("enqueue");
+    let read = take_jobs(store, &wh, "a", 2).await;
+    let items: Vec<Completion> = read
+        .entries
+        .iter()
+        .zip(["target answered 500", "target answered 404"])
+        .map(|(entry, reason)| {
+            let j: Job = decode(entry);
+            let dead = Job { attempts: 4, ..j.clone() };
+            let follow = FollowUp { dead_letter: Some((dead, reason.to_string())), ..Default::default() };
+            completion(std::slice::from_ref(entry), attempt(&j, Outcome::Exhausted, now_ms()), follow)
+        })
+        .collect();
+    assert_eq!(store.complete(&wh, "a", &items).await.expect("complete"), [true, true]);
+    assert!(take_jobs(store, &wh, "a", 2).await.entries.is_empty());
+    let dead = store.dead_letters(&wh, 10).await.expect("dead_letters");
+    let seen: Vec<(String, &str, u32)> =
+        dead.iter().map(|d| (d.job.job_id.clone(), d.reason.as_str(), d.job.attempts)).collect();
+    assert_eq!(seen, [(format!("{wh}-1"), "target answered 500", 4), (format!("{wh}-2"), "target answered 404", 4)]);
+    assert_eq!(store.dead_letters(&wh, 1).await.expect("dead_letters").len(), 1, "limit");
+
+    assert_eq!(store.redrive(&wh).await.expect("redrive"), 2);
+    assert!(store.dead_letters(&wh, 10).await.expect("dead_letters").is_empty());
+    let back = take_jobs(store, &wh, "a", 2).await.entries;
+    assert_eq!(job_ids(&back), [format!("{wh}-1"), format!("{wh}-2")]);
+    assert!(back.iter().all(|e| e.redriven && e.solo), "marked redriven, sent alone");
+    assert!(back.iter().all(|e| decode::<Job>(e).attempts == 0), "attempts reset by the redrive");
+    assert_eq!(store.redrive(&wh).await.expect("redrive"), 0);
+}
+
+/// A final attempt hands a write-back over; finishing it stores the attempt as given, keeps
+/// a failed one for a redrive, and only the consumer holding it may finish it.
+pub async fn writebacks(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-wb");
+    let q = QueueName::writebacks(&wh);
+    assert!(store.read(&q, "w", 10, NO_BLOCK).await.expect("read").is_empty());
+    store.enqueue(&[job(&wh, "1"), job(&wh, "2")]).await.expect("enqueue");
+    let read = take_jobs(store, &wh, "a", 2).await.entries;
+    let mut attempts = Vec::new();
+    for entry in &read {
+        let j: Job = decode(entry);
+        let mut a = attempt(&j, Outcome::Success, now_ms());
+        a.writeback_status = "pending".into();
+        let wb = WritebackJob {
+            job_id: j.job_id.clone(),
+            webhook_id: wh.clone(),
+            webhook_version: 1,
+            attempt_id: a.attempt_id.clone(),
+            record_ids: j.record_ids.clone(),
+            status: 201,
+            response_body: br#"{"ticketId":"IT-1"}"#.to_vec(),
+            ..Default::default()
+        };
+        let follow = FollowUp { writeback: Some(wb), ..Default::default() };
+        complete_one(store, &wh, "a", completion(std::slice::from_ref(entry), a.clone(), follow)).await;
+        attempts.push(a);
+    }
+    let wbs = store.read(&q, "w", 10, NO_BLOCK).await.expect("read");
+    let got: Vec<(String, String, u32)> =
+        wbs.iter().map(decode::<WritebackJob>).map(|w| (w.job_id, w.attempt_id, w.status)).collect();
+    let want: Vec<(String, String, u32)> =
+        read.iter().zip(&attempts).map(|(e, a)| (decode::<Job>(e).job_id, a.attempt_id.clone(), 201)).collect();
+    assert_eq!(got, want);
+    assert!(store.read(&q, "x", 10, NO_BLOCK).await.expect("read").is_empty(), "handed out once");
+
+    let done = |i: usize, failed: Option<&str>| {
+        let mut a = attempts[i].clone();
+        a.writeback_status = if failed.is_some() { "error" } else { "done" }.into();
+        a.writeback_error = failed.unwrap_or_default().into();
+        WritebackDone {
+            entry: wbs[i].id.clone(),
+            attempt: Some(a),
+            failed: failed.map(|why| (decode::<WritebackJob>(&wbs[i]), why.to_string())),
+        }
+    };
+    let refused = store.finish_writebacks(&wh, "x", &[done(0, None)]).await.expect("finish_writebacks");
+    assert_eq!(refused, [false], "x does not hold it");
+    let finished =
+        store.finish_writebacks(&wh, "w", &[done(0, None), done(1, Some("no record S9"))]).await.expect("finish");
+    assert_eq!(finished, [true, true]);
+    let a0 = store.get_attempt(&wh, &attempts[0].attempt_id).await.expect("get_attempt").expect("attempt 0");
+    assert_eq!((a0.writeback_status.as_str(), a0.writeback_error.as_str()), ("done", ""));
+    let a1 = store.get_attempt(&wh, &attempts[1].attempt_id).await.expect("get_attempt").expect("attempt 1");
+    assert_eq!((a1.writeback_status.as_str(), a1.writeback_error.as_str()), ("error", "no record S9"));
+    let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
+    assert!(store.claim(&q, "x", &scan, 10).await.expect("claim").0.is_empty(), "acknowledged");
+
+    let failed = store.failed_writebacks(&wh, 10).await.expect("failed_writebacks");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].job.attempt_id.as_str(), failed[0].reason.as_str()),
+        (attempts[1].attempt_id.as_str(), "no record S9")
+    );
+    assert_eq!(store.redrive_writebacks(&wh).await.expect("redrive_writebacks"), 1);
+    assert!(store.failed_writebacks(&wh, 10).await.expect("failed_writebacks").is_empty());
+    let again = store.read(&q, "w", 10, NO_BLOCK).await.expect("read");
+    assert_eq!(
+        again.iter().map(|e| decode::<WritebackJob>(e).attempt_id).collect::<Vec<_>>(),
+        [attempts[1].attempt_id.clone()]
+    );
+    assert_eq!(store.redrive_writebacks(&wh).await.expect("redrive_writebacks"), 0);
+}
+
+/// The attempt log: newest first, filtered by record, outcome and time, limited; attempts
+/// past the retention are trimmed.
+pub async fn attempt_log(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-att");
+    let other = format!("{prefix}-att-other");
+    assert!(
+        store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").is_empty()
+    );
+    let base = now_ms() - 10_000;
+    let (j1, j2) = (job(&wh, "1"), job(&wh, "2"));
+    let plan = [
+        (&j1, Outcome::RetryScheduled, base),
+        (&j1, Outcome::Success, base + 1_000),
+        (&j2, Outcome::RetryScheduled, base + 2_000),
+        (&j2, Outcome::RetryScheduled, base + 3_000),
+        (&j2, Outcome::Exhausted, base + 4_000),
+    ];
+    let record = |webhook: String, a: Attempt| async move {
+        // A call of no queued entry (the attempt of a job never on the queue) records all the same.
+        let c = Completion { entries: vec![], attempt: a, follow_up: FollowUp::default() };
+        assert_eq!(store.complete(&webhook, "c", &[c]).await.expect("complete"), [true]);
+    };
+    let mut made = Vec::new();
+    // Completed out of time order: the log orders by start time, not by arrival.
+    for i in [2, 0, 4, 1, 3] {
+        let (j, outcome, at) = plan[i];
+        let a = attempt(j, outcome, at);
+        record(wh.clone(), a.clone()).await;
+        made.push((i, a));
+    }
+    made.sort_by_key(|(i, _)| *i);
+    let ids = |v: &[Attempt]| v.iter().map(|a| a.attempt_id.clone()).collect::<Vec<_>>();
+    let want = |idx: &[usize]| idx.iter().map(|i| made[*i].1.attempt_id.clone()).collect::<Vec<_>>();
+    record(other.clone(), attempt(&job(&other, "1"), Outcome::Success, base + 5_000)).await;
+
+    let whr = wh.as_str();
+    let list = |filter: AttemptFilter| async move { store.list_attempts(whr, &filter).await.expect("list_attempts") };
+    let all = list(AttemptFilter { limit: 100, ..Default::default() }).await;
+    assert_eq!(ids(&all), want(&[4, 3, 2, 1, 0]), "newest first, this webhook's only");
+    assert_eq!(all[0], made[4].1, "stored whole");
+    let r1 = list(AttemptFilter { record_id: Some("r1".into()), limit: 100, ..Default::default() }).await;
+    assert_eq!(ids(&r1), want(&[1, 0]));
+    let retries =
+        list(AttemptFilter { outcome: Some(Outcome::RetryScheduled), limit: 100, ..Default::default() }).await;
+    assert_eq!(ids(&retries), want(&[3, 2, 0]));
+    let since = list(AttemptFilter { since_ms: Some(base + 2_000), limit: 100, ..Default::default() }).await;
+    assert_eq!(ids(&since), want(&[4, 3, 2]), "since is inclusive");
+    let limited = list(AttemptFilter { limit: 2, ..Default::default() }).await;
+    assert_eq!(ids(&limited), want(&[4, 3]));
+    let combined = list(AttemptFilter {
+        record_id: Some("r2".into()),
+        outcome: Some(Outcome::RetryScheduled),
+        since_ms: Some(base + 2_500),
+        limit: 1,
+    })
+    .await;
+    assert_eq!(ids(&combined), want(&[3]));
+    assert!(store.get_attempt(&wh, "no-such-attempt").await.expect("get_attempt").is_none());
+    assert!(store.get_attempt(&other, &made[0].1.attempt_id).await.expect("get_attempt").is_none(), "per webhook");
+
+    let old = attempt(&j1, Outcome::Failed, now_ms() - ATTEMPT_RETENTION.as_millis() as i64 - 3_600_000);
+    record(wh.clone(), old.clone()).await;
+    assert!(store.get_attempt(&wh, &old.attempt_id).await.expect("get_attempt").is_none(), "past retention: trimmed");
+    assert_eq!(list(AttemptFilter { limit: 100, ..Default::default() }).await.len(), 5, "recent attempts kept");
+}
+
+/// Calls start no faster than the rate limit (GCRA: one per interval, plus the burst), counted
+/// when taken: a take without a token reads nothing and says how long to wait.
+pub async fn rate_limit(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-rate");
+    store.enqueue(&(0..6).map(|n| job(&wh, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
+    let interval = Duration::from_millis(300);
+    let mut ask = take(&wh, "a", 0, 5, 5, 1);
+    ask.rate = Some(Rate { interval, burst: 0 });
+    let first = store.take(&ask).await.expect("take");
+    assert_eq!(first.entries.len(), 1, "one call now, though five permits were granted");
+    ask.want = 0;
+    ask.free = 5;
+    let second = store.take(&ask).await.expect("take");
+    assert!(second.entries.is_empty(), "no token left");
+    let wait = second.rate_wait.expect("told how long to wait");
+    assert!(wait > Duration::ZERO && wait <= interval, "{wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(10)).await;
+    assert_eq!(store.take(&ask).await.expect("take").entries.len(), 1, "then one more");
+
+    // With a burst of two, three calls go at once and the fourth waits.
+    let burst = format!("{prefix}-burst");
+    store.enqueue(&(0..6).map(|n| job(&burst, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
+    let mut ask = take(&burst, "a", 0, 5, 5, 1);
+    ask.rate = Some(Rate { interval, burst: 2 });
+    assert_eq!(store.take(&ask).await.expect("take").entries.len(), 3);
+    ask.want = 0;
+    ask.free = 2;
+    let after = store.take(&ask).await.expect("take");
+    assert!(after.entries.is_empty() && after.rate_wait.is_some());
+    // Tokens count calls, not jobs: batches of three in one call.
+    let bulk = format!("{prefix}-rate-bulk");
+    store.enqueue(&(0..6).map(|n| job(&bulk, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
+    let mut ask = take(&bulk, "a", 0, 2, 2, 3);
+    ask.rate = Some(Rate { interval, burst: 0 });
+    assert_eq!(store.take(&ask).await.expect("take").entries.len(), 3, "one token: one call of three jobs");
+}
+
+/// A counting semaphore with leases and fair shares: never more than `limit` permits held; a
+/// consumer alone may hold them all, two that want permits share them; released and expired
+/// permits are free again.
+pub async fn permits(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-perm");
+    let a = store.take(&take(&wh, "a", 0, 5, 3, 1)).await.expect("take");
+    assert_eq!((a.granted.len(), a.fair_share), (3, 3), "alone, a may hold the whole limit");
+    assert!(a.granted.iter().collect::<std::collections::HashSet<_>>().len() == 3, "distinct names");
+    let b = store.take(&take(&wh, "b", 0, 2, 3, 1)).await.expect("take");
+    assert!(b.granted.is_empty(), "all taken");
+    assert_eq!(b.fair_share, 2, "two contenders: a share of two each");
+    let renewed = store
+        .renew(&Renew {
+            webhook: &wh,
+            consumer: "a",
+            lease: LEASE,
+            limit: 3,
+            permits: &a.granted,
+            entries: &[],
+            contending: true,
+        })
+        .await
+        .expect("renew");
+    assert!(renewed.lost_permits.is_empty());
+    assert_eq!(renewed.fair_share, 2, "a learns it holds more than its share");
+    store.release_permits(&wh, "a", &a.granted[..1], false).await.expect("release_permits");
+    let b = store.take(&take(&wh, "b", 0, 2, 3, 1)).await.expect("take");
+    assert_eq!(b.granted.len(), 1, "the released permit, and no more: the limit");
+    let a2 = store.take(&take(&wh, "a", 0, 1, 3, 1)).await.expect("take");
+    assert!(a2.granted.is_empty(), "a holds its share");
+    store
+        .release_permits(&wh, "nobody", &["nobody/1".to_string()], true)
+        .await
+        .expect("releasing what is not held is fine");
+
+    let short = format!("{prefix}-perm-lease");
+    let mut ask = take(&short, "a", 0, 1, 1, 1);
+    ask.lease = Duration::from_millis(200);
+    let a = store.take(&ask).await.expect("take");
+    assert_eq!(a.granted.len(), 1);
+    assert!(store.take(&take(&short, "b", 0, 1, 1, 1)).await.expect("take").granted.is_empty(), "held by a");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = store.take(&take(&short, "b", 0, 1, 1, 1)).await.expect("take");
+    assert_eq!(b.granted.len(), 1, "a's lease ran out");
+    // Leaving: b gives its permit back and stops contending.
+    store.release_permits(&short, "b", &b.granted, true).await.expect("release_permits");
+    let c = store.take(&take(&short, "c", 0, 1, 1, 1)).await.expect("take");
+    assert_eq!((c.granted.len(), c.fair_share), (1, 1), "b left: c alone");
+}
+
+/// Permits held longer than any number of leases stay held while renewed: the permit set
+/// never expires under a live holder, so no one else gets one past the limit.
+pub async fn permits_outlive_their_lease_while_renewed(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-perm-long");
+    let lease = Duration::from_millis(200);
+    let mut ask = take(&wh, "a", 0, 2, 2, 1);
+    ask.lease = lease;
+    let a = store.take(&ask).await.expect("take");
+    assert_eq!(a.granted.len(), 2);
+    let started = Instant::now();
+    while started.elapsed() < lease * 6 {
+        tokio::time::sleep(lease / 3).await;
+        let r = store
+            .renew(&Renew {
+                webhook: &wh,
+                consumer: "a",
+                lease,
+                limit: 2,
+                permits: &a.granted,
+                entries: &[],
+                contending: true,
+            })
+            .await
+            .expect("renew");
+        assert!(r.lost_permits.is_empty(), "renewed permits are kept: {r:?}");
+        let mut other = take(&wh, "b", 0, 2, 2, 1);
+        other.lease = lease;
+        assert!(store.take(&other).await.expect("take").granted.is_empty(), "never more than the limit");
+    }
+}
+
+/// A [`Consumer`]'s one heartbeat keeps every entry it holds its own for as long as a lease
+/// is open, many leases long; a dropped lease stops being renewed and is taken over.
+pub async fn consumer_heartbeat(store: Arc<dyn Store>, prefix: &str) {
+    let obj = format!("{prefix}-hb");
+    let q = QueueName::changes(&obj);
+    let lease = Duration::from_millis(300);
+    for n in 0..3 {
+        let id = format!("S{n}");
+        store.write_record(&obj, &id, 0, &fields("Open"), &change(&obj, &id, 1, "Open")).await.expect("write_record");
+    }
+    let a: Consumer<Change> = Consumer::new(store.clone(), q.clone(), "a", lease, None);
+    let first = a.read(2, NO_BLOCK).await.expect("read");
+    let second = a.read(2, NO_BLOCK).await.expect("read");
+    assert_eq!((first.len(), second.len(), a.held()), (2, 1, 3));
+    let scan = ClaimScan { min_idle: lease, cursor: String::new() };
+    tokio::time::sleep(lease * 3).await;
+    assert!(store.claim(&q, "b", &scan, 10).await.expect("claim").0.is_empty(), "three leases on: still a's");
+    assert!(!first.lost() && !second.lost());
+    let second_ids = second.ids();
+    drop(second);
+    tokio::time::sleep(lease + lease / 2).await;
+    let (taken, _) = store.claim(&q, "b", &scan, 10).await.expect("claim");
+    assert_eq!(ids(&taken), second_ids, "the dropped lease's entry went idle and was taken over");
+    assert_eq!(a.ack(first).await.expect("ack"), 2);
+    assert_eq!(store.ack(&q, "b", &ids(&taken)).await.expect("ack").len(), 1);
+}
+
+/// A job entry taken over again and again counts each hand-out.
+pub async fn delivery_counts(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-cnt");
+    store.enqueue(&[job(&wh, "1")]).await.expect("enqueue");
+    let first = take_jobs(store, &wh, "n0", 1).await;
+    assert_eq!(first.entries[0].deliveries, 1);
+    let q = QueueName::jobs(&wh);
+    let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
+    for n in 1..4u32 {
+        store.release(&q, &format!("n{}", n - 1), &ids(&first.entries)).await.expect("release");
+        let (got, _) = store.claim(&q, &format!("n{n}"), &scan, 10).await.expect("claim");
+        assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [n + 1]);
+    }
+}
+
+/// A bulk call completes every job of its batch in one step: all acknowledged, one attempt,
+/// the combined job retried whole, sent alone.
+pub async fn batch_complete(store: &dyn Store, prefix: &str) {
+    let wh = format!("{prefix}-batch");
+    store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
+    let t = store.take(&take(&wh, "a", 0, 1, 1, 3)).await.expect("take");
+    assert_eq!(t.entries.len(), 3, "one call of three");
+    let mut combined = job(&wh, "batch");
+    combined.record_ids = vec!["r1".into(), "r2".into(), "r3".into()];
+    combined.attempts = 1;
+    let failed = attempt(&combined, Outcome::RetryScheduled, now_ms());
+    let follow = FollowUp { retry: Some((combined.clone(), now_ms() - 1)), ..Default::default() };
+    complete_one(store, &wh, "a", completion(&t.entries, failed, follow)).await;
+    let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
+    let (left, _) = store.claim(&QueueName::jobs(&wh), "b", &scan, 10).await.expect("claim");
+    assert!(left.is_empty(), "every job of the batch acknowledged");
+    let again = store.take(&take(&wh, "a", 1, 0, 1, 3)).await.expect("take");
+    assert_eq!(again.entries.len(), 1, "the batch comes back as one job");
+    assert!(again.entries[0].solo);
+    assert_eq!(decode::<Job>(&again.entries[0]).record_ids, combined.record_ids);
+    assert_eq!(
+        store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").len(),
+        1
+    );
 }
 
 /// The write index: every record write takes its object's next position (1, 2, …); a record
@@ -283,83 +1116,6 @@ pub async fn write_index(store: &dyn Store, prefix: &str) {
     assert_eq!(final_order, at(&[("Z", 5), ("R", 8)]));
 }
 
-/// A change read but not acknowledged is claimable by another consumer once idle long enough.
-pub async fn change_claims(store: &dyn Store, prefix: &str) {
-    let obj = format!("{prefix}-chc");
-    assert!(store.read_changes(&obj, "a", 10, NO_BLOCK).await.expect("read_changes").is_empty());
-    store.write_record(&obj, "S1", 0, &fields("Open"), &change(&obj, "S1", 1, "Open")).await.expect("write_record");
-    let read = store.read_changes(&obj, "a", 10, NO_BLOCK).await.expect("read_changes");
-    assert_eq!(read.len(), 1);
-    assert!(store.claim_changes(&obj, "b", LONG).await.expect("claim_changes").is_empty(), "not idle long enough");
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    let claimed = store.claim_changes(&obj, "b", Duration::from_millis(50)).await.expect("claim_changes");
-    assert_eq!(claimed.len(), 1, "idle change taken over");
-    assert_eq!((claimed[0].id.as_str(), claimed[0].value.version), (read[0].id.as_str(), 1));
-    store.ack_changes(&obj, &[claimed[0].id.clone()]).await.expect("ack_changes");
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(store.claim_changes(&obj, "c", Duration::from_millis(1)).await.expect("claim_changes").is_empty());
-}
-
-/// Objects: put (insert and update), get, list. Webhooks: compare-and-set on the version,
-/// delete with the version, which also empties the webhook's queues and drops its values and
-/// the locks the engine takes (`oauth-refresh`, `schedule`).
-pub async fn definitions(store: &dyn Store, prefix: &str) {
-    let (a, b) = (format!("{prefix}-obj-a"), format!("{prefix}-obj-b"));
-    assert!(store.get_object(&a).await.expect("get_object").is_none());
-    store.put_object(&object(&a, None)).await.expect("put_object");
-    store.put_object(&object(&b, None)).await.expect("put_object");
-    store.put_object(&object(&a, Some("score"))).await.expect("put_object again");
-    assert_eq!(store.get_object(&a).await.expect("get_object"), Some(object(&a, Some("score"))), "updated in place");
-    let mut listed: Vec<String> = store
-        .list_objects()
-        .await
-        .expect("list_objects")
-        .into_iter()
-        .map(|o| o.name)
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    listed.sort();
-    assert_eq!(listed, [a.clone(), b.clone()]);
-
-    let id = format!("{prefix}-wh");
-    assert!(store.get_webhook(&id).await.expect("get_webhook").is_none());
-    assert!(!store.put_webhook(&webhook(&id, 2, "https://a.example")).await.expect("put_webhook"), "v2 of nothing");
-    assert!(store.put_webhook(&webhook(&id, 1, "https://a.example")).await.expect("put_webhook"), "new at v1");
-    assert!(!store.put_webhook(&webhook(&id, 1, "https://b.example")).await.expect("put_webhook"), "v1 exists");
-    assert!(!store.put_webhook(&webhook(&id, 3, "https://b.example")).await.expect("put_webhook"), "skips v2");
-    assert!(store.put_webhook(&webhook(&id, 2, "https://b.example")).await.expect("put_webhook"), "v1 → v2");
-    let got = store.get_webhook(&id).await.expect("get_webhook").expect("stored");
-    assert_eq!((got.version, got.definition.request.url.as_str()), (2, "https://b.example"));
-    let ids: Vec<String> =
-        store.list_webhooks().await.expect("list_webhooks").into_iter().map(|w| w.definition.id).collect();
-    assert!(ids.contains(&id), "{id} listed in {ids:?}");
-
-    prime_jobs(store, &id).await;
-    store.enqueue(&[job(&id, "1"), job(&id, "2")]).await.expect("enqueue");
-    assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 2);
-    let hour = Duration::from_secs(3600);
-    store.set_value(&id, "schedule", b"progress", hour).await.expect("set_value");
-    for lock in ["oauth-refresh", "schedule"] {
-        assert!(store.try_lock(&id, lock, "old-holder", hour).await.expect("try_lock"), "{lock}");
-    }
-    assert!(!store.delete_webhook(&id, 1).await.expect("delete_webhook"), "stale version");
-    assert!(store.get_webhook(&id).await.expect("get_webhook").is_some());
-    assert!(store.delete_webhook(&id, 2).await.expect("delete_webhook"));
-    assert!(store.get_webhook(&id).await.expect("get_webhook").is_none());
-    assert!(!store.delete_webhook(&id, 2).await.expect("delete_webhook"), "already gone");
-    assert_eq!(store.queue_depth(&id).await.expect("queue_depth"), 0, "its queue went with it");
-    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None, "its values went with it");
-    let late = store.set_value_locked(&id, "schedule", b"late", hour, "schedule", "old-holder").await;
-    assert!(!late.expect("set_value_locked"), "a holder of a deleted webhook's lock stores nothing");
-    assert_eq!(store.get_value(&id, "schedule").await.expect("get_value"), None);
-    for lock in ["oauth-refresh", "schedule"] {
-        let taken = store.try_lock(&id, lock, "new-holder", hour).await.expect("try_lock");
-        assert!(taken, "its lock {lock} went with it: free at once");
-        store.unlock(&id, lock, "new-holder").await.expect("unlock");
-    }
-    assert!(store.put_webhook(&webhook(&id, 1, "https://c.example")).await.expect("put_webhook"), "new again at v1");
-}
-
 /// Every definition change is an event after the cursor taken before it.
 pub async fn definition_events(store: &dyn Store, prefix: &str) {
     let (obj, wh) = (format!("{prefix}-ev-obj"), format!("{prefix}-ev-wh"));
@@ -386,418 +1142,6 @@ pub async fn definition_events(store: &dyn Store, prefix: &str) {
     let mut from_newest = newest.clone();
     let after = store.next_events(&mut from_newest, Duration::from_millis(100)).await.expect("next_events");
     assert!(!after.iter().any(mine), "events_cursor is past every event so far: {after:?}");
-}
-
-/// A job is delivered to one reader once; an idle one is claimed by another consumer; a
-/// completed one is gone; depth counts ready, pending and delayed jobs.
-pub async fn job_queue(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-q");
-    prime_jobs(store, &wh).await;
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
-    assert_eq!(store.oldest_job_ms(&wh).await.expect("oldest_job_ms"), None);
-    let before = now_ms();
-    store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3);
-    let oldest = store.oldest_job_ms(&wh).await.expect("oldest_job_ms").expect("a job is waiting");
-    assert!(oldest >= before - 1000 && oldest <= now_ms() + 1000, "queued at {oldest}, around {before}");
-
-    let first = store.read_jobs(&wh, "a", 2, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&first), [format!("{wh}-1"), format!("{wh}-2")], "in order, at most `count`");
-    assert!(first.iter().all(|e| e.deliveries == 1), "a first read is the first delivery");
-    let rest = store.read_jobs(&wh, "b", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&rest), [format!("{wh}-3")]);
-    assert!(store.read_jobs(&wh, "c", 10, NO_BLOCK).await.expect("read_jobs").is_empty(), "each delivered once");
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "pending jobs still count");
-
-    assert!(store.claim_jobs(&wh, "c", LONG, 10).await.expect("claim_jobs").is_empty(), "nothing idle that long");
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let a = &first[0];
-    let done = attempt(&a.value, Outcome::Success, now_ms());
-    store.complete(&wh, &a.id, &done, FollowUp::default()).await.expect("complete");
-    assert_eq!(store.get_attempt(&wh, &done.attempt_id).await.expect("get_attempt"), Some(done.clone()));
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 2);
-
-    let claimed = store.claim_jobs(&wh, "c", Duration::from_millis(200), 10).await.expect("claim_jobs");
-    let mut got = job_ids(&claimed);
-    got.sort();
-    assert_eq!(got, [format!("{wh}-2"), format!("{wh}-3")], "idle jobs taken over, not the completed one");
-    let two = claimed.iter().find(|e| e.value.job_id == format!("{wh}-2")).expect("job 2");
-    assert_eq!(two.id, first[1].id, "a claim keeps the entry id");
-    assert!(claimed.iter().all(|e| e.deliveries == 2), "a claim counts as another delivery");
-    assert!(
-        store.claim_jobs(&wh, "d", Duration::from_millis(200), 10).await.expect("claim_jobs").is_empty(),
-        "just claimed"
-    );
-
-    for e in &claimed {
-        store
-            .complete(&wh, &e.id, &attempt(&e.value, Outcome::Success, now_ms()), FollowUp::default())
-            .await
-            .expect("complete");
-    }
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(store.claim_jobs(&wh, "d", Duration::from_millis(1), 10).await.expect("claim_jobs").is_empty(), "acked");
-    assert!(store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs").is_empty());
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
-}
-
-/// A bulk call completes every job of its batch in one step: all acknowledged, one
-/// attempt, the combined job retried whole.
-pub async fn batch_complete(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-batch");
-    prime_jobs(store, &wh).await;
-    store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
-    let read = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(read.len(), 3);
-    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
-    let mut combined = job(&wh, "batch");
-    combined.record_ids = vec!["r1".into(), "r2".into(), "r3".into()];
-    combined.attempts = 1;
-    let failed = attempt(&combined, Outcome::RetryScheduled, now_ms());
-    let follow = FollowUp { retry: Some((combined.clone(), now_ms() - 1)), ..Default::default() };
-    store.complete_batch(&wh, &ids, &failed, follow).await.expect("complete_batch");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        store.claim_jobs(&wh, "b", Duration::from_millis(1), 10).await.expect("claim_jobs").is_empty(),
-        "every job of the batch acknowledged"
-    );
-    store.promote_due(&wh, now_ms()).await.expect("promote_due");
-    let again = store.read_jobs(&wh, "b", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(again.len(), 1, "the batch comes back as one job");
-    assert_eq!(again[0].value.record_ids, combined.record_ids);
-    assert_eq!(
-        store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").len(),
-        1
-    );
-}
-
-/// Jobs handed back are delivered again (same job); a job no longer pending is not duplicated.
-pub async fn requeue(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-rq");
-    prime_jobs(store, &wh).await;
-    store.enqueue(&[job(&wh, "1"), job(&wh, "2")]).await.expect("enqueue");
-    let read = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(read.len(), 2);
-    // Job 1 was completed meanwhile: handing it back must not bring it back.
-    store
-        .complete(&wh, &read[0].id, &attempt(&read[0].value, Outcome::Success, now_ms()), FollowUp::default())
-        .await
-        .expect("complete");
-    store.requeue_jobs(&wh, &read).await.expect("requeue_jobs");
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 1);
-    let again = store.read_jobs(&wh, "b", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&again), [format!("{wh}-2")], "the requeued job is delivered again");
-    assert!(store.read_jobs(&wh, "c", 10, NO_BLOCK).await.expect("read_jobs").is_empty());
-    // Requeueing the old entry again (it is no longer pending) changes nothing.
-    store.requeue_jobs(&wh, &read[1..]).await.expect("requeue_jobs");
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 1);
-    assert!(store.read_jobs(&wh, "c", 10, NO_BLOCK).await.expect("read_jobs").is_empty());
-}
-
-/// A blocked read wakes for an entry appended during the block; `block = 0` never waits.
-pub async fn blocking_reads(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-blk");
-    prime_jobs(store, &wh).await;
-    let started = Instant::now();
-    assert!(store.read_jobs(&wh, "a", 1, NO_BLOCK).await.expect("read_jobs").is_empty());
-    assert!(started.elapsed() < Duration::from_secs(1), "block = 0 returns at once");
-    let started = Instant::now();
-    assert!(store.read_jobs(&wh, "a", 1, Duration::from_millis(150)).await.expect("read_jobs").is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(100), "an empty blocking read waits for its block");
-
-    let (got, ()) = tokio::join!(store.read_jobs(&wh, "a", 10, Duration::from_secs(2)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        store.enqueue(&[job(&wh, "late")]).await.expect("enqueue");
-    });
-    assert_eq!(job_ids(&got.expect("read_jobs")), [format!("{wh}-late")], "the blocked read got the job");
-
-    // The same for a change stream and a record write.
-    let obj = format!("{prefix}-blk-obj");
-    assert!(store.read_changes(&obj, "t", 10, NO_BLOCK).await.expect("read_changes").is_empty());
-    let (got, ()) = tokio::join!(store.read_changes(&obj, "t", 10, Duration::from_secs(2)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        store.write_record(&obj, "S1", 0, &fields("Open"), &change(&obj, "S1", 1, "Open")).await.expect("write_record");
-    });
-    let got = got.expect("read_changes");
-    assert_eq!(got.iter().map(|e| e.value.record_id.as_str()).collect::<Vec<_>>(), ["S1"]);
-}
-
-/// Readers running side by side never receive the same entry.
-pub async fn concurrent_readers(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-conc");
-    prime_jobs(store, &wh).await;
-    let jobs: Vec<Job> = (0..40).map(|n| job(&wh, &n.to_string())).collect();
-    store.enqueue(&jobs).await.expect("enqueue");
-    let reader = |name: String| {
-        let wh = wh.clone();
-        async move {
-            let mut mine = Vec::new();
-            // Bounded, so a backend that redelivers forever fails instead of hanging.
-            for _ in 0..100 {
-                let got = store.read_jobs(&wh, &name, 3, NO_BLOCK).await.expect("read_jobs");
-                if got.is_empty() {
-                    break;
-                }
-                mine.extend(job_ids(&got));
-            }
-            mine
-        }
-    };
-    let all = futures_util::future::join_all((0..4).map(|i| reader(format!("r{i}")))).await;
-    let mut seen: Vec<String> = all.into_iter().flatten().collect();
-    assert_eq!(seen.len(), 40, "every job delivered exactly once");
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), 40, "no job delivered twice");
-}
-
-/// Writers running side by side lose nothing: every job enqueued and every record write
-/// accepted is there once.
-pub async fn concurrent_writers(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-cw");
-    let obj = format!("{prefix}-cw-obj");
-    prime_jobs(store, &wh).await;
-    assert!(store.read_changes(&obj, "t", 10, NO_BLOCK).await.expect("read_changes").is_empty());
-    let writer = |w: usize| {
-        let (wh, obj) = (wh.clone(), obj.clone());
-        async move {
-            for n in 0..10 {
-                store.enqueue(&[job(&wh, &format!("{w}.{n}"))]).await.expect("enqueue");
-                let id = format!("R{w}.{n}");
-                store
-                    .write_record(&obj, &id, 0, &fields("Open"), &change(&obj, &id, 1, "Open"))
-                    .await
-                    .expect("write_record");
-            }
-        }
-    };
-    futures_util::future::join_all((0..8).map(writer)).await;
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 80);
-    let mut got = Vec::new();
-    for _ in 0..100 {
-        let read = store.read_jobs(&wh, "r", 50, NO_BLOCK).await.expect("read_jobs");
-        if read.is_empty() {
-            break;
-        }
-        got.extend(job_ids(&read));
-    }
-    got.sort();
-    got.dedup();
-    assert_eq!(got.len(), 80, "every job once");
-    let changes = store.read_changes(&obj, "t", 1_000, NO_BLOCK).await.expect("read_changes");
-    assert_eq!(changes.len(), 80, "every change once");
-}
-
-/// Retries wait in the delayed set until due, and are promoted in due order.
-pub async fn delayed_retries(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-dly");
-    prime_jobs(store, &wh).await;
-    assert_eq!(store.promote_due(&wh, now_ms()).await.expect("promote_due"), None, "nothing delayed");
-    store.enqueue(&[job(&wh, "a"), job(&wh, "b"), job(&wh, "c")]).await.expect("enqueue");
-    let read = store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(read.len(), 3);
-    let t = now_ms() + 60_000;
-    for (entry, due) in read.iter().zip([t + 300, t + 100, t + 200]) {
-        let retry = Job { attempts: entry.value.attempts + 1, ..entry.value.clone() };
-        let mut a = attempt(&entry.value, Outcome::RetryScheduled, now_ms());
-        a.next_attempt_at_ms = due;
-        store
-            .complete(&wh, &entry.id, &a, FollowUp { retry: Some((retry, due)), ..Default::default() })
-            .await
-            .expect("complete");
-    }
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "delayed jobs count");
-    assert!(store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs").is_empty(), "not ready yet");
-
-    assert_eq!(store.promote_due(&wh, t + 50).await.expect("promote_due"), Some(t + 100), "none due; next at t+100");
-    assert!(store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs").is_empty(), "nothing moved early");
-    assert_eq!(store.promote_due(&wh, t + 150).await.expect("promote_due"), Some(t + 200), "one due");
-    let one = store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&one), [format!("{wh}-b")]);
-    assert_eq!(one[0].value.attempts, 1, "the retry's job, not the original");
-    assert_eq!(store.promote_due(&wh, t + 1_000).await.expect("promote_due"), None, "all moved");
-    let rest = store.read_jobs(&wh, "d", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&rest), [format!("{wh}-c"), format!("{wh}-a")], "in due order");
-    assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "ready again, pending");
-}
-
-/// A final failure dead-letters the job with its reason; a redrive puts it back with a fresh
-/// attempt budget.
-pub async fn dead_letters(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-dead");
-    prime_jobs(store, &wh).await;
-    assert!(store.dead_letters(&wh, 10).await.expect("dead_letters").is_empty());
-    assert_eq!(store.redrive(&wh).await.expect("redrive"), 0);
-    store.enqueue(&[job(&wh, "1"), job(&wh, "2")]).await.expect("enqueue");
-    let read = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
-    for (entry, reason) in read.iter().zip(["target answered 500", "target answered 404"]) {
-        let dead = Job { attempts: 4, ..entry.value.clone() };
-        let follow = FollowUp { dead_letter: Some((dead, reason.to_string())), ..Default::default() };
-        store
-            .complete(&wh, &entry.id, &attempt(&entry.value, Outcome::Exhausted, now_ms()), follow)
-            .await
-            .expect("complete");
-    }
-    assert!(store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs").is_empty());
-    let dead = store.dead_letters(&wh, 10).await.expect("dead_letters");
-    let seen: Vec<(String, &str, u32)> =
-        dead.iter().map(|d| (d.job.job_id.clone(), d.reason.as_str(), d.job.attempts)).collect();
-    assert_eq!(seen, [(format!("{wh}-1"), "target answered 500", 4), (format!("{wh}-2"), "target answered 404", 4)]);
-    assert_eq!(store.dead_letters(&wh, 1).await.expect("dead_letters").len(), 1, "limit");
-
-    assert_eq!(store.redrive(&wh).await.expect("redrive"), 2);
-    assert!(store.dead_letters(&wh, 10).await.expect("dead_letters").is_empty());
-    let back = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
-    assert_eq!(job_ids(&back), [format!("{wh}-1"), format!("{wh}-2")]);
-    assert!(back.iter().all(|e| e.value.attempts == 0), "attempts reset by the redrive");
-    assert_eq!(store.redrive(&wh).await.expect("redrive"), 0);
-}
-
-/// A final attempt hands a write-back over; finishing it notes the result on the attempt.
-pub async fn writebacks(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-wb");
-    prime_jobs(store, &wh).await;
-    assert!(store.read_writebacks(&wh, "w", 10, NO_BLOCK).await.expect("read_writebacks").is_empty());
-    store.enqueue(&[job(&wh, "1"), job(&wh, "2")]).await.expect("enqueue");
-    let read = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs");
-    let mut attempts = Vec::new();
-    for entry in &read {
-        let mut a = attempt(&entry.value, Outcome::Success, now_ms());
-        a.writeback_status = "pending".into();
-        let wb = WritebackJob {
-            job_id: entry.value.job_id.clone(),
-            webhook_id: wh.clone(),
-            webhook_version: 1,
-            attempt_id: a.attempt_id.clone(),
-            record_ids: entry.value.record_ids.clone(),
-            status: 201,
-            response_body: br#"{"ticketId":"IT-1"}"#.to_vec(),
-            ..Default::default()
-        };
-        store
-            .complete(&wh, &entry.id, &a, FollowUp { writeback: Some(wb), ..Default::default() })
-            .await
-            .expect("complete");
-        attempts.push(a);
-    }
-    let wbs = store.read_writebacks(&wh, "w", 10, NO_BLOCK).await.expect("read_writebacks");
-    let got: Vec<(&str, &str, u32)> =
-        wbs.iter().map(|e| (e.value.job_id.as_str(), e.value.attempt_id.as_str(), e.value.status)).collect();
-    let want: Vec<(&str, &str, u32)> =
-        read.iter().zip(&attempts).map(|(e, a)| (e.value.job_id.as_str(), a.attempt_id.as_str(), 201)).collect();
-    assert_eq!(got, want);
-    assert!(store.read_writebacks(&wh, "x", 10, NO_BLOCK).await.expect("read_writebacks").is_empty(), "delivered once");
-    assert!(store.claim_writebacks(&wh, "x", LONG).await.expect("claim_writebacks").is_empty());
-
-    store.finish_writeback(&wh, &wbs[0].id, &attempts[0].attempt_id, None).await.expect("finish_writeback");
-    store
-        .finish_writeback(&wh, &wbs[1].id, &attempts[1].attempt_id, Some("no record S9"))
-        .await
-        .expect("finish_writeback");
-    let a0 = store.get_attempt(&wh, &attempts[0].attempt_id).await.expect("get_attempt").expect("attempt 0");
-    assert_eq!((a0.writeback_status.as_str(), a0.writeback_error.as_str()), ("done", ""));
-    let a1 = store.get_attempt(&wh, &attempts[1].attempt_id).await.expect("get_attempt").expect("attempt 1");
-    assert_eq!((a1.writeback_status.as_str(), a1.writeback_error.as_str()), ("error", "no record S9"));
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(
-        store.claim_writebacks(&wh, "x", Duration::from_millis(1)).await.expect("claim_writebacks").is_empty(),
-        "acked"
-    );
-    assert!(store.read_writebacks(&wh, "x", 10, NO_BLOCK).await.expect("read_writebacks").is_empty());
-
-    // An unfinished write-back is taken over once idle.
-    store.enqueue(&[job(&wh, "3")]).await.expect("enqueue");
-    let e = store.read_jobs(&wh, "a", 10, NO_BLOCK).await.expect("read_jobs").pop().expect("job 3");
-    let a = attempt(&e.value, Outcome::Failed, now_ms());
-    let wb = WritebackJob { job_id: e.value.job_id.clone(), attempt_id: a.attempt_id.clone(), ..Default::default() };
-    store.complete(&wh, &e.id, &a, FollowUp { writeback: Some(wb), ..Default::default() }).await.expect("complete");
-    let taken = store.read_writebacks(&wh, "w", 10, NO_BLOCK).await.expect("read_writebacks");
-    assert_eq!(taken.len(), 1);
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    let claimed = store.claim_writebacks(&wh, "x", Duration::from_millis(50)).await.expect("claim_writebacks");
-    assert_eq!(claimed.iter().map(|e| e.value.job_id.as_str()).collect::<Vec<_>>(), [e.value.job_id.as_str()]);
-}
-
-/// The attempt log: newest first, filtered by record, outcome and time, limited; attempts
-/// past the retention are trimmed.
-pub async fn attempt_log(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-att");
-    let other = format!("{prefix}-att-other");
-    assert!(
-        store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").is_empty()
-    );
-    let base = now_ms() - 10_000;
-    let (j1, j2) = (job(&wh, "1"), job(&wh, "2"));
-    let plan = [
-        (&j1, Outcome::RetryScheduled, base),
-        (&j1, Outcome::Success, base + 1_000),
-        (&j2, Outcome::RetryScheduled, base + 2_000),
-        (&j2, Outcome::RetryScheduled, base + 3_000),
-        (&j2, Outcome::Exhausted, base + 4_000),
-    ];
-    let mut made = Vec::new();
-    // Completed out of time order: the log orders by start time, not by arrival.
-    for i in [2, 0, 4, 1, 3] {
-        let (j, outcome, at) = plan[i];
-        let a = attempt(j, outcome, at);
-        store.complete(&wh, "", &a, FollowUp::default()).await.expect("complete");
-        made.push((i, a));
-    }
-    made.sort_by_key(|(i, _)| *i);
-    let ids = |v: &[hookline_proto::Attempt]| v.iter().map(|a| a.attempt_id.clone()).collect::<Vec<_>>();
-    let want = |idx: &[usize]| idx.iter().map(|i| made[*i].1.attempt_id.clone()).collect::<Vec<_>>();
-    store
-        .complete(&other, "", &attempt(&job(&other, "1"), Outcome::Success, base + 5_000), FollowUp::default())
-        .await
-        .expect("complete");
-
-    let whr = wh.as_str();
-    let list = |filter: AttemptFilter| async move { store.list_attempts(whr, &filter).await.expect("list_attempts") };
-    let all = list(AttemptFilter { limit: 100, ..Default::default() }).await;
-    assert_eq!(ids(&all), want(&[4, 3, 2, 1, 0]), "newest first, this webhook's only");
-    assert_eq!(all[0], made[4].1, "stored whole");
-    let r1 = list(AttemptFilter { record_id: Some("r1".into()), limit: 100, ..Default::default() }).await;
-    assert_eq!(ids(&r1), want(&[1, 0]));
-    let retries =
-        list(AttemptFilter { outcome: Some(Outcome::RetryScheduled), limit: 100, ..Default::default() }).await;
-    assert_eq!(ids(&retries), want(&[3, 2, 0]));
-    let since = list(AttemptFilter { since_ms: Some(base + 2_000), limit: 100, ..Default::default() }).await;
-    assert_eq!(ids(&since), want(&[4, 3, 2]), "since is inclusive");
-    let limited = list(AttemptFilter { limit: 2, ..Default::default() }).await;
-    assert_eq!(ids(&limited), want(&[4, 3]));
-    let combined = list(AttemptFilter {
-        record_id: Some("r2".into()),
-        outcome: Some(Outcome::RetryScheduled),
-        since_ms: Some(base + 2_500),
-        limit: 1,
-    })
-    .await;
-    assert_eq!(ids(&combined), want(&[3]));
-    assert!(store.get_attempt(&wh, "no-such-attempt").await.expect("get_attempt").is_none());
-    assert!(store.get_attempt(&other, &made[0].1.attempt_id).await.expect("get_attempt").is_none(), "per webhook");
-
-    let old = attempt(&j1, Outcome::Failed, now_ms() - ATTEMPT_RETENTION.as_millis() as i64 - 3_600_000);
-    store.complete(&wh, "", &old, FollowUp::default()).await.expect("complete");
-    assert!(store.get_attempt(&wh, &old.attempt_id).await.expect("get_attempt").is_none(), "past retention: trimmed");
-    assert_eq!(list(AttemptFilter { limit: 100, ..Default::default() }).await.len(), 5, "recent attempts kept");
-}
-
-/// GCRA: at most one call per interval (plus the burst); a refused call is told how long
-/// to wait and is not counted.
-pub async fn rate_limit(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-rate");
-    let interval = Duration::from_millis(200);
-    assert_eq!(store.rate_wait(&wh, interval, 0).await.expect("rate_wait"), Duration::ZERO, "the first call goes");
-    let wait = store.rate_wait(&wh, interval, 0).await.expect("rate_wait");
-    assert!(wait > Duration::ZERO && wait <= interval, "the second waits for the interval: {wait:?}");
-    tokio::time::sleep(wait + Duration::from_millis(5)).await;
-    assert_eq!(store.rate_wait(&wh, interval, 0).await.expect("rate_wait"), Duration::ZERO, "then it goes");
-    // With a burst of 2, three calls go at once and the fourth waits.
-    let burst = format!("{prefix}-burst");
-    for i in 0..3 {
-        assert_eq!(store.rate_wait(&burst, interval, 2).await.expect("rate_wait"), Duration::ZERO, "call {i}");
-    }
-    assert!(store.rate_wait(&burst, interval, 2).await.expect("rate_wait") > Duration::ZERO);
 }
 
 /// Shared values expire after their TTL; a lock has one holder at a time, only the holder
@@ -873,31 +1217,6 @@ pub async fn values_and_locks(store: &dyn Store, prefix: &str) {
     assert!(locked("state", b"6", long, "guard", "b").await);
     assert!(!locked("state", b"7", long, "guard", "a").await, "the old holder cannot overwrite the successor's");
     assert_eq!(value("state").await.as_deref(), Some(&b"6"[..]));
-}
-
-/// A counting semaphore: never more than `limit` holders; renewals by a holder; releases
-/// and expired leases free a permit.
-pub async fn permits(store: &dyn Store, prefix: &str) {
-    let wh = format!("{prefix}-perm");
-    let lease = Duration::from_secs(30);
-    let mut granted = Vec::new();
-    for h in 0..5 {
-        granted.push(store.acquire_permit(&wh, &format!("h{h}"), 3, lease).await.expect("acquire_permit"));
-    }
-    assert_eq!(granted, [true, true, true, false, false], "exactly the limit");
-    assert!(store.acquire_permit(&wh, "h0", 3, lease).await.expect("acquire_permit"), "a holder renews");
-    assert!(!store.acquire_permit(&wh, "h3", 3, lease).await.expect("acquire_permit"), "still full");
-    store.release_permit(&wh, "h1").await.expect("release_permit");
-    assert!(store.acquire_permit(&wh, "h3", 3, lease).await.expect("acquire_permit"), "a released permit is free");
-    assert!(!store.acquire_permit(&wh, "h4", 3, lease).await.expect("acquire_permit"), "full again");
-    store.release_permit(&wh, "nobody").await.expect("releasing what is not held is fine");
-
-    let short = format!("{prefix}-perm-lease");
-    assert!(store.acquire_permit(&short, "a", 1, Duration::from_millis(200)).await.expect("acquire_permit"));
-    assert!(!store.acquire_permit(&short, "b", 1, lease).await.expect("acquire_permit"), "held by a");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(store.acquire_permit(&short, "b", 1, lease).await.expect("acquire_permit"), "a's lease ran out");
-    assert!(!store.acquire_permit(&short, "a", 1, lease).await.expect("acquire_permit"), "a lost it to b");
 }
 
 #[cfg(test)]
@@ -983,12 +1302,18 @@ mod tests {
         };
     }
 
-    backend!(embedded: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
-    backend!(cluster: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
-    backend!(redis: records, write_index, change_claims, definitions, definition_events, job_queue, requeue, blocking_reads,
-        concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks, attempt_log, permits, values_and_locks, batch_complete, rate_limit);
+    backend!(embedded: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+        job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
+        attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
+        delivery_counts);
+    backend!(cluster: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+        job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
+        attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
+        delivery_counts);
+    backend!(redis: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+        job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
+        attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
+        delivery_counts);
 
     /// A throwaway Redis Cluster for the `cluster` tests.
     mod local_cluster {
@@ -1194,16 +1519,13 @@ rm -rf "$dir"
                 .expect("a webhook id in every slot range");
             webhooks.push(wh);
         }
-        for wh in &webhooks {
-            let got = store.read_jobs(wh, "primer", 10, Duration::ZERO).await.expect("read_jobs");
-            assert!(got.is_empty());
-        }
         let jobs: Vec<_> =
             (0..4).flat_map(|n| webhooks.iter().map(move |wh| crate::conformance::job(wh, &n.to_string()))).collect();
         store.enqueue(&jobs).await.expect("enqueue across webhooks");
         for wh in &webhooks {
-            let got = store.read_jobs(wh, "r", 10, Duration::ZERO).await.expect("read_jobs");
-            let ids: Vec<String> = got.iter().map(|e| e.value.job_id.clone()).collect();
+            let got = store.read(&crate::QueueName::jobs(wh), "r", 10, Duration::ZERO).await.expect("read");
+            let ids: Vec<String> =
+                got.iter().map(|e| crate::conformance::decode::<hookline_proto::Job>(e).job_id).collect();
             let want: Vec<String> = (0..4).map(|n| format!("{wh}-{n}")).collect();
             assert_eq!(ids, want, "queue of {wh}");
         }

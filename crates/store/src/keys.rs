@@ -4,11 +4,13 @@
 //! deployments can share one Redis. The layout works on Redis Cluster: every key carries a
 //! hash tag, and every multi-key Lua script and every pipeline touches keys of one tag only:
 //!
-//! - `{def}` for the definitions: the objects and webhooks hashes, the webhook versions and
-//!   the definition event stream (`put_webhook.lua` touches the last three together);
-//! - `{wh:<id>}` for everything of one webhook: its queues, delayed set, dead letters,
-//!   write-backs, attempts, permits, values and locks (`complete.lua`, `promote_due.lua`,
-//!   `redrive.lua`, `set_value_locked.lua`, the `DEL` of a deleted webhook);
+//! - `{def}` for the definitions: the objects and webhooks hashes, the webhook versions, the
+//!   definitions' version and the definition event stream (`put_webhook.lua`,
+//!   `put_object.lua` and `definitions.lua` touch them together);
+//! - `{wh:<id>}` for everything of one webhook: its queues (fresh and solo jobs), delayed
+//!   set, dead letters, write-backs and failed write-backs, attempts, permits, rate limit,
+//!   values and locks (`take.lua`, `renew.lua`, `complete.lua`, `redrive.lua`,
+//!   `finish_writebacks.lua`, `set_value_locked.lua`, the `DEL` of a deleted webhook);
 //! - `{obj:<name>}` for one data object's records, its change stream, its write-position
 //!   counter, its write index and its "indexed" marker (`write_record.lua` touches a record
 //!   and the change stream, counter and index; `index_record.lua` a record, the counter and
@@ -69,6 +71,14 @@ impl Keys {
         format!("{}:{DEFINITIONS_TAG}:events", self.ns)
     }
 
+    /// STRING: the definitions' version, `INCR`ed by every change of an object or a webhook in
+    /// the same step (`put_object.lua`, `put_webhook.lua`). A change of a record carries the
+    /// version read before it was written; the trigger decides on it only against
+    /// definitions at least that new.
+    pub fn definitions_version(&self) -> String {
+        format!("{}:{DEFINITIONS_TAG}:version", self.ns)
+    }
+
     /// HASH `v` (version), `f` (fields JSON) of one record, and of its latest write `o` (the
     /// change's origin webhook, `""` for none), `p` (its position in [`Keys::written`]) and
     /// `q` (the position of the record's latest write by a writer other than `o`; 0: none;
@@ -113,9 +123,17 @@ impl Keys {
         format!("{}:{{obj:{object}}}:changes", self.ns)
     }
 
-    /// STREAM of ready jobs of one webhook (`j` = Job protobuf), group [`DISPATCH_GROUP`].
+    /// STREAM of fresh jobs of one webhook (`j` = Job protobuf: one record, never attempted),
+    /// group [`DISPATCH_GROUP`]; a dispatcher groups them into bulk calls.
     pub fn jobs(&self, webhook: &str) -> String {
         format!("{}:{{wh:{webhook}}}:jobs", self.ns)
+    }
+
+    /// STREAM of solo jobs of one webhook (`j` = Job protobuf, `redriven` = 1 on redriven
+    /// ones): due retries and redriven jobs, each sent alone as the call it was; group
+    /// [`DISPATCH_GROUP`]. Their entry ids carry [`crate::SOLO_PREFIX`] outside Redis.
+    pub fn solo(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:solo", self.ns)
     }
 
     /// ZSET of delayed jobs (member = Job protobuf) scored by due time in ms.
@@ -133,6 +151,12 @@ impl Keys {
         format!("{}:{{wh:{webhook}}}:writeback", self.ns)
     }
 
+    /// STREAM of write-backs that failed for good (`w` = WritebackJob protobuf, `r` = reason),
+    /// until redriven.
+    pub fn failed_writebacks(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:writeback:failed", self.ns)
+    }
+
     /// HASH attempt id → Attempt protobuf.
     pub fn attempts(&self, webhook: &str) -> String {
         format!("{}:{{wh:{webhook}}}:attempts", self.ns)
@@ -143,14 +167,30 @@ impl Keys {
         format!("{}:{{wh:{webhook}}}:attempts:t", self.ns)
     }
 
-    /// STRING: the GCRA theoretical arrival time (Redis server time, ms) of the rate limit.
+    /// STRING: the GCRA theoretical arrival time (Redis server time, µs) of the rate limit.
     pub fn rate(&self, webhook: &str) -> String {
         format!("{}:{{wh:{webhook}}}:rate", self.ns)
     }
 
-    /// ZSET holder id scored by lease expiry (Redis server time, ms): the concurrency semaphore.
+    /// ZSET permit name (`<consumer>/<n>`) scored by lease expiry (Redis server time, ms): the
+    /// concurrency semaphore.
     pub fn permits(&self, webhook: &str) -> String {
         format!("{}:{{wh:{webhook}}}:permits", self.ns)
+    }
+
+    /// HASH consumer → how many of [`Keys::permits`] it holds.
+    pub fn permit_holders(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:permits:holders", self.ns)
+    }
+
+    /// ZSET consumer scored by the expiry (ms) of its wish for permits: who shares the limit.
+    pub fn permit_contenders(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:permits:contenders", self.ns)
+    }
+
+    /// STRING counter naming new permits.
+    pub fn permit_seq(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:permits:seq", self.ns)
     }
 
     /// STRING holding a small value of one webhook (`oauth-token`), with a TTL.
@@ -167,12 +207,17 @@ impl Keys {
     pub fn all_of_webhook(&self, webhook: &str) -> Vec<String> {
         vec![
             self.jobs(webhook),
+            self.solo(webhook),
             self.delayed(webhook),
             self.dead(webhook),
             self.writeback(webhook),
+            self.failed_writebacks(webhook),
             self.attempts(webhook),
             self.attempts_by_time(webhook),
             self.permits(webhook),
+            self.permit_holders(webhook),
+            self.permit_contenders(webhook),
+            self.permit_seq(webhook),
             self.rate(webhook),
             // The values the engine keeps: its OAuth token, its schedule's progress.
             self.value(webhook, "oauth-token"),
@@ -185,9 +230,19 @@ impl Keys {
         ]
     }
 
-    /// `KEYS` of `put_webhook.lua`: webhooks, versions, events.
-    pub fn put_webhook_keys(&self) -> [String; 3] {
-        [self.webhooks(), self.webhook_versions(), self.events()]
+    /// `KEYS` of `put_webhook.lua`: webhooks, versions, events, definitions version.
+    pub fn put_webhook_keys(&self) -> [String; 4] {
+        [self.webhooks(), self.webhook_versions(), self.events(), self.definitions_version()]
+    }
+
+    /// `KEYS` of `put_object.lua`: objects, definitions version, events.
+    pub fn put_object_keys(&self) -> [String; 3] {
+        [self.objects(), self.definitions_version(), self.events()]
+    }
+
+    /// `KEYS` of `definitions.lua`: definitions version, objects, webhooks.
+    pub fn definitions_keys(&self) -> [String; 3] {
+        [self.definitions_version(), self.objects(), self.webhooks()]
     }
 
     /// `KEYS` of `write_record.lua`: the record, the object's change stream, its position
@@ -206,15 +261,44 @@ impl Keys {
         [self.lock(webhook, lock), self.value(webhook, name)]
     }
 
-    /// `KEYS` of `promote_due.lua`: delayed set, job stream.
-    pub fn promote_due_keys(&self, webhook: &str) -> [String; 2] {
-        [self.delayed(webhook), self.jobs(webhook)]
-    }
-
-    /// `KEYS` of `complete.lua`: jobs, attempts, attempts by time, delayed, dead, write-backs.
-    pub fn complete_keys(&self, webhook: &str) -> [String; 6] {
+    /// `KEYS` of `take.lua`: fresh and solo streams, delayed set, permits, holders,
+    /// contenders, permit sequence, rate.
+    pub fn take_keys(&self, webhook: &str) -> [String; 8] {
         [
             self.jobs(webhook),
+            self.solo(webhook),
+            self.delayed(webhook),
+            self.permits(webhook),
+            self.permit_holders(webhook),
+            self.permit_contenders(webhook),
+            self.permit_seq(webhook),
+            self.rate(webhook),
+        ]
+    }
+
+    /// `KEYS` of `renew.lua`: fresh and solo streams, permits, holders, contenders, sequence.
+    pub fn renew_keys(&self, webhook: &str) -> [String; 6] {
+        [
+            self.jobs(webhook),
+            self.solo(webhook),
+            self.permits(webhook),
+            self.permit_holders(webhook),
+            self.permit_contenders(webhook),
+            self.permit_seq(webhook),
+        ]
+    }
+
+    /// `KEYS` of `release_permits.lua`: permits, holders, contenders.
+    pub fn release_permits_keys(&self, webhook: &str) -> [String; 3] {
+        [self.permits(webhook), self.permit_holders(webhook), self.permit_contenders(webhook)]
+    }
+
+    /// `KEYS` of `complete.lua`: fresh and solo streams, attempts, attempts by time, delayed,
+    /// dead, write-backs.
+    pub fn complete_keys(&self, webhook: &str) -> [String; 7] {
+        [
+            self.jobs(webhook),
+            self.solo(webhook),
             self.attempts(webhook),
             self.attempts_by_time(webhook),
             self.delayed(webhook),
@@ -223,14 +307,34 @@ impl Keys {
         ]
     }
 
-    /// `KEYS` of `redrive.lua`: dead letters, job stream.
+    /// `KEYS` of `redrive.lua`: dead letters, solo stream.
     pub fn redrive_keys(&self, webhook: &str) -> [String; 2] {
-        [self.dead(webhook), self.jobs(webhook)]
+        [self.dead(webhook), self.solo(webhook)]
     }
 
-    /// The keys `queue_depth` reads in one pipeline: job stream, delayed set.
-    pub fn queue_depth_keys(&self, webhook: &str) -> [String; 2] {
-        [self.jobs(webhook), self.delayed(webhook)]
+    /// `KEYS` of `finish_writebacks.lua`: write-backs, attempts, failed write-backs.
+    pub fn finish_writebacks_keys(&self, webhook: &str) -> [String; 3] {
+        [self.writeback(webhook), self.attempts(webhook), self.failed_writebacks(webhook)]
+    }
+
+    /// `KEYS` of `redrive_writebacks.lua`: failed write-backs, write-backs.
+    pub fn redrive_writebacks_keys(&self, webhook: &str) -> [String; 2] {
+        [self.failed_writebacks(webhook), self.writeback(webhook)]
+    }
+
+    /// The keys `queue_depth` reads in one pipeline: fresh and solo streams, delayed set.
+    pub fn queue_depth_keys(&self, webhook: &str) -> [String; 3] {
+        [self.jobs(webhook), self.solo(webhook), self.delayed(webhook)]
+    }
+
+    /// The streams of a queue, for `touch.lua`, `ack.lua`, `release.lua` and `claim.lua`:
+    /// a job queue's fresh and solo streams; the one stream of the others.
+    pub fn queue_streams(&self, queue: &crate::QueueName) -> Vec<String> {
+        match queue.kind {
+            crate::QueueKind::Changes => vec![self.changes(&queue.owner)],
+            crate::QueueKind::Jobs => vec![self.jobs(&queue.owner), self.solo(&queue.owner)],
+            crate::QueueKind::Writebacks => vec![self.writeback(&queue.owner)],
+        }
     }
 
     /// The definition keys' names before they had a hash tag, and their names now.
@@ -313,9 +417,17 @@ mod tests {
                 one_slot("every key of one webhook", &all);
                 assert!(all.iter().all(|key| key.contains(&format!("{{wh:{wh}}}"))), "{all:?}");
                 one_slot("complete.lua", &k.complete_keys(wh));
-                one_slot("promote_due.lua", &k.promote_due_keys(wh));
+                one_slot("take.lua", &k.take_keys(wh));
+                one_slot("renew.lua", &k.renew_keys(wh));
+                one_slot("release_permits.lua", &k.release_permits_keys(wh));
                 one_slot("redrive.lua", &k.redrive_keys(wh));
+                one_slot("finish_writebacks.lua", &k.finish_writebacks_keys(wh));
+                one_slot("redrive_writebacks.lua", &k.redrive_writebacks_keys(wh));
                 one_slot("queue_depth", &k.queue_depth_keys(wh));
+                one_slot("job queue streams", &k.queue_streams(&crate::QueueName::jobs(wh)));
+                for key in k.take_keys(wh).iter().chain(&k.complete_keys(wh)).chain(&k.finish_writebacks_keys(wh)) {
+                    assert!(all.contains(key), "{key} is deleted with the webhook");
+                }
                 let locked = k.set_value_locked_keys(wh, "schedule", "schedule");
                 one_slot("set_value_locked.lua", &locked);
                 assert_eq!(locked, [k.lock(wh, "schedule"), k.value(wh, "schedule")], "KEYS order");
@@ -365,6 +477,8 @@ mod tests {
         for ns in ["hookline", "ns", "a:b"] {
             let k = Keys::new(ns);
             one_slot("put_webhook.lua", &k.put_webhook_keys());
+            one_slot("put_object.lua", &k.put_object_keys());
+            one_slot("definitions.lua", &k.definitions_keys());
             one_slot("definitions", &[k.objects(), k.webhooks(), k.webhook_versions(), k.events()]);
             assert_eq!(slot(k.events().as_bytes()), slot(b"def"));
             for (old, new) in k.legacy_renames() {

@@ -1,23 +1,45 @@
 //! Hookline's store: everything that must survive a process and be shared by nodes.
 //!
 //! [`Store`] is the one interface the engine and the API use: data objects and webhook
-//! definitions (with a change feed so every node's coordinator stays current), versioned
-//! records whose every change lands on a change stream in the same atomic step, per-webhook
-//! job queues with acknowledgement, delayed retries and dead letters, write-back queues,
-//! the attempt log, and a lease-based concurrency semaphore.
+//! definitions (versioned as a whole, with a change feed so every node's coordinator stays
+//! current), versioned records whose every change lands on a change stream in the same atomic
+//! step, per-webhook job queues with delayed retries and dead letters, write-back queues, the
+//! attempt log, and the per-webhook concurrency permits and rate limit.
+//!
+//! # Queues and leases
+//!
+//! Every queue — an object's changes, a webhook's jobs, a webhook's write-backs — is read by
+//! consumers of one group, and what a consumer is handed stays *its* until it finishes it:
+//!
+//! - a read hands entries to the consumer; [`Store::touch`] (and, for jobs, [`Store::renew`])
+//!   keeps their idle time fresh while the work runs, however long it takes;
+//! - [`Store::claim`] takes over entries idle longer than a lease: only a consumer that stopped
+//!   heartbeating (a dead node) has such entries;
+//! - finishing — [`Store::ack`], [`Store::complete`], [`Store::finish_writebacks`] — takes
+//!   effect only for entries the consumer still owns, and a completion records its attempt and
+//!   follow-ups only if its acknowledgement took effect, so an entry taken over by another
+//!   consumer is never finished twice;
+//! - [`Store::release`] gives entries back, claimable by anyone at once.
+//!
+//! [`queue`] wraps this in a typed handle whose reads return leases kept alive by one
+//! heartbeat per consumer.
+//!
+//! Jobs come in two streams: fresh jobs (one record, never attempted), which a dispatcher may
+//! group into bulk calls, and *solo* jobs — due retries and redriven jobs — which are sent
+//! alone, each as the call it was. [`Store::take`] reads both in one atomic step together with
+//! the concurrency permits and rate tokens the calls are sent under, and reads no more entries
+//! than those calls can carry.
 //!
 //! Backends: [`RedisStore`] (clusters; [`keys`] documents its layout, `lua/` its atomic
 //! steps) and [`EmbeddedStore`] (one process, a durable redb file, the default when no
-//! Redis is configured; [`embedded`] documents its tables and why its consumer-group state
-//! is in memory). Both pass one conformance suite, `conformance` (this crate's tests; other
-//! crates' tests with the `conformance` feature). Delivery is at-least-once: a queued entry
-//! stays pending until it is acknowledged, and a consumer that died holding one is taken
-//! over by another through `claim_*` once the entry has been idle long enough.
+//! Redis is configured; [`embedded`] documents its tables). Both pass one conformance suite,
+//! `conformance` (this crate's tests; other crates' tests with the `conformance` feature).
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod embedded;
 pub mod keys;
+pub mod queue;
 mod redis_store;
 
 use std::time::Duration;
@@ -43,16 +65,86 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// One entry taken from a queue: its id (for acknowledgement) and its value.
+impl StoreError {
+    /// Whether trying again later may succeed (the backend was unreachable or timed out).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The three kinds of queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// A data object's change stream, read by the trigger role.
+    Changes,
+    /// A webhook's jobs, read by the dispatcher role.
+    Jobs,
+    /// A webhook's write-backs, read by the writeback role.
+    Writebacks,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Changes => "changes",
+            QueueKind::Jobs => "jobs",
+            QueueKind::Writebacks => "writebacks",
+        }
+    }
+}
+
+/// One queue: its kind and owner (the data object of a change stream, the webhook of the others).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueName {
+    pub kind: QueueKind,
+    pub owner: String,
+}
+
+impl QueueName {
+    pub fn changes(object: &str) -> Self {
+        QueueName { kind: QueueKind::Changes, owner: object.to_string() }
+    }
+    pub fn jobs(webhook: &str) -> Self {
+        QueueName { kind: QueueKind::Jobs, owner: webhook.to_string() }
+    }
+    pub fn writebacks(webhook: &str) -> Self {
+        QueueName { kind: QueueKind::Writebacks, owner: webhook.to_string() }
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.owner)
+    }
+}
+
+/// One entry as a queue handed it out, still encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEntry {
+    /// Its id, for touching and finishing it. Unique within its queue (a job queue's solo
+    /// entries carry a prefix that tells the two streams apart).
+    pub id: String,
+    pub payload: Vec<u8>,
+    /// How many times the entry has been handed out, this time included (1 on a first read;
+    /// more after take-overs of entries whose consumer died).
+    pub deliveries: u32,
+    /// Set on jobs redriven from the dead letters.
+    pub redriven: bool,
+    /// A job to send alone (a due retry, a redriven job), never grouped with others.
+    pub solo: bool,
+}
+
+/// One entry taken from a queue: its id (to finish it with) and its decoded value.
 #[derive(Debug, Clone)]
 pub struct Entry<T> {
     pub id: String,
     pub value: T,
     /// Set on entries that were redriven from the dead letters.
     pub redriven: bool,
-    /// How many times the entry has been handed out, this time included (1 on a first
-    /// read; more after claims of entries whose consumer died).
+    /// How many times the entry has been handed out, this time included.
     pub deliveries: u32,
+    /// A job to send alone.
+    pub solo: bool,
 }
 
 /// The result of a conditional record write.
@@ -79,6 +171,110 @@ pub struct FollowUp {
     pub writeback: Option<WritebackJob>,
 }
 
+/// One finished call: the entries it carried, its attempt and what follows it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub entries: Vec<String>,
+    pub attempt: Attempt,
+    pub follow_up: FollowUp,
+}
+
+/// A webhook's rate limit: one call per `interval`, with `burst` calls of slack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// A take-over scan of a queue's entries whose consumer stopped heartbeating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimScan {
+    /// Entries idle at least this long are taken over.
+    pub min_idle: Duration,
+    /// Where the scan goes on (`""`: from the start); the answer says where to go on next.
+    pub cursor: String,
+}
+
+/// One step of a dispatcher: give permits back, take more, then take the entries the free
+/// permits and the rate tokens can carry — all in one atomic step.
+#[derive(Debug, Clone)]
+pub struct Take<'a> {
+    pub webhook: &'a str,
+    pub consumer: &'a str,
+    /// How long a permit lasts without renewal; also how long the consumer counts as a
+    /// contender for its fair share.
+    pub lease: Duration,
+    /// The webhook's `max_concurrency`, across the cluster.
+    pub limit: u32,
+    /// Permits the consumer holds and has free for this step's calls.
+    pub free: u32,
+    /// More permits it would like (granted only within the limit and its fair share).
+    pub want: u32,
+    /// Permits it gives back first.
+    pub release: &'a [String],
+    /// Jobs per call (`max_batch_size`).
+    pub batch: u32,
+    /// At most this many entries in all.
+    pub max_entries: u32,
+    pub rate: Option<Rate>,
+    /// A take-over scan to run first, if due.
+    pub claim: Option<ClaimScan>,
+}
+
+/// What a [`Take`] got.
+#[derive(Debug, Clone, Default)]
+pub struct Taken {
+    /// New permits, to renew and release by these names.
+    pub granted: Vec<String>,
+    /// How many permits this consumer may hold now: its share of the limit among the
+    /// consumers that want permits. A holder of more gives the excess back.
+    pub fair_share: u32,
+    /// Entries taken over (first), solo entries, then fresh ones. Solo entries travel alone;
+    /// fresh ones in calls of up to `batch`: they make at most as many calls as there were
+    /// free and granted permits (and rate tokens).
+    pub entries: Vec<RawEntry>,
+    /// Where the take-over scan goes on, when one ran.
+    pub cursor: Option<String>,
+    /// When the next delayed retry is due (Unix ms).
+    pub next_due_ms: Option<i64>,
+    /// No rate token was left: wait this long before taking again.
+    pub rate_wait: Option<Duration>,
+    /// The queue's position after this step, for [`Store::wait_for_jobs`].
+    pub mark: String,
+}
+
+/// A heartbeat of a dispatcher: renews its permits and its job entries.
+#[derive(Debug, Clone)]
+pub struct Renew<'a> {
+    pub webhook: &'a str,
+    pub consumer: &'a str,
+    pub lease: Duration,
+    pub limit: u32,
+    pub permits: &'a [String],
+    pub entries: &'a [String],
+    /// Whether the consumer still wants permits (counts as a contender for a fair share).
+    pub contending: bool,
+}
+
+/// What a [`Renew`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Renewed {
+    /// Permits that had expired (or were never held): the holder may not send under them.
+    pub lost_permits: Vec<String>,
+    pub fair_share: u32,
+    /// Entries no longer this consumer's (taken over, or gone).
+    pub lost_entries: Vec<String>,
+}
+
+/// A write-back finished: its entry, the attempt to store with the write-back's result, and,
+/// when it failed, the job to keep among the failed write-backs with the reason.
+#[derive(Debug, Clone)]
+pub struct WritebackDone {
+    pub entry: String,
+    pub attempt: Option<Attempt>,
+    pub failed: Option<(WritebackJob, String)>,
+}
+
 /// Filters of the attempt log; newest first.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptFilter {
@@ -96,11 +292,29 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// A write-back that failed for good (the record or a field did not exist, the script
+/// failed), kept so it can be redriven once the cause is fixed.
+#[derive(Debug, Clone)]
+pub struct FailedWriteback {
+    pub id: String,
+    pub job: WritebackJob,
+    pub reason: String,
+}
+
 /// A change of a definition, announced to every coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DefEvent {
     Object(String),
     Webhook(String),
+}
+
+/// Every definition as of one version of them all.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions {
+    /// Incremented by every change of an object or a webhook, in the same atomic step.
+    pub version: u64,
+    pub objects: Vec<DataObject>,
+    pub webhooks: Vec<StoredWebhook>,
 }
 
 /// A record as the write index lists it (scheduled webhooks select records through it).
@@ -129,16 +343,23 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     // --- definitions ---
+    /// Saves an object (new or changed), bumping the definitions' version.
     async fn put_object(&self, object: &DataObject) -> Result<()>;
     async fn get_object(&self, name: &str) -> Result<Option<DataObject>>;
     async fn list_objects(&self) -> Result<Vec<DataObject>>;
-    /// Saves `webhook` if the stored version is `webhook.version - 1` (0: new). False on a conflict.
+    /// Saves `webhook` if the stored version is `webhook.version - 1` (0: new), bumping the
+    /// definitions' version. False on a conflict.
     async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool>;
     async fn get_webhook(&self, id: &str) -> Result<Option<StoredWebhook>>;
     async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>>;
-    /// Deletes a webhook stored at `version`, with its queues, attempts, values and locks.
-    /// False on a conflict.
+    /// Deletes a webhook stored at `version`, with its queues, attempts, values and locks,
+    /// bumping the definitions' version. False on a conflict.
     async fn delete_webhook(&self, id: &str, version: u64) -> Result<bool>;
+    /// Every definition and their version, read in one consistent step.
+    async fn definitions(&self) -> Result<Definitions>;
+    /// The definitions' version now: a record change stamped with it is decided on against
+    /// definitions at least this new.
+    async fn definitions_version(&self) -> Result<u64>;
     /// The position of the newest definition event, to follow from.
     async fn events_cursor(&self) -> Result<String>;
     /// Definition events after `cursor`, waiting up to `block` for one; advances `cursor`.
@@ -146,7 +367,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- records and changes ---
     async fn get_record(&self, object: &str, id: &str) -> Result<Option<Record>>;
-    /// Stores `fields` as version `expected + 1` of the record and appends `change`, atomically.
+    /// Stores `fields` as version `expected + 1` of the record and appends `change` to the
+    /// object's change stream, atomically.
     async fn write_record(
         &self,
         object: &str,
@@ -155,16 +377,6 @@ pub trait Store: Send + Sync + 'static {
         fields: &Fields,
         change: &Change,
     ) -> Result<WriteResult>;
-    async fn read_changes(
-        &self,
-        object: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<Change>>>;
-    /// Takes over changes another consumer read but did not acknowledge within `min_idle`.
-    async fn claim_changes(&self, object: &str, consumer: &str, min_idle: Duration) -> Result<Vec<Entry<Change>>>;
-    async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()>;
 
     // --- the write index (scheduled webhooks) ---
     /// The position of the object's latest record write; 0 before the first.
@@ -177,63 +389,63 @@ pub trait Store: Send + Sync + 'static {
     /// at the newer one: readers are at-least-once.
     async fn records_written(&self, object: &str, after: u64, limit: usize) -> Result<Vec<IndexedRecord>>;
 
-    // --- jobs ---
-    /// Appends jobs to their webhooks' queues.
-    async fn enqueue(&self, jobs: &[Job]) -> Result<()>;
-    async fn read_jobs(&self, webhook: &str, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry<Job>>>;
-    async fn claim_jobs(
+    // --- every queue ---
+    /// New entries of `queue` for `consumer`, at most `count`, waiting up to `block` for one.
+    /// On a job queue it reads fresh jobs only (a dispatcher filling a bulk call).
+    async fn read(&self, queue: &QueueName, consumer: &str, count: usize, block: Duration) -> Result<Vec<RawEntry>>;
+    /// Takes over for `consumer` up to `count` entries that other consumers were handed and
+    /// have left idle at least `scan.min_idle`, going on from `scan.cursor`. Returns the
+    /// entries and where the next scan goes on (`""` once it came round to the start).
+    async fn claim(
         &self,
-        webhook: &str,
+        queue: &QueueName,
         consumer: &str,
-        min_idle: Duration,
+        scan: &ClaimScan,
         count: usize,
-    ) -> Result<Vec<Entry<Job>>>;
-    /// Gives jobs read by `read_jobs` back to the queue undelivered (the reader is stopping).
-    async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()>;
-    /// Moves due delayed jobs to the queue; returns when the next one is due (Unix ms).
-    async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>>;
-    /// Records `attempt`, enqueues `follow_up` and acknowledges entry `entry_id` (`""`: a
-    /// job that was never on the queue), atomically.
-    async fn complete(&self, webhook: &str, entry_id: &str, attempt: &Attempt, follow_up: FollowUp) -> Result<()> {
-        let ids: Vec<String> = if entry_id.is_empty() { vec![] } else { vec![entry_id.to_string()] };
-        self.complete_batch(webhook, &ids, attempt, follow_up).await
-    }
-    /// Like [`Store::complete`] for a bulk call: every entry of the batch is acknowledged
-    /// in the same atomic step as the one attempt and its follow-up.
-    async fn complete_batch(
-        &self,
-        webhook: &str,
-        entry_ids: &[String],
-        attempt: &Attempt,
-        follow_up: FollowUp,
-    ) -> Result<()>;
+    ) -> Result<(Vec<RawEntry>, String)>;
+    /// Keeps `consumer`'s entries `ids` from going idle; returns those it no longer owns.
+    async fn touch(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
+    /// Acknowledges (and removes) those of `ids` that `consumer` owns; returns them.
+    async fn ack(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
+    /// Gives back those of `ids` that `consumer` owns, undone: any consumer's next claim
+    /// takes them over at once.
+    async fn release(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<()>;
+
+    // --- jobs ---
+    /// Appends jobs to their webhooks' queues: fresh jobs to the fresh stream, jobs already
+    /// attempted or holding several records to the solo stream.
+    async fn enqueue(&self, jobs: &[Job]) -> Result<()>;
+    /// One dispatcher step; see [`Take`].
+    async fn take(&self, take: &Take<'_>) -> Result<Taken>;
+    /// Waits until a job may have arrived on the webhook's queue after `mark` (a
+    /// [`Taken::mark`]), or `timeout` passed.
+    async fn wait_for_jobs(&self, webhook: &str, mark: &str, timeout: Duration) -> Result<()>;
+    /// A dispatcher's heartbeat; see [`Renew`].
+    async fn renew(&self, renew: &Renew<'_>) -> Result<Renewed>;
+    /// Counts one call under the webhook's rate limit if it may start now (None); else how
+    /// long to wait, nothing counted. For calls outside a [`Store::take`] (a resend after a
+    /// refused OAuth token).
+    async fn rate_wait(&self, webhook: &str, rate: Rate) -> Result<Option<Duration>>;
+    /// Gives permits back. With `leave`, the consumer stops contending for a share.
+    async fn release_permits(&self, webhook: &str, consumer: &str, permits: &[String], leave: bool) -> Result<()>;
+    /// Finishes calls: for each completion whose entries `consumer` still owns, records the
+    /// attempt, enqueues its follow-ups and acknowledges the entries, atomically. Says for
+    /// each whether it took effect.
+    async fn complete(&self, webhook: &str, consumer: &str, items: &[Completion]) -> Result<Vec<bool>>;
     /// When the oldest job on the queue (ready or being delivered) was queued, Unix ms.
     async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>>;
     /// Number of jobs waiting: ready, pending and delayed.
     async fn queue_depth(&self, webhook: &str) -> Result<u64>;
 
     // --- write-backs ---
-    async fn read_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>>;
-    async fn claim_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        min_idle: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>>;
-    /// Notes the write-back's result on its attempt and acknowledges it.
-    async fn finish_writeback(
-        &self,
-        webhook: &str,
-        entry_id: &str,
-        attempt_id: &str,
-        error: Option<&str>,
-    ) -> Result<()>;
+    /// Finishes write-backs `consumer` still owns: stores each attempt as given, keeps the
+    /// failed ones among the failed write-backs, acknowledges the entries, atomically per
+    /// item. Says for each whether it took effect.
+    async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>>;
+    /// Failed write-backs, oldest first.
+    async fn failed_writebacks(&self, webhook: &str, limit: usize) -> Result<Vec<FailedWriteback>>;
+    /// Moves every failed write-back back to the write-back queue.
+    async fn redrive_writebacks(&self, webhook: &str) -> Result<u64>;
 
     // --- attempt log and dead letters ---
     async fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>>;
@@ -265,20 +477,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Releases the lock if `holder` still holds it.
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()>;
-
-    // --- rate limits ---
-    /// GCRA: asks to make one call under a limit of one call per `interval` (with `burst`
-    /// calls of slack). Zero: go, the call is counted. Otherwise how long to wait before
-    /// asking again (nothing was counted).
-    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration>;
-
-    // --- concurrency ---
-    /// Takes or renews one of `limit` permits for `holder`, leased for `lease`.
-    async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool>;
-    async fn release_permit(&self, webhook: &str, holder: &str) -> Result<()>;
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
+
+/// The prefix of a job queue's solo entry ids (`s:<stream id>`); fresh entries have none.
+pub const SOLO_PREFIX: &str = "s:";

@@ -15,36 +15,61 @@
 //! on one slot; [`Store::enqueue`], the one call that writes to several webhooks at once,
 //! sends one pipeline per webhook.
 //!
+//! # Connections that cannot hang
+//!
+//! Sockets have `TCP_NODELAY`, keepalive probes and a `TCP_USER_TIMEOUT`, so a dead peer is
+//! noticed by the kernel. A peer that stops answering but keeps its socket open (a stalled
+//! proxy, a frozen server) is noticed by time: every command has a response timeout, and a
+//! timeout on the shared connection replaces it with a fresh one (the client library only
+//! reconnects after I/O errors, and a half-open connection gives none). Blocking reads run on
+//! dedicated connections, each bounded by its block time plus a margin; one that overruns is
+//! dropped, never reused.
+//!
 //! A namespace written by a version before the write index has records without a position
 //! and no index; scheduled webhooks, which find records through the index, would not see
 //! them until they were written again. So connecting indexes them, once per object (see
 //! [`RedisStore::index_unindexed_records`]), on one Redis and on a cluster alike.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hookline_model::{DataObject, Fields, Record, StoredWebhook};
-use hookline_proto::{Attempt, Change, Job, Message, WritebackJob};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use hookline_proto::{Attempt, Change, Job, Message};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
+use redis::io::tcp::{TcpSettings, socket2};
+use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::{
+    AsyncCommands, AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script,
+    ScriptInvocation, Value,
+};
 
 use crate::keys::{DISPATCH_GROUP, Keys, TRIGGER_GROUP, WRITEBACK_GROUP};
 use crate::{
-    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, IndexedRecord, Result, Store, StoreError,
-    WriteResult, now_ms,
+    ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DeadLetter, DefEvent, Definitions, FailedWriteback,
+    IndexedRecord, QueueKind, QueueName, Rate, RawEntry, Renew, Renewed, Result, Store, StoreError, Take, Taken,
+    WriteResult, WritebackDone, now_ms,
 };
 
+/// How long a command may take to answer before its connection counts as stalled.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much longer than its block time a blocking read may take.
+const BLOCK_MARGIN: Duration = Duration::from_secs(3);
+/// Retries promoted to the solo stream per dispatcher step, at most.
+const PROMOTE_MAX: u32 = 500;
+
 /// A connection to one Redis or to a Redis Cluster. Cheap to clone: both kinds are handles
-/// to one multiplexed connection (per node, for a cluster) that reconnects by itself.
+/// to one multiplexed connection (per node, for a cluster).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
+    /// A dedicated connection for blocking reads (one Redis).
+    Plain(MultiplexedConnection),
     /// Routes every command by its first key's slot (a script by its first key, a
     /// pipeline by its first command's key) and follows `MOVED`/`ASK` redirections.
     Cluster(ClusterConnection),
@@ -54,6 +79,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -66,6 +92,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -73,59 +100,138 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
 }
 
-/// Where dedicated connections for blocking reads come from.
+/// Socket settings of every connection: no Nagle delay on small commands, keepalive probes
+/// after 10 s of silence, and unacknowledged data failing the socket after 10 s.
+fn tcp_settings() -> TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(3))
+        .with_retries(3);
+    TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(Duration::from_secs(10))
+}
+
+/// Where connections come from.
 enum Connector {
     Single(redis::Client),
-    /// Built without a response timeout: a blocking read answers when its block ends.
-    Cluster(Box<ClusterClient>),
+    Cluster { shared: Box<ClusterClient>, blocking: Box<ClusterClient> },
 }
 
 impl Connector {
-    async fn connect(&self) -> Result<Conn> {
+    /// The connection every non-blocking command shares.
+    async fn shared(&self) -> Result<Conn> {
         match self {
-            Connector::Single(client) => ConnectionManager::new_with_config(client.clone(), config(None))
-                .await
-                .map(Conn::Single)
-                .map_err(map_err),
-            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster).map_err(map_err),
+            Connector::Single(client) => {
+                ConnectionManager::new_with_config(client.clone(), manager_config(Some(RESPONSE_TIMEOUT)))
+                    .await
+                    .map(Conn::Single)
+                    .map_err(map_err)
+            }
+            Connector::Cluster { shared, .. } => {
+                shared.get_async_connection().await.map(Conn::Cluster).map_err(map_err)
+            }
+        }
+    }
+
+    /// A dedicated connection for blocking reads, without a response timeout of its own (a
+    /// blocking read answers when its block ends; its caller bounds it).
+    async fn blocking(&self) -> Result<Conn> {
+        match self {
+            Connector::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(None);
+                client.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Plain).map_err(map_err)
+            }
+            Connector::Cluster { blocking, .. } => {
+                blocking.get_async_connection().await.map(Conn::Cluster).map_err(map_err)
+            }
         }
     }
 }
 
 /// The atomic steps, loaded once; `Script` sends EVALSHA and falls back to EVAL after a
-/// Redis restart flushed the script cache.
+/// Redis restart flushed the script cache. The queue scripts share the prelude `lib.lua`.
 struct Scripts {
     write_record: Script,
     index_record: Script,
     put_webhook: Script,
-    promote_due: Script,
+    put_object: Script,
+    definitions: Script,
+    take: Script,
+    renew: Script,
+    release_permits: Script,
+    rate: Script,
+    touch: Script,
+    ack: Script,
+    release: Script,
+    claim: Script,
     complete: Script,
-    acquire_permit: Script,
+    finish_writebacks: Script,
     redrive: Script,
-    requeue: Script,
+    redrive_writebacks: Script,
     try_lock: Script,
     set_value_locked: Script,
     unlock: Script,
-    rate: Script,
+}
+
+macro_rules! queue_script {
+    ($name:literal) => {
+        Script::new(concat!(include_str!("lua/lib.lua"), "\n", include_str!(concat!("lua/", $name))))
+    };
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        Scripts {
+            write_record: Script::new(include_str!("lua/write_record.lua")),
+            index_record: Script::new(include_str!("lua/index_record.lua")),
+            put_webhook: Script::new(include_str!("lua/put_webhook.lua")),
+            put_object: Script::new(include_str!("lua/put_object.lua")),
+            definitions: Script::new(include_str!("lua/definitions.lua")),
+            take: queue_script!("take.lua"),
+            renew: queue_script!("renew.lua"),
+            release_permits: queue_script!("release_permits.lua"),
+            rate: Script::new(include_str!("lua/rate.lua")),
+            touch: queue_script!("touch.lua"),
+            ack: queue_script!("ack.lua"),
+            release: queue_script!("release.lua"),
+            claim: queue_script!("claim.lua"),
+            complete: queue_script!("complete.lua"),
+            finish_writebacks: queue_script!("finish_writebacks.lua"),
+            redrive: Script::new(include_str!("lua/redrive.lua")),
+            redrive_writebacks: Script::new(include_str!("lua/redrive_writebacks.lua")),
+            try_lock: Script::new(include_str!("lua/try_lock.lua")),
+            set_value_locked: Script::new(include_str!("lua/set_value_locked.lua")),
+            unlock: Script::new(include_str!("lua/unlock.lua")),
+        }
+    }
+}
+
+/// The shared connection, replaced when it stalls.
+struct Shared {
+    conn: RwLock<Conn>,
+    /// Set while a replacement is being made, so a burst of timeouts makes one.
+    healing: AtomicBool,
 }
 
 pub struct RedisStore {
     keys: Keys,
-    connector: Connector,
-    /// Shared multiplexed connection for every non-blocking command.
-    conn: Conn,
+    connector: Arc<Connector>,
+    shared: Arc<Shared>,
     /// Dedicated connections for blocking reads (`XREADGROUP … BLOCK`), which would stall
     /// every other command on a multiplexed connection (on a cluster: every command to the
-    /// same node). Taken per read, given back after.
+    /// same node). Taken per read, given back after one that answered in time.
     blocking: Mutex<Vec<Conn>>,
     scripts: Scripts,
 }
 
+/// Maps a Redis error, naming no URL (one may carry a password).
 fn map_err(e: RedisError) -> StoreError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         StoreError::Unavailable(e.to_string())
@@ -142,6 +248,10 @@ fn json<T: serde::de::DeserializeOwned>(key: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
 
+fn reply<T: redis::FromRedisValue>(what: &str, v: Value) -> Result<T> {
+    redis::from_redis_value(v).map_err(|e| StoreError::Corrupt { key: what.to_string(), reason: e.to_string() })
+}
+
 /// An invocation of `script` with `keys` as its `KEYS`, in order; on a cluster it is sent to
 /// the node of the first key's slot (the others share it, see [`crate::keys`]).
 fn invocation<'a>(script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
@@ -152,7 +262,7 @@ fn invocation<'a>(script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
     inv
 }
 
-fn config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
+fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(response_timeout)
@@ -165,18 +275,19 @@ fn config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
 fn cluster_client(nodes: &[String], response_timeout: Option<Duration>) -> Result<ClusterClient> {
     let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
         .connection_timeout(Duration::from_secs(2))
+        .tcp_settings(tcp_settings())
         .retries(4)
         .min_retry_wait(50)
         .max_retry_wait(1_000);
     if let Some(t) = response_timeout {
         builder = builder.response_timeout(t);
     }
-    builder.build().map_err(|e| StoreError::Backend(format!("invalid Redis Cluster nodes {nodes:?}: {e}")))
+    builder.build().map_err(|e| StoreError::Backend(format!("invalid Redis Cluster nodes: {e}")))
 }
 
 /// The seed nodes of a cluster URL (see the module docs), or `None` for a single Redis.
 fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>> {
-    let invalid = |why: &str| StoreError::Backend(format!("invalid Redis Cluster URL `{url}`: {why}"));
+    let invalid = |why: &str| StoreError::Backend(format!("invalid Redis Cluster URL: {why}"));
     let url = url.trim();
     for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
         let Some(rest) = url.strip_prefix(scheme) else { continue };
@@ -217,6 +328,48 @@ fn check_namespace(namespace: &str) -> Result<()> {
     Ok(())
 }
 
+/// The consumer group of a queue kind.
+fn group_of(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Changes => TRIGGER_GROUP,
+        QueueKind::Jobs => DISPATCH_GROUP,
+        QueueKind::Writebacks => WRITEBACK_GROUP,
+    }
+}
+
+/// The payload field of a queue kind's stream entries.
+fn field_of(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Changes => "c",
+        QueueKind::Jobs => "j",
+        QueueKind::Writebacks => "w",
+    }
+}
+
+/// Whether a job goes to the solo stream: it was attempted before, or it is a whole batch.
+pub(crate) fn is_solo(job: &Job) -> bool {
+    job.attempts > 0 || job.record_ids.len() > 1
+}
+
+/// Entries as the queue scripts return them: `{id, payload, deliveries, redriven, solo}`.
+fn script_entries(what: &str, v: Value) -> Result<Vec<RawEntry>> {
+    let rows: Vec<(String, Vec<u8>, u32, String, String)> = reply(what, v)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, payload, deliveries, redriven, solo)| RawEntry {
+            id,
+            payload,
+            deliveries: deliveries.max(1),
+            redriven: redriven == "1",
+            solo: solo == "1",
+        })
+        .collect())
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
 impl RedisStore {
     /// Connects with every key under `namespace` to one Redis (`redis://host:port`) or to a
     /// Redis Cluster: `redis+cluster://host:port[,host:port…]` or several comma-separated
@@ -230,11 +383,12 @@ impl RedisStore {
             return Self::connect_cluster(&nodes, namespace).await;
         }
         check_namespace(namespace)?;
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?;
-        let conn = ConnectionManager::new_with_config(client.clone(), config(Some(Duration::from_secs(5))))
-            .await
-            .map_err(map_err)?;
-        let store = Self::new(namespace, Connector::Single(client), Conn::Single(conn));
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?
+            .set_tcp_settings(tcp_settings());
+        let client = redis::Client::open(info).map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?;
+        let store = Self::new(namespace, Connector::Single(client)).await?;
         // First the renames: the objects to index are listed from the renamed definitions.
         store.migrate_legacy_keys().await?;
         store.index_unindexed_records().await?;
@@ -251,40 +405,29 @@ impl RedisStore {
         }
         let nodes: Vec<String> =
             nodes.iter().map(|n| if n.contains("://") { n.clone() } else { format!("redis://{n}") }).collect();
-        let shared = cluster_client(&nodes, Some(Duration::from_secs(5)))?;
-        let conn = shared.get_async_connection().await.map_err(map_err)?;
-        let blocking = cluster_client(&nodes, None)?;
-        let store = Self::new(namespace, Connector::Cluster(Box::new(blocking)), Conn::Cluster(conn));
+        let connector = Connector::Cluster {
+            shared: Box::new(cluster_client(&nodes, Some(RESPONSE_TIMEOUT))?),
+            blocking: Box::new(cluster_client(&nodes, None)?),
+        };
+        let store = Self::new(namespace, connector).await?;
         store.index_unindexed_records().await?;
         Ok(store)
     }
 
-    fn new(namespace: &str, connector: Connector, conn: Conn) -> Self {
-        RedisStore {
+    async fn new(namespace: &str, connector: Connector) -> Result<Self> {
+        let conn = connector.shared().await?;
+        Ok(RedisStore {
             keys: Keys::new(namespace),
-            connector,
-            conn,
+            connector: Arc::new(connector),
+            shared: Arc::new(Shared { conn: RwLock::new(conn), healing: AtomicBool::new(false) }),
             blocking: Mutex::new(Vec::new()),
-            scripts: Scripts {
-                write_record: Script::new(include_str!("lua/write_record.lua")),
-                index_record: Script::new(include_str!("lua/index_record.lua")),
-                put_webhook: Script::new(include_str!("lua/put_webhook.lua")),
-                promote_due: Script::new(include_str!("lua/promote_due.lua")),
-                complete: Script::new(include_str!("lua/complete.lua")),
-                acquire_permit: Script::new(include_str!("lua/acquire_permit.lua")),
-                redrive: Script::new(include_str!("lua/redrive.lua")),
-                requeue: Script::new(include_str!("lua/requeue.lua")),
-                try_lock: Script::new(include_str!("lua/try_lock.lua")),
-                set_value_locked: Script::new(include_str!("lua/set_value_locked.lua")),
-                unlock: Script::new(include_str!("lua/unlock.lua")),
-                rate: Script::new(include_str!("lua/rate.lua")),
-            },
-        }
+            scripts: Scripts::load(),
+        })
     }
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        matches!(*self.shared.conn.read().unwrap_or_else(|p| p.into_inner()), Conn::Cluster(_))
     }
 
     /// Renames the definition keys of the layout before hash tags to their new names, once
@@ -372,8 +515,9 @@ impl RedisStore {
     async fn scan_records(&self, object: &str, pattern: &str, cursor: u64) -> Result<(u64, Vec<String>)> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-        match self.conn() {
+        match self.conn().conn {
             Conn::Single(mut conn) => cmd.query_async(&mut conn).await.map_err(map_err),
+            Conn::Plain(mut conn) => cmd.query_async(&mut conn).await.map_err(map_err),
             Conn::Cluster(mut conn) => {
                 let route = Route::with_key(self.keys.position(object), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
@@ -388,8 +532,10 @@ impl RedisStore {
         &self.keys
     }
 
-    fn conn(&self) -> Conn {
-        self.conn.clone()
+    /// The shared connection, which replaces itself when a command on it times out.
+    fn conn(&self) -> Healing {
+        let conn = self.shared.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Healing { conn, shared: self.shared.clone(), connector: self.connector.clone() }
     }
 
     async fn take_blocking(&self) -> Result<Conn> {
@@ -397,13 +543,43 @@ impl RedisStore {
         let pooled = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match pooled {
             Some(c) => Ok(c),
-            // No response timeout: the server answers a BLOCK read when its block ends.
-            None => self.connector.connect().await,
+            None => self.connector.blocking().await,
         }
     }
 
     fn give_back(&self, conn: Conn) {
         self.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    }
+
+    /// Runs a blocking command on a dedicated connection, bounded by `block` plus a margin:
+    /// a connection that overruns it (its peer stopped answering) is dropped, not reused.
+    async fn blocking_query<T: redis::FromRedisValue>(&self, cmd: &Cmd, block: Duration) -> redis::RedisResult<T> {
+        let mut conn = match self.take_blocking().await {
+            Ok(c) => c,
+            Err(e) => return Err(RedisError::from((redis::ErrorKind::Io, "no connection", e.to_string()))),
+        };
+        match tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                self.give_back(conn);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                // A server error leaves the connection usable; an I/O error does not.
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    drop(conn);
+                } else {
+                    self.give_back(conn);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    block_ms = block.as_millis() as u64,
+                    "a blocking Redis read overran its block; dropping its connection"
+                );
+                Err(RedisError::from((redis::ErrorKind::Io, "blocking read timed out")))
+            }
+        }
     }
 
     /// Creates `group` on `stream` (and the stream), reading from its start. Idempotent.
@@ -423,145 +599,112 @@ impl RedisStore {
     }
 
     /// Reads new entries of `stream` for `group`, healing a missing group (a Redis restart,
-    /// a deleted key) by creating it.
+    /// a deleted key) by creating it and reading again.
     async fn read_group(
         &self,
         stream: &str,
         group: &str,
         consumer: &str,
+        field: &str,
         count: usize,
         block: Duration,
-    ) -> Result<Vec<StreamId>> {
-        let mut conn = self.take_blocking().await?;
+    ) -> Result<Vec<RawEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count.max(1));
         if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            cmd.arg("BLOCK").arg(ms(block));
         }
         cmd.arg("STREAMS").arg(stream).arg(">");
-        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(&mut conn).await;
-        match reply {
-            Ok(reply) => {
-                self.give_back(conn);
-                Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+        for _ in 0..2 {
+            let reply: redis::RedisResult<Option<StreamReadReply>> = self.blocking_query(&cmd, block).await;
+            match reply {
+                Ok(reply) => {
+                    let ids = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+                    return Ok(stream_entries(ids, field));
+                }
+                Err(e) if e.code() == Some("NOGROUP") => self.ensure_group(stream, group).await?,
+                Err(e) => return Err(map_err(e)),
             }
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.give_back(conn);
-                self.ensure_group(stream, group).await?;
-                Ok(Vec::new())
-            }
-            Err(e) => Err(map_err(e)),
         }
+        Ok(Vec::new())
     }
 
-    async fn autoclaim(
-        &self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-        min_idle: Duration,
+    /// An invocation of a queue script on `queue`'s streams: KEYS are the stream and (for a
+    /// job queue) its solo stream, or the one stream twice; ARGV starts with group and consumer.
+    fn queue_invocation<'a>(&self, script: &'a Script, queue: &QueueName, consumer: &str) -> ScriptInvocation<'a> {
+        let mut streams = self.keys.queue_streams(queue);
+        if streams.len() == 1 {
+            streams.push(streams[0].clone());
+        }
+        let mut inv = invocation(script, &streams);
+        inv.arg(group_of(queue.kind)).arg(consumer);
+        inv
+    }
+}
+
+/// Entries of one stream as `XREADGROUP` returned them.
+fn stream_entries(ids: Vec<redis::streams::StreamId>, field: &str) -> Vec<RawEntry> {
+    ids.into_iter()
+        .map(|sid| {
+            let payload = sid.get::<Vec<u8>>(field).unwrap_or_default();
+            let redriven = sid.get::<String>("redriven").is_some();
+            RawEntry { id: sid.id, payload, deliveries: 1, redriven, solo: false }
+        })
+        .collect()
+}
+
+/// A handle to the shared connection that replaces it after a response timeout: a peer that
+/// stops answering without closing (half-open) gives the client no I/O error to reconnect on.
+#[derive(Clone)]
+struct Healing {
+    conn: Conn,
+    shared: Arc<Shared>,
+    connector: Arc<Connector>,
+}
+
+impl Healing {
+    fn check<T>(&self, result: &redis::RedisResult<T>) {
+        if let Err(e) = result
+            && e.is_timeout()
+            && !self.shared.healing.swap(true, Ordering::SeqCst)
+        {
+            let (shared, connector) = (self.shared.clone(), self.connector.clone());
+            tokio::spawn(async move {
+                tracing::warn!("Redis stopped answering on the shared connection; opening a new one");
+                match connector.shared().await {
+                    Ok(fresh) => *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+                    Err(error) => tracing::warn!(%error, "cannot reconnect to Redis yet; the next timeout tries again"),
+                }
+                shared.healing.store(false, Ordering::SeqCst);
+            });
+        }
+    }
+}
+
+impl ConnectionLike for Healing {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.check(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
         count: usize,
-    ) -> Result<Vec<StreamId>> {
-        let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
-            .arg(stream)
-            .arg(group)
-            .arg(consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .query_async(&mut self.conn())
-            .await;
-        match reply {
-            Ok(r) => Ok(r.claimed),
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.ensure_group(stream, group).await?;
-                Ok(Vec::new())
-            }
-            Err(e) => Err(map_err(e)),
-        }
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.check(&result);
+            result
+        })
     }
 
-    /// Decodes entries; an undecodable entry is logged and removed so it cannot wedge the queue.
-    async fn decode_entries<T: Message + Default>(
-        &self,
-        stream: &str,
-        group: &str,
-        field: &str,
-        ids: Vec<StreamId>,
-    ) -> Result<Vec<Entry<T>>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for sid in ids {
-            let decoded = sid
-                .get::<Vec<u8>>(field)
-                .ok_or_else(|| StoreError::Corrupt { key: stream.to_string(), reason: format!("no field `{field}`") })
-                .and_then(|b| decode::<T>(stream, &b));
-            match decoded {
-                Ok(value) => {
-                    let redriven = sid.get::<String>("redriven").is_some();
-                    out.push(Entry { id: sid.id, value, redriven, deliveries: 1 })
-                }
-                Err(e) => {
-                    tracing::error!(stream, entry = %sid.id, error = %e, "dropping undecodable queue entry");
-                    self.ack(stream, group, std::slice::from_ref(&sid.id)).await?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Fills in how often each claimed entry was delivered (XAUTOCLAIM counts the claim).
-    async fn delivery_counts<T>(&self, stream: &str, group: &str, entries: &mut [Entry<T>]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for e in entries.iter() {
-            pipe.cmd("XPENDING").arg(stream).arg(group).arg(&e.id).arg(&e.id).arg(1);
-        }
-        let replies: Vec<Vec<(String, String, u64, u32)>> =
-            pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
-        for (e, reply) in entries.iter_mut().zip(replies) {
-            if let Some((_, _, _, count)) = reply.first() {
-                e.deliveries = *count;
-            }
-        }
-        Ok(())
-    }
-
-    async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        redis::pipe()
-            .cmd("XACK")
-            .arg(stream)
-            .arg(group)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(stream)
-            .arg(ids)
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(map_err)
-    }
-
-    async fn event(&self, kind: &str, id: &str) -> Result<()> {
-        redis::cmd("XADD")
-            .arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(10_000)
-            .arg("*")
-            .arg("k")
-            .arg(kind)
-            .arg("id")
-            .arg(id)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(map_err)
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
@@ -573,14 +716,19 @@ impl Store for RedisStore {
 
     async fn put_object(&self, object: &DataObject) -> Result<()> {
         let text = serde_json::to_string(object).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let created: u64 = self.conn().hset(self.keys.objects(), &object.name, text).await.map_err(map_err)?;
+        let created: u64 = invocation(&self.scripts.put_object, &self.keys.put_object_keys())
+            .arg(&object.name)
+            .arg(text)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
         if created == 1 {
             // A new object has only records written through the index: no connect need scan
             // for older ones. (Not on an update: an existing object may still be unscanned.
             // A crash before this only costs a later, harmless scan.)
             self.conn().set::<_, _, ()>(self.keys.indexed(&object.name), 1).await.map_err(map_err)?;
         }
-        self.event("object", &object.name).await
+        Ok(())
     }
 
     async fn get_object(&self, name: &str) -> Result<Option<DataObject>> {
@@ -637,6 +785,24 @@ impl Store for RedisStore {
         Ok(ok == 1)
     }
 
+    async fn definitions(&self) -> Result<Definitions> {
+        let (version, objects, webhooks): (u64, Vec<(String, String)>, Vec<(String, String)>) =
+            invocation(&self.scripts.definitions, &self.keys.definitions_keys())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(map_err)?;
+        let (okey, wkey) = (self.keys.objects(), self.keys.webhooks());
+        let objects = objects.iter().map(|(_, t)| json(&okey, t)).collect::<Result<Vec<DataObject>>>()?;
+        let mut webhooks = webhooks.iter().map(|(_, t)| json(&wkey, t)).collect::<Result<Vec<StoredWebhook>>>()?;
+        webhooks.sort_by(|a, b| a.definition.id.cmp(&b.definition.id));
+        Ok(Definitions { version, objects, webhooks })
+    }
+
+    async fn definitions_version(&self) -> Result<u64> {
+        let v: Option<u64> = self.conn().get(self.keys.definitions_version()).await.map_err(map_err)?;
+        Ok(v.unwrap_or(0))
+    }
+
     async fn events_cursor(&self) -> Result<String> {
         let r: StreamRangeReply =
             self.conn().xrevrange_count(self.keys.events(), "+", "-", 1).await.map_err(map_err)?;
@@ -644,19 +810,15 @@ impl Store for RedisStore {
     }
 
     async fn next_events(&self, cursor: &mut String, block: Duration) -> Result<Vec<DefEvent>> {
-        let mut conn = self.take_blocking().await?;
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
-            .arg("COUNT")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(1000)
             .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
+            .arg(ms(block))
             .arg("STREAMS")
             .arg(self.keys.events())
-            .arg(cursor.as_str())
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
-        self.give_back(conn);
+            .arg(cursor.as_str());
+        let reply: Option<StreamReadReply> = self.blocking_query(&cmd, block).await.map_err(map_err)?;
         let mut out = Vec::new();
         for sid in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
             let kind: Option<String> = sid.get("k");
@@ -701,28 +863,6 @@ impl Store for RedisStore {
                 .await
                 .map_err(map_err)?;
         Ok(if ok == 1 { WriteResult::Written { version } } else { WriteResult::Conflict { current: version } })
-    }
-
-    async fn read_changes(
-        &self,
-        object: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<Change>>> {
-        let stream = self.keys.changes(object);
-        let ids = self.read_group(&stream, TRIGGER_GROUP, consumer, count, block).await?;
-        self.decode_entries(&stream, TRIGGER_GROUP, "c", ids).await
-    }
-
-    async fn claim_changes(&self, object: &str, consumer: &str, min_idle: Duration) -> Result<Vec<Entry<Change>>> {
-        let stream = self.keys.changes(object);
-        let ids = self.autoclaim(&stream, TRIGGER_GROUP, consumer, min_idle, 100).await?;
-        self.decode_entries(&stream, TRIGGER_GROUP, "c", ids).await
-    }
-
-    async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()> {
-        self.ack(&self.keys.changes(object), TRIGGER_GROUP, ids).await
     }
 
     async fn write_position(&self, object: &str) -> Result<u64> {
@@ -778,6 +918,59 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn read(&self, queue: &QueueName, consumer: &str, count: usize, block: Duration) -> Result<Vec<RawEntry>> {
+        let stream = self.keys.queue_streams(queue).swap_remove(0);
+        self.read_group(&stream, group_of(queue.kind), consumer, field_of(queue.kind), count, block).await
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        consumer: &str,
+        scan: &ClaimScan,
+        count: usize,
+    ) -> Result<(Vec<RawEntry>, String)> {
+        let streams = self.keys.queue_streams(queue);
+        let (entries, cursor): (Value, String) = invocation(&self.scripts.claim, &streams)
+            .arg(group_of(queue.kind))
+            .arg(consumer)
+            .arg(scan.min_idle.as_millis() as u64)
+            .arg(&scan.cursor)
+            .arg(count.max(1))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        Ok((script_entries("claim", entries)?, cursor))
+    }
+
+    async fn touch(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.queue_invocation(&self.scripts.touch, queue, consumer);
+        inv.arg(ids);
+        inv.invoke_async(&mut self.conn()).await.map_err(map_err)
+    }
+
+    async fn ack(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.queue_invocation(&self.scripts.ack, queue, consumer);
+        inv.arg(ids);
+        inv.invoke_async(&mut self.conn()).await.map_err(map_err)
+    }
+
+    async fn release(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.queue_invocation(&self.scripts.release, queue, consumer);
+        inv.arg(ids);
+        inv.invoke_async::<i64>(&mut self.conn()).await.map_err(map_err)?;
+        Ok(())
+    }
+
     async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
@@ -786,11 +979,12 @@ impl Store for RedisStore {
         // In order within each webhook; the pipelines go out side by side.
         let mut pipes: HashMap<&str, Pipeline> = HashMap::new();
         for job in jobs {
+            let stream = if is_solo(job) { self.keys.solo(&job.webhook_id) } else { self.keys.jobs(&job.webhook_id) };
             pipes
                 .entry(job.webhook_id.as_str())
                 .or_insert_with(redis::pipe)
                 .cmd("XADD")
-                .arg(self.keys.jobs(&job.webhook_id))
+                .arg(stream)
                 .arg("*")
                 .arg("j")
                 .arg(job.encode_to_vec())
@@ -804,135 +998,220 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn read_jobs(&self, webhook: &str, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry<Job>>> {
-        let stream = self.keys.jobs(webhook);
-        let ids = self.read_group(&stream, DISPATCH_GROUP, consumer, count, block).await?;
-        self.decode_entries(&stream, DISPATCH_GROUP, "j", ids).await
+    async fn take(&self, t: &Take<'_>) -> Result<Taken> {
+        let mut inv = invocation(&self.scripts.take, &self.keys.take_keys(t.webhook));
+        inv.arg(DISPATCH_GROUP)
+            .arg(t.consumer)
+            .arg(ms(t.lease))
+            .arg(t.limit)
+            .arg(t.free)
+            .arg(t.want)
+            .arg(t.batch.max(1))
+            .arg(t.max_entries.max(1));
+        match t.rate {
+            // Microseconds, rounded up so the limit is never exceeded.
+            Some(r) => inv
+                .arg(r.interval.as_nanos().div_ceil(1000).max(1) as u64)
+                .arg((r.interval.as_nanos().div_ceil(1000) as u64).saturating_mul(r.burst as u64)),
+            None => inv.arg("").arg(0),
+        };
+        match &t.claim {
+            Some(scan) => inv.arg(scan.min_idle.as_millis() as u64).arg(&scan.cursor),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(PROMOTE_MAX).arg(t.release);
+        let (granted, fair_share, entries, cursor, next_due, rate_wait, mark): (
+            Vec<String>,
+            u32,
+            Value,
+            String,
+            i64,
+            i64,
+            String,
+        ) = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+        Ok(Taken {
+            granted,
+            fair_share,
+            entries: script_entries("take", entries)?,
+            cursor: t.claim.as_ref().map(|_| cursor),
+            next_due_ms: (next_due >= 0).then_some(next_due),
+            rate_wait: (rate_wait >= 0).then(|| Duration::from_micros(rate_wait as u64)),
+            mark,
+        })
     }
 
-    async fn claim_jobs(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<Entry<Job>>> {
-        let stream = self.keys.jobs(webhook);
-        let ids = self.autoclaim(&stream, DISPATCH_GROUP, consumer, min_idle, count).await?;
-        let mut entries = self.decode_entries(&stream, DISPATCH_GROUP, "j", ids).await?;
-        self.delivery_counts(&stream, DISPATCH_GROUP, &mut entries).await?;
-        Ok(entries)
-    }
-
-    async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut inv = self.scripts.requeue.key(self.keys.jobs(webhook));
-        inv.arg(DISPATCH_GROUP);
-        for e in entries {
-            inv.arg(&e.id).arg(e.value.encode_to_vec());
-        }
-        inv.invoke_async::<i64>(&mut self.conn()).await.map_err(map_err)?;
+    async fn wait_for_jobs(&self, webhook: &str, mark: &str, timeout: Duration) -> Result<()> {
+        let (fresh, solo) = mark.split_once('|').unwrap_or(("$", "$"));
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(ms(timeout))
+            .arg("STREAMS")
+            .arg(self.keys.jobs(webhook))
+            .arg(self.keys.solo(webhook))
+            .arg(fresh)
+            .arg(solo);
+        let _: Option<Value> = self.blocking_query(&cmd, timeout).await.map_err(map_err)?;
         Ok(())
     }
 
-    async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>> {
-        let (_moved, next): (i64, i64) = invocation(&self.scripts.promote_due, &self.keys.promote_due_keys(webhook))
-            .arg(now_ms)
-            .arg(500)
+    async fn renew(&self, r: &Renew<'_>) -> Result<Renewed> {
+        let mut inv = invocation(&self.scripts.renew, &self.keys.renew_keys(r.webhook));
+        inv.arg(DISPATCH_GROUP)
+            .arg(r.consumer)
+            .arg(ms(r.lease))
+            .arg(r.limit)
+            .arg(if r.contending { "1" } else { "0" })
+            .arg(r.permits.len())
+            .arg(r.permits)
+            .arg(r.entries);
+        let (lost_permits, fair_share, lost_entries): (Vec<String>, u32, Vec<String>) =
+            inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+        Ok(Renewed { lost_permits, fair_share, lost_entries })
+    }
+
+    async fn rate_wait(&self, webhook: &str, rate: Rate) -> Result<Option<Duration>> {
+        let interval = rate.interval.as_nanos().div_ceil(1000).max(1) as u64;
+        let wait: u64 = self
+            .scripts
+            .rate
+            .key(self.keys.rate(webhook))
+            .arg(interval)
+            .arg(interval.saturating_mul(rate.burst as u64))
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
-        Ok((next >= 0).then_some(next))
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
     }
 
-    async fn complete_batch(
-        &self,
-        webhook: &str,
-        entry_ids: &[String],
-        attempt: &Attempt,
-        follow_up: FollowUp,
-    ) -> Result<()> {
-        let (retry, due) = follow_up.retry.map(|(j, due)| (j.encode_to_vec(), due)).unwrap_or_default();
-        let (dead, reason) = follow_up.dead_letter.map(|(j, r)| (j.encode_to_vec(), r)).unwrap_or_default();
-        let writeback = follow_up.writeback.map(|w| w.encode_to_vec()).unwrap_or_default();
-        let cutoff = now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
-        invocation(&self.scripts.complete, &self.keys.complete_keys(webhook))
-            .arg(entry_ids.join(" "))
-            .arg(DISPATCH_GROUP)
-            .arg(&attempt.attempt_id)
-            .arg(attempt.encode_to_vec())
-            .arg(attempt.started_at_ms)
-            .arg(cutoff)
-            .arg(retry)
-            .arg(due)
-            .arg(dead)
-            .arg(reason)
-            .arg(writeback)
-            .invoke_async::<()>(&mut self.conn())
+    async fn release_permits(&self, webhook: &str, consumer: &str, permits: &[String], leave: bool) -> Result<()> {
+        if permits.is_empty() && !leave {
+            return Ok(());
+        }
+        invocation(&self.scripts.release_permits, &self.keys.release_permits_keys(webhook))
+            .arg(consumer)
+            .arg("")
+            .arg(if leave { "1" } else { "0" })
+            .arg(permits)
+            .invoke_async::<i64>(&mut self.conn())
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn complete(&self, webhook: &str, consumer: &str, items: &[Completion]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cutoff = now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
+        let mut inv = invocation(&self.scripts.complete, &self.keys.complete_keys(webhook));
+        inv.arg(DISPATCH_GROUP).arg(consumer).arg(cutoff);
+        for c in items {
+            let f = &c.follow_up;
+            let (retry, due) = f.retry.as_ref().map(|(j, due)| (j.encode_to_vec(), *due)).unwrap_or_default();
+            let (dead, reason) =
+                f.dead_letter.as_ref().map(|(j, r)| (j.encode_to_vec(), r.as_str())).unwrap_or_default();
+            let writeback = f.writeback.as_ref().map(|w| w.encode_to_vec()).unwrap_or_default();
+            inv.arg(c.entries.join(" "))
+                .arg(&c.attempt.attempt_id)
+                .arg(c.attempt.encode_to_vec())
+                .arg(c.attempt.started_at_ms)
+                .arg(retry)
+                .arg(due)
+                .arg(dead)
+                .arg(reason)
+                .arg(writeback);
+        }
+        let done: Vec<i64> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+        Ok(done.into_iter().map(|d| d == 1).collect())
     }
 
     async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
-        let r: StreamRangeReply =
-            self.conn().xrange_count(self.keys.jobs(webhook), "-", "+", 1).await.map_err(map_err)?;
-        Ok(r.ids.first().and_then(|e| e.id.split('-').next()?.parse().ok()))
+        let (fresh, solo): (StreamRangeReply, StreamRangeReply) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(self.keys.jobs(webhook))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(self.keys.solo(webhook))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        let first = |r: &StreamRangeReply| r.ids.first().and_then(|e| e.id.split('-').next()?.parse::<i64>().ok());
+        Ok([first(&fresh), first(&solo)].into_iter().flatten().min())
     }
 
     async fn queue_depth(&self, webhook: &str) -> Result<u64> {
-        let [jobs, delayed] = self.keys.queue_depth_keys(webhook);
-        let (ready, delayed): (u64, u64) = redis::pipe()
+        let [fresh, solo, delayed] = self.keys.queue_depth_keys(webhook);
+        let (fresh, solo, delayed): (u64, u64, u64) = redis::pipe()
             .cmd("XLEN")
-            .arg(jobs)
+            .arg(fresh)
+            .cmd("XLEN")
+            .arg(solo)
             .cmd("ZCARD")
             .arg(delayed)
             .query_async(&mut self.conn())
             .await
             .map_err(map_err)?;
-        Ok(ready + delayed)
+        Ok(fresh + solo + delayed)
     }
 
-    async fn read_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>> {
-        let stream = self.keys.writeback(webhook);
-        let ids = self.read_group(&stream, WRITEBACK_GROUP, consumer, count, block).await?;
-        self.decode_entries(&stream, WRITEBACK_GROUP, "w", ids).await
-    }
-
-    async fn claim_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        min_idle: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>> {
-        let stream = self.keys.writeback(webhook);
-        let ids = self.autoclaim(&stream, WRITEBACK_GROUP, consumer, min_idle, 100).await?;
-        self.decode_entries(&stream, WRITEBACK_GROUP, "w", ids).await
-    }
-
-    async fn finish_writeback(
-        &self,
-        webhook: &str,
-        entry_id: &str,
-        attempt_id: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        if let Some(mut attempt) = self.get_attempt(webhook, attempt_id).await? {
-            attempt.writeback_status = if error.is_some() { "error" } else { "done" }.to_string();
-            attempt.writeback_error = error.unwrap_or_default().to_string();
-            self.conn()
-                .hset::<_, _, _, ()>(self.keys.attempts(webhook), attempt_id, attempt.encode_to_vec())
-                .await
-                .map_err(map_err)?;
+    async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        self.ack(&self.keys.writeback(webhook), WRITEBACK_GROUP, &[entry_id.to_string()]).await
+        let mut inv = invocation(&self.scripts.finish_writebacks, &self.keys.finish_writebacks_keys(webhook));
+        inv.arg(WRITEBACK_GROUP).arg(consumer);
+        for item in items {
+            let (attempt_id, attempt) = match &item.attempt {
+                Some(a) => (a.attempt_id.as_str(), a.encode_to_vec()),
+                None => ("", Vec::new()),
+            };
+            let (failed, reason) =
+                item.failed.as_ref().map(|(job, why)| (job.encode_to_vec(), why.as_str())).unwrap_or_default();
+            inv.arg(&item.entry).arg(attempt_id).arg(attempt).arg(failed).arg(reason);
+        }
+        let done: Vec<i64> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+        Ok(done.into_iter().map(|d| d == 1).collect())
+    }
+
+    async fn failed_writebacks(&self, webhook: &str, limit: usize) -> Result<Vec<FailedWriteback>> {
+        let key = self.keys.failed_writebacks(webhook);
+        let r: StreamRangeReply =
+            self.conn().xrange_count(&key, "-", "+", limit.clamp(1, 10_000)).await.map_err(map_err)?;
+        let mut out = Vec::new();
+        for sid in r.ids {
+            let Some(bytes) = sid.get::<Vec<u8>>("w") else { continue };
+            out.push(FailedWriteback {
+                job: decode(&key, &bytes)?,
+                reason: sid.get::<String>("r").unwrap_or_default(),
+                id: sid.id,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn redrive_writebacks(&self, webhook: &str) -> Result<u64> {
+        let mut moved = 0;
+        loop {
+            let batch = self.failed_writebacks(webhook, 500).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut inv = invocation(&self.scripts.redrive_writebacks, &self.keys.redrive_writebacks_keys(webhook));
+            for f in &batch {
+                inv.arg(&f.id).arg(f.job.encode_to_vec());
+            }
+            let n: u64 = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+            moved += n;
+        }
     }
 
     async fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>> {
@@ -1023,7 +1302,7 @@ impl Store for RedisStore {
             .arg(self.keys.value(webhook, name))
             .arg(value)
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
+            .arg(ms(ttl))
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(map_err)
@@ -1036,7 +1315,7 @@ impl Store for RedisStore {
             .try_lock
             .key(self.keys.lock(webhook, name))
             .arg(holder)
-            .arg(ttl.as_millis().max(1) as u64)
+            .arg(ms(ttl))
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
@@ -1057,7 +1336,7 @@ impl Store for RedisStore {
         let ok: i64 = invocation(&self.scripts.set_value_locked, &self.keys.set_value_locked_keys(webhook, lock, name))
             .arg(holder)
             .arg(value)
-            .arg(ttl.as_millis().max(1) as u64)
+            .arg(ms(ttl))
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
@@ -1074,38 +1353,6 @@ impl Store for RedisStore {
             .await
             .map_err(map_err)?;
         Ok(())
-    }
-
-    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration> {
-        let interval_ms = interval.as_millis().max(1) as u64;
-        let wait: u64 = self
-            .scripts
-            .rate
-            .key(self.keys.rate(webhook))
-            .arg(interval_ms)
-            .arg(interval_ms * burst as u64)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(map_err)?;
-        Ok(Duration::from_millis(wait))
-    }
-
-    async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool> {
-        let ok: i64 = self
-            .scripts
-            .acquire_permit
-            .key(self.keys.permits(webhook))
-            .arg(holder)
-            .arg(lease.as_millis() as u64)
-            .arg(limit)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(map_err)?;
-        Ok(ok == 1)
-    }
-
-    async fn release_permit(&self, webhook: &str, holder: &str) -> Result<()> {
-        self.conn().zrem::<_, _, ()>(self.keys.permits(webhook), holder).await.map_err(map_err)
     }
 }
 

@@ -30,6 +30,12 @@ struct Inner {
     scheduled_records: BTreeMap<String, u64>,
     /// webhook → (in flight on this node, limit)
     in_flight: BTreeMap<String, (i64, u64)>,
+    permit_losses: BTreeMap<String, u64>,
+    taken_over: BTreeMap<String, u64>,
+    writeback_retries: BTreeMap<String, u64>,
+    writeback_failures: BTreeMap<String, u64>,
+    /// Webhooks this node cannot load.
+    broken: Vec<String>,
 }
 
 #[derive(Default)]
@@ -100,6 +106,37 @@ impl Metrics {
         });
     }
 
+    /// This node lost `n` concurrency permits of `webhook` (a renewal failed or came too
+    /// late): it stopped sending under them.
+    pub fn permits_lost(&self, webhook: &str, n: u64) {
+        self.with(|m| *m.permit_losses.entry(webhook.to_string()).or_default() += n);
+    }
+
+    /// This node took over `n` jobs of `webhook` that a stopped node had been handed.
+    pub fn taken_over(&self, webhook: &str, n: u64) {
+        self.with(|m| *m.taken_over.entry(webhook.to_string()).or_default() += n);
+    }
+
+    /// A write-back of `webhook` failed for a passing reason and will be tried again.
+    pub fn writeback_retried(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.writeback_retries, webhook));
+    }
+
+    /// A write-back of `webhook` failed for good (kept among its failed write-backs).
+    pub fn writeback_failed(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.writeback_failures, webhook));
+    }
+
+    /// The webhooks this node cannot load now (replaces the previous list).
+    pub fn set_broken(&self, webhooks: Vec<String>) {
+        self.with(|m| m.broken = webhooks);
+    }
+
+    /// The webhooks this node cannot load now.
+    pub fn broken(&self) -> Vec<String> {
+        self.with(|m| m.broken.clone())
+    }
+
     /// Appends this node's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         self.with(|m| {
@@ -149,6 +186,20 @@ impl Metrics {
                 "Records enqueued by scheduled ticks on this node.",
                 &m.scheduled_records,
             );
+            counter(
+                out,
+                "hookline_permit_losses_total",
+                "Concurrency permits this node lost (renewal failed or late) and stopped sending under.",
+                &m.permit_losses,
+            );
+            counter(out, "hookline_jobs_taken_over_total", "Jobs taken over from stopped nodes.", &m.taken_over);
+            counter(out, "hookline_writeback_retries_total", "Write-backs tried again after a passing failure.", &m.writeback_retries);
+            counter(out, "hookline_writeback_failures_total", "Write-backs that failed for good.", &m.writeback_failures);
+            let _ = writeln!(out, "# HELP hookline_webhook_load_errors Webhooks this node cannot load (1 each): their objects' changes wait.");
+            let _ = writeln!(out, "# TYPE hookline_webhook_load_errors gauge");
+            for wh in &m.broken {
+                let _ = writeln!(out, "hookline_webhook_load_errors{{webhook=\"{}\"}} 1", label(wh));
+            }
             let _ = writeln!(out, "# HELP hookline_in_flight Requests in flight on this node.");
             let _ = writeln!(out, "# TYPE hookline_in_flight gauge");
             for (wh, (n, _)) in &m.in_flight {

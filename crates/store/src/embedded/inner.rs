@@ -1,24 +1,28 @@
-//! The blocking half of the embedded store: every method runs redb transactions and must be
-//! called off the async runtime (the async half wraps each call in `spawn_blocking`).
+//! The two halves of the embedded store's work: reads, which run redb read transactions and
+//! must be called off the async runtime (the async half wraps each in `spawn_blocking`), and
+//! writes, closures over a write transaction that the [`Writer`] runs, many per commit.
 //!
-//! Lock order: a group's state lock may be held while beginning a write transaction, never
-//! the other way round — group locks touched because of a commit are taken after it. The
-//! [`Locks`] mutex is the other way round: it is taken briefly inside write transactions
-//! (`set_value_locked`, `put_webhook`'s delete), and nothing begins a transaction holding it.
+//! Lock order: a group's state lock may be taken inside a write transaction (a write checks
+//! that the consumer finishing an entry still owns it), never the other way round — nothing
+//! holding a group lock waits for the writer. The [`Locks`] mutex is also taken briefly
+//! inside write transactions (`set_value_locked`, `put_webhook`'s delete).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hookline_model::Record;
-use hookline_proto::{Attempt, Job, Message};
+use hookline_proto::{Attempt, Job, Message, WritebackJob};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::Notify;
 
 use super::state::{Group, Groups, Locks, Pending, Permits, Rates, lock};
 use super::tables::*;
-use crate::{AttemptFilter, DeadLetter, DefEvent, Entry, IndexedRecord, Result, StoreError, WriteResult};
+use super::writer::Writer;
+use crate::{
+    AttemptFilter, DeadLetter, DefEvent, FailedWriteback, IndexedRecord, RawEntry, Result, StoreError, WriteResult,
+};
 
 /// Maps any redb error to a [`StoreError`].
 pub(super) fn db(e: impl Into<redb::Error>) -> StoreError {
@@ -36,7 +40,7 @@ fn corrupt(key: impl Into<String>, reason: impl ToString) -> StoreError {
     StoreError::Corrupt { key: key.into(), reason: reason.to_string() }
 }
 
-fn decode<T: Message + Default>(key: impl FnOnce() -> String, bytes: &[u8]) -> Result<T> {
+pub(super) fn decode<T: Message + Default>(key: impl FnOnce() -> String, bytes: &[u8]) -> Result<T> {
     T::decode(bytes).map_err(|e| corrupt(key(), e))
 }
 
@@ -50,17 +54,23 @@ fn now_ms() -> u64 {
 
 /// What a write transaction did that the in-memory state must follow once it commits.
 #[derive(Debug)]
-pub(super) struct Effects {
-    last: Id,
-    allocated: bool,
+pub(crate) struct Effects {
+    pub(super) last: Id,
+    pub(super) allocated: bool,
     /// Queues that got entries: wake their readers.
     wake: Vec<(Queue, String)>,
     wake_events: bool,
     /// Entries acknowledged: no longer pending.
     settled: Vec<(Queue, String, Id)>,
+    /// Webhooks deleted: nothing of theirs is pending, no permit held.
+    forgotten: Vec<String>,
 }
 
 impl Effects {
+    pub(super) fn new(last: Id) -> Effects {
+        Effects { last, allocated: false, wake: vec![], wake_events: false, settled: vec![], forgotten: vec![] }
+    }
+
     fn next_id(&mut self) -> Id {
         self.last = self.last.next(now_ms());
         self.allocated = true;
@@ -70,6 +80,43 @@ impl Effects {
     #[cfg(test)]
     pub(super) fn next_id_for_test(&mut self) -> Id {
         self.next_id()
+    }
+
+    fn settle(&mut self, queue: Queue, owner: &str, id: Id) {
+        self.settled.push((queue, owner.to_string(), id));
+    }
+}
+
+/// The in-memory state shared by the store and its writer.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) groups: Groups,
+    pub(super) events: Notify,
+    pub(super) permits: Permits,
+    pub(super) locks: Locks,
+    pub(super) rates: Rates,
+}
+
+impl Shared {
+    /// Brings the in-memory state up to date after a commit.
+    fn committed(&self, fx: &Effects) {
+        for (queue, owner, id) in &fx.settled {
+            lock(&self.groups.get(*queue, owner).state).pending.remove(id);
+        }
+        for webhook in &fx.forgotten {
+            // Its entries are gone, so nothing of them is pending. The delivered cursors
+            // stay: ids only grow, so a re-created webhook's entries are all after them.
+            for queue in [Queue::Jobs, Queue::Solo, Queue::Writebacks] {
+                lock(&self.groups.get(queue, webhook).state).pending.clear();
+            }
+            self.permits.forget(webhook);
+        }
+        for (queue, owner) in &fx.wake {
+            self.groups.get(*queue, owner).notify.notify_waiters();
+        }
+        if fx.wake_events {
+            self.events.notify_waiters();
+        }
     }
 }
 
@@ -90,7 +137,8 @@ fn append(
     Ok(id)
 }
 
-/// Appends one definition event, keeping the newest [`EVENTS_KEPT`].
+/// Appends one definition event, keeping the newest [`EVENTS_KEPT`], and bumps the
+/// definitions' version.
 fn event(txn: &WriteTransaction, fx: &mut Effects, kind: &str, name: &str) -> Result<()> {
     let mut events = txn.open_table(EVENTS).map_err(db)?;
     let id = fx.next_id();
@@ -98,6 +146,9 @@ fn event(txn: &WriteTransaction, fx: &mut Effects, kind: &str, name: &str) -> Re
     while events.len().map_err(db)? > EVENTS_KEPT {
         events.pop_first().map_err(db)?;
     }
+    let mut meta = txn.open_table(META).map_err(db)?;
+    let version = meta.get("definitions").map_err(db)?.map(|v| v.value().0).unwrap_or(0);
+    meta.insert("definitions", (version + 1, 0)).map_err(db)?;
     fx.wake_events = true;
     Ok(())
 }
@@ -148,20 +199,51 @@ fn index_records(txn: &WriteTransaction, meta: &mut Table<&'static str, (u64, u6
     Ok(n)
 }
 
+/// Moves the jobs of a version 2 file that are to be sent alone (attempted before, or whole
+/// batches) from the fresh table to [`SOLO`], keeping their ids. Returns how many it moved.
+fn split_solo_jobs(txn: &WriteTransaction) -> Result<u64> {
+    let mut jobs = txn.open_table(JOBS).map_err(db)?;
+    let mut solo = txn.open_table(SOLO).map_err(db)?;
+    let mut moving = Vec::new();
+    for item in jobs.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
+        let (owner, ms, seq) = k.value();
+        let (flags, bytes) = v.value();
+        if let Ok(job) = Job::decode(bytes)
+            && is_solo(&job)
+        {
+            moving.push((owner.to_string(), ms, seq, flags, bytes.to_vec()));
+        }
+    }
+    for (owner, ms, seq, flags, bytes) in &moving {
+        jobs.remove((owner.as_str(), *ms, *seq)).map_err(db)?;
+        solo.insert((owner.as_str(), *ms, *seq), (*flags, bytes.as_slice())).map_err(db)?;
+    }
+    Ok(moving.len() as u64)
+}
+
+/// Whether a job goes to the solo queue: attempted before, or a whole batch.
+pub(super) fn is_solo(job: &Job) -> bool {
+    job.attempts > 0 || job.record_ids.len() > 1
+}
+
 /// Every key of one owner in a queue-like table.
 fn owner_range(owner: &str) -> std::ops::RangeInclusive<(&str, u64, u64)> {
     Id::default().key(owner)..=Id::MAX.key(owner)
 }
 
+/// An entry handed out, as the store returns it and as it must be noted on disk.
+pub(super) struct HandedOut {
+    pub queue: Queue,
+    pub id: Id,
+    pub entry: RawEntry,
+}
+
 pub(super) struct Inner {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
-    last_id: Mutex<Id>,
-    pub(super) groups: Groups,
-    pub(super) events: Notify,
-    pub(super) permits: Permits,
-    pub(super) locks: Locks,
-    pub(super) rates: Rates,
+    pub(super) writer: Writer,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl Inner {
@@ -173,7 +255,7 @@ impl Inner {
         let txn = database.begin_write().map_err(db)?;
         let last = {
             // Create every table, so readers never meet a missing one.
-            for def in [CHANGES, JOBS, WRITEBACKS] {
+            for def in [CHANGES, JOBS, SOLO, WRITEBACKS] {
                 txn.open_table(def).map_err(db)?;
             }
             txn.open_table(OBJECTS).map_err(db)?;
@@ -184,6 +266,8 @@ impl Inner {
             txn.open_table(WRITTEN).map_err(db)?;
             txn.open_table(DELAYED).map_err(db)?;
             txn.open_table(DEAD).map_err(db)?;
+            txn.open_table(FAILED_WRITEBACKS).map_err(db)?;
+            txn.open_table(HANDED).map_err(db)?;
             txn.open_table(ATTEMPTS).map_err(db)?;
             txn.open_table(ATTEMPTS_BY_TIME).map_err(db)?;
             txn.open_table(VALUES).map_err(db)?;
@@ -194,11 +278,16 @@ impl Inner {
                     meta.insert("format", (FORMAT, 0)).map_err(db)?;
                 }
                 Some(FORMAT) => {}
-                Some(1) => {
-                    // Version 2 added the write index: build it, in this same transaction.
-                    let indexed = index_records(&txn, &mut meta)?;
+                Some(old @ (1 | 2)) => {
+                    if old == 1 {
+                        // Version 2 added the write index: build it, in this same transaction.
+                        let indexed = index_records(&txn, &mut meta)?;
+                        tracing::info!(path = %path.display(), records = indexed, "indexed the records of a layout version 1 store");
+                    }
+                    // Version 3 sends retried and redriven jobs from a queue of their own.
+                    let moved = split_solo_jobs(&txn)?;
                     meta.insert("format", (FORMAT, 0)).map_err(db)?;
-                    tracing::info!(path = %path.display(), records = indexed, "indexed the records of a layout version 1 store; now version {FORMAT}");
+                    tracing::info!(path = %path.display(), solo_jobs = moved, "upgraded a layout version {old} store to version {FORMAT}");
                 }
                 Some(other) => {
                     return Err(StoreError::Backend(format!(
@@ -211,53 +300,18 @@ impl Inner {
             last.map(|(ms, seq)| Id { ms, seq }).unwrap_or_default()
         };
         txn.commit().map_err(db)?;
-        Ok(Inner {
-            db: database,
-            path,
-            last_id: Mutex::new(last),
-            groups: Groups::default(),
-            events: Notify::new(),
-            permits: Permits::default(),
-            locks: Locks::default(),
-            rates: Rates::default(),
-        })
+        let database = Arc::new(database);
+        let shared = Arc::new(Shared::default());
+        let on_commit = {
+            let shared = shared.clone();
+            Box::new(move |fx: &Effects| shared.committed(fx))
+        };
+        let writer = Writer::start(database.clone(), last, on_commit)?;
+        Ok(Inner { db: database, path, writer, shared })
     }
 
     pub(super) fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Runs `f` in one durable write transaction, then brings the in-memory state up to date.
-    /// An error from `f` aborts the transaction: nothing of it is written.
-    fn write<T>(&self, f: impl FnOnce(&WriteTransaction, &mut Effects) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write().map_err(db)?;
-        // Write transactions run one at a time, so ids handed out inside them increase in
-        // commit order: a reader's snapshot always holds a prefix of every queue.
-        let mut fx =
-            Effects { last: *lock(&self.last_id), allocated: false, wake: vec![], wake_events: false, settled: vec![] };
-        let out = f(&txn, &mut fx)?;
-        if fx.allocated {
-            txn.open_table(META).map_err(db)?.insert("last_id", (fx.last.ms, fx.last.seq)).map_err(db)?;
-            // Before the commit: the next writer may begin the moment it releases redb's
-            // writer lock, and must see these ids as taken. (A failed commit only skips ids.)
-            *lock(&self.last_id) = fx.last;
-        }
-        txn.commit().map_err(db)?;
-        for (queue, owner, id) in &fx.settled {
-            lock(&self.groups.get(*queue, owner).state).pending.remove(id);
-        }
-        for (queue, owner) in &fx.wake {
-            self.groups.get(*queue, owner).notify.notify_waiters();
-        }
-        if fx.wake_events {
-            self.events.notify_waiters();
-        }
-        Ok(out)
-    }
-
-    #[cfg(test)]
-    pub(super) fn write_for_test(&self, f: impl FnOnce(&WriteTransaction, &mut Effects) -> Result<()>) -> Result<()> {
-        self.write(f)
     }
 
     fn read(&self) -> Result<redb::ReadTransaction> {
@@ -281,49 +335,6 @@ impl Inner {
         }))
     }
 
-    pub(super) fn set_value(&self, webhook: &str, name: &str, value: &[u8], expires_at_ms: i64) -> Result<()> {
-        self.write(|txn, _fx| {
-            txn.open_table(VALUES).map_err(db)?.insert((webhook, name), (expires_at_ms, value)).map_err(db)?;
-            Ok(())
-        })
-    }
-
-    /// Stores a value if `holder` holds the lock `lock_name` of `webhook`; false, and nothing
-    /// stored, if not.
-    ///
-    /// The lock is checked inside the write transaction, which makes the check and the write
-    /// one step for every value writer: redb runs write transactions one at a time, and the
-    /// locks mutex is held for the check only (never through the commit's I/O, which would
-    /// stall `try_lock` callers on the async runtime). If the lock expires right after the
-    /// check, a successor can take it only after the check, so its own value write begins
-    /// after this transaction committed and overwrites this value, not the other way round.
-    /// A delete of the webhook forgets its locks inside its transaction (see `put_webhook`),
-    /// so this either runs before it (and the delete removes the value) or finds no lock.
-    pub(super) fn set_value_locked(
-        &self,
-        webhook: &str,
-        name: &str,
-        value: &[u8],
-        expires_at_ms: i64,
-        lock_name: &str,
-        holder: &str,
-    ) -> Result<bool> {
-        self.write(|txn, _fx| {
-            if !self.locks.holds(webhook, lock_name, holder) {
-                return Ok(false);
-            }
-            txn.open_table(VALUES).map_err(db)?.insert((webhook, name), (expires_at_ms, value)).map_err(db)?;
-            Ok(true)
-        })
-    }
-
-    pub(super) fn put_object(&self, name: &str, json: &str) -> Result<()> {
-        self.write(|txn, fx| {
-            txn.open_table(OBJECTS).map_err(db)?.insert(name, json).map_err(db)?;
-            event(txn, fx, "object", name)
-        })
-    }
-
     pub(super) fn get_object<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         let txn = self.read()?;
         let table = txn.open_table(OBJECTS).map_err(db)?;
@@ -332,7 +343,10 @@ impl Inner {
     }
 
     pub(super) fn list_objects<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
-        let txn = self.read()?;
+        Self::objects_in(&self.read()?)
+    }
+
+    fn objects_in<T: serde::de::DeserializeOwned>(txn: &redb::ReadTransaction) -> Result<Vec<T>> {
         let table = txn.open_table(OBJECTS).map_err(db)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(db)? {
@@ -340,67 +354,6 @@ impl Inner {
             out.push(json(|| format!("objects/{}", k.value()), v.value())?);
         }
         Ok(out)
-    }
-
-    /// Compare-and-set on the stored version; `json = None` deletes the webhook and all of
-    /// its queues, attempts, values, permits and locks.
-    pub(super) fn put_webhook(&self, id: &str, expected: u64, json: Option<&str>) -> Result<bool> {
-        let done = self.write(|txn, fx| {
-            let mut webhooks = txn.open_table(WEBHOOKS).map_err(db)?;
-            let current = webhooks.get(id).map_err(db)?.map(|v| v.value().0).unwrap_or(0);
-            if current != expected {
-                return Ok(false);
-            }
-            match json {
-                Some(json) => {
-                    webhooks.insert(id, (current + 1, json)).map_err(db)?;
-                }
-                None => {
-                    webhooks.remove(id).map_err(db)?;
-                    drop(webhooks);
-                    for def in [JOBS, WRITEBACKS] {
-                        txn.open_table(def).map_err(db)?.retain_in(owner_range(id), |_, _| false).map_err(db)?;
-                    }
-                    txn.open_table(DEAD).map_err(db)?.retain_in(owner_range(id), |_, _| false).map_err(db)?;
-                    txn.open_table(DELAYED)
-                        .map_err(db)?
-                        .retain_in((id, i64::MIN, 0, 0)..=(id, i64::MAX, u64::MAX, u64::MAX), |_, _| false)
-                        .map_err(db)?;
-                    let end = after(id);
-                    txn.open_table(ATTEMPTS)
-                        .map_err(db)?
-                        .retain_in((id, "")..(end.as_str(), ""), |_, _| false)
-                        .map_err(db)?;
-                    txn.open_table(ATTEMPTS_BY_TIME)
-                        .map_err(db)?
-                        .retain_in((id, i64::MIN, "")..(end.as_str(), i64::MIN, ""), |_, _| false)
-                        .map_err(db)?;
-                    txn.open_table(VALUES)
-                        .map_err(db)?
-                        .retain_in((id, "")..(end.as_str(), ""), |_, _| false)
-                        .map_err(db)?;
-                    // Its locks go inside the transaction, after everything else of it: a
-                    // `set_value_locked` (which checks its lock inside its own transaction)
-                    // then runs wholly before the delete, which removes its value, or finds
-                    // no lock. Forgotten after the commit, they would leave a moment in which
-                    // a holder could store a value for the deleted webhook. (Should the
-                    // commit itself fail, the webhook stays and its holders have lost their
-                    // locks early: their `set_value_locked` calls fail, as after an expiry.)
-                    self.locks.forget(id);
-                }
-            }
-            event(txn, fx, "webhook", id)?;
-            Ok(true)
-        })?;
-        if done && json.is_none() {
-            // Its entries are gone, so nothing of them is pending. The delivered cursor
-            // stays: ids only grow, so a re-created webhook's entries are all after it.
-            for queue in [Queue::Jobs, Queue::Writebacks] {
-                lock(&self.groups.get(queue, id).state).pending.clear();
-            }
-            self.permits.forget(id);
-        }
-        Ok(done)
     }
 
     pub(super) fn get_webhook<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
@@ -411,7 +364,10 @@ impl Inner {
     }
 
     pub(super) fn list_webhooks<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
-        let txn = self.read()?;
+        Self::webhooks_in(&self.read()?)
+    }
+
+    fn webhooks_in<T: serde::de::DeserializeOwned>(txn: &redb::ReadTransaction) -> Result<Vec<T>> {
         let table = txn.open_table(WEBHOOKS).map_err(db)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(db)? {
@@ -419,6 +375,26 @@ impl Inner {
             out.push(json(|| format!("webhooks/{}", k.value()), v.value().1)?);
         }
         Ok(out)
+    }
+
+    /// The definitions' version, objects and webhooks, from one snapshot.
+    pub(super) fn definitions<O, W>(&self) -> Result<(u64, Vec<O>, Vec<W>)>
+    where
+        O: serde::de::DeserializeOwned,
+        W: serde::de::DeserializeOwned,
+    {
+        let txn = self.read()?;
+        let version = Self::definitions_version_in(&txn)?;
+        Ok((version, Self::objects_in(&txn)?, Self::webhooks_in(&txn)?))
+    }
+
+    pub(super) fn definitions_version(&self) -> Result<u64> {
+        Self::definitions_version_in(&self.read()?)
+    }
+
+    fn definitions_version_in(txn: &redb::ReadTransaction) -> Result<u64> {
+        let meta = txn.open_table(META).map_err(db)?;
+        Ok(meta.get("definitions").map_err(db)?.map(|v| v.value().0).unwrap_or(0))
     }
 
     pub(super) fn events_cursor(&self) -> Result<String> {
@@ -456,33 +432,6 @@ impl Inner {
         let Some(v) = table.get((object, id)).map_err(db)? else { return Ok(None) };
         let (version, fields) = v.value();
         Ok(Some(Record { id: id.to_string(), version, fields: json(|| format!("records/{object}/{id}"), fields)? }))
-    }
-
-    pub(super) fn write_record(
-        &self,
-        object: &str,
-        id: &str,
-        expected: u64,
-        fields: &str,
-        change: &[u8],
-        origin: &str,
-    ) -> Result<WriteResult> {
-        self.write(|txn, fx| {
-            let mut records = txn.open_table(RECORDS).map_err(db)?;
-            let current = records.get((object, id)).map_err(db)?.map(|v| v.value().0).unwrap_or(0);
-            if current != expected {
-                return Ok(WriteResult::Conflict { current });
-            }
-            let version = current + 1;
-            records.insert((object, id), (version, fields)).map_err(db)?;
-            let mut changes = txn.open_table(CHANGES).map_err(db)?;
-            append(&mut changes, fx, Queue::Changes, object, 0, change)?;
-            let mut meta = txn.open_table(META).map_err(db)?;
-            let mut positions = txn.open_table(RECORD_POSITIONS).map_err(db)?;
-            let mut written = txn.open_table(WRITTEN).map_err(db)?;
-            index_write(&mut meta, &mut positions, &mut written, object, id, origin)?;
-            Ok(WriteResult::Written { version })
-        })
     }
 
     // --- the write index ---
@@ -534,165 +483,143 @@ impl Inner {
         Ok(out)
     }
 
-    // --- queues ---
+    // --- queues: reads ---
 
-    /// Appends jobs to their webhooks' queues, all in one transaction.
-    pub(super) fn enqueue(&self, jobs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.write(|txn, fx| {
-            let mut table = txn.open_table(JOBS).map_err(db)?;
-            for (webhook, job) in jobs {
-                append(&mut table, fx, Queue::Jobs, webhook, 0, job)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Delivers up to `count` entries not yet delivered to anyone, marking them pending for
-    /// `consumer`. Undecodable entries are logged and removed so they cannot wedge the queue.
-    pub(super) fn read_group<T: Message + Default>(
+    /// Hands up to `count` entries of `queue` not yet handed to anyone to `consumer`, marking
+    /// them pending. Undecodable entries are not handed out: they are returned apart, for the
+    /// caller to remove. What a job queue hands out must then be noted on disk
+    /// ([`note_handed_out`]) before the entries are used.
+    pub(super) fn hand_out(
         &self,
         queue: Queue,
         owner: &str,
         group: &Group,
         consumer: &str,
         count: usize,
-    ) -> Result<Vec<Entry<T>>> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        {
-            let mut state = lock(&group.state);
-            let txn = self.read()?;
-            let table = txn.open_table(queue.table()).map_err(db)?;
-            let range = (Bound::Excluded(state.delivered.key(owner)), Bound::Included(Id::MAX.key(owner)));
-            let now = Instant::now();
-            for item in table.range(range).map_err(db)?.take(count.max(1)) {
-                let (k, v) = item.map_err(db)?;
-                let (_, ms, seq) = k.value();
-                let id = Id { ms, seq };
-                state.delivered = id;
-                let (flags, bytes) = v.value();
-                match T::decode(bytes) {
-                    Ok(value) => {
-                        state
-                            .pending
-                            .insert(id, Pending { consumer: consumer.to_string(), delivered: now, deliveries: 1 });
-                        out.push(Entry {
-                            id: id.to_string(),
-                            value,
-                            redriven: flags & FLAG_REDRIVEN != 0,
-                            deliveries: 1,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(queue = queue.name(), owner, entry = %id, error = %e, "dropping undecodable queue entry");
-                        bad.push(id);
-                    }
-                }
-            }
+    ) -> Result<Vec<HandedOut>> {
+        if count == 0 {
+            return Ok(Vec::new());
         }
-        self.ack(queue, owner, &bad)?;
+        let txn = self.read()?;
+        let table = txn.open_table(queue.table()).map_err(db)?;
+        let handed = txn.open_table(HANDED).map_err(db)?;
+        let mut state = lock(&group.state);
+        if queue.counts_deliveries() && state.earlier.is_none() {
+            let meta = txn.open_table(META).map_err(db)?;
+            let earlier = meta.get(cursor_key(queue, owner).as_str()).map_err(db)?.map(|v| v.value());
+            state.earlier = Some(earlier.map(|(ms, seq)| Id { ms, seq }).unwrap_or_default());
+        }
+        let earlier = state.earlier.unwrap_or_default();
+        let range = (Bound::Excluded(state.delivered.key(owner)), Bound::Included(Id::MAX.key(owner)));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for item in table.range(range).map_err(db)?.take(count) {
+            let (k, v) = item.map_err(db)?;
+            let (_, ms, seq) = k.value();
+            let id = Id { ms, seq };
+            state.delivered = id;
+            let (flags, bytes) = v.value();
+            // Handed out by an earlier process and never finished: once more now.
+            let deliveries = if queue.counts_deliveries() && id <= earlier {
+                let before = handed.get((queue.name(), owner, ms, seq)).map_err(db)?.map(|c| c.value()).unwrap_or(1);
+                before + 1
+            } else {
+                1
+            };
+            state
+                .pending
+                .insert(id, Pending { consumer: consumer.to_string(), touched: now, deliveries, released: false });
+            out.push(HandedOut {
+                queue,
+                id,
+                entry: RawEntry {
+                    id: public_id(queue, id),
+                    payload: bytes.to_vec(),
+                    deliveries,
+                    redriven: flags & FLAG_REDRIVEN != 0,
+                    solo: queue == Queue::Solo,
+                },
+            });
+        }
         Ok(out)
     }
 
-    /// Re-assigns to `consumer` up to `count` pending entries idle at least `min_idle`.
-    pub(super) fn claim<T: Message + Default>(
+    /// Re-assigns to `consumer` up to `count` pending entries idle at least `min_idle` (or
+    /// released), from after `cursor`; returns them and the id to go on from (None: the end).
+    pub(super) fn claim(
         &self,
         queue: Queue,
         owner: &str,
-        group: &Group,
         consumer: &str,
         min_idle: Duration,
+        cursor: Id,
         count: usize,
-    ) -> Result<Vec<Entry<T>>> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        {
-            let mut state = lock(&group.state);
-            let now = Instant::now();
-            let idle: Vec<Id> = state
-                .pending
-                .iter()
-                .filter(|(_, p)| now.saturating_duration_since(p.delivered) >= min_idle)
-                .map(|(id, p)| {
-                    tracing::debug!(queue = queue.name(), owner, entry = %id, from = %p.consumer, to = consumer, "claiming an idle entry");
-                    *id
-                })
-                .take(count.max(1))
-                .collect();
-            if idle.is_empty() {
-                return Ok(out);
-            }
-            let txn = self.read()?;
-            let table = txn.open_table(queue.table()).map_err(db)?;
-            for id in idle {
-                let Some(v) = table.get(id.key(owner)).map_err(db)? else {
-                    // Acknowledged in the meantime.
-                    state.pending.remove(&id);
-                    continue;
-                };
-                let (flags, bytes) = v.value();
-                match T::decode(bytes) {
-                    Ok(value) => {
-                        let deliveries = state.pending.get(&id).map_or(1, |p| p.deliveries + 1);
-                        state
-                            .pending
-                            .insert(id, Pending { consumer: consumer.to_string(), delivered: now, deliveries });
-                        out.push(Entry { id: id.to_string(), value, redriven: flags & FLAG_REDRIVEN != 0, deliveries });
-                    }
-                    Err(e) => {
-                        tracing::error!(queue = queue.name(), owner, entry = %id, error = %e, "dropping undecodable queue entry");
-                        state.pending.remove(&id);
-                        bad.push(id);
-                    }
-                }
-            }
+    ) -> Result<(Vec<HandedOut>, Option<Id>)> {
+        if count == 0 {
+            return Ok((Vec::new(), Some(cursor)));
         }
-        self.ack(queue, owner, &bad)?;
-        Ok(out)
-    }
-
-    /// Acknowledges (deletes) entries, pending or not.
-    pub(super) fn ack(&self, queue: Queue, owner: &str, ids: &[Id]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.write(|txn, fx| {
-            let mut table = txn.open_table(queue.table()).map_err(db)?;
-            for id in ids {
-                table.remove(id.key(owner)).map_err(db)?;
-                fx.settled.push((queue, owner.to_string(), *id));
-            }
-            Ok(())
-        })
-    }
-
-    /// Hands pending jobs back to the end of the queue; entries no longer pending (acknowledged,
-    /// or after a restart) are left alone, so a requeue never duplicates a job.
-    pub(super) fn requeue(&self, webhook: &str, entries: &[(Id, Vec<u8>, bool)]) -> Result<()> {
-        let group = self.groups.get(Queue::Jobs, webhook);
-        // Held through the transaction, so no claim or read of these entries interleaves.
+        let txn = self.read()?;
+        let table = txn.open_table(queue.table()).map_err(db)?;
+        let group = self.shared.groups.get(queue, owner);
         let mut state = lock(&group.state);
-        let candidates: Vec<_> = entries.iter().filter(|(id, _, _)| state.pending.contains_key(id)).collect();
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let moved = self.write(|txn, fx| {
-            let mut table = txn.open_table(JOBS).map_err(db)?;
-            let mut moved = Vec::new();
-            for (id, job, redriven) in candidates {
-                // Absent: acknowledged by a `complete` whose pending state is still settling.
-                if table.remove(id.key(webhook)).map_err(db)?.is_some() {
-                    let flags = if *redriven { FLAG_REDRIVEN } else { 0 };
-                    append(&mut table, fx, Queue::Jobs, webhook, flags, job)?;
-                }
-                moved.push(*id);
+        let now = Instant::now();
+        let idle: Vec<Id> = state
+            .pending
+            .range((Bound::Excluded(cursor), Bound::Unbounded))
+            .filter(|(_, p)| p.released || now.saturating_duration_since(p.touched) >= min_idle)
+            .map(|(id, _)| *id)
+            .take(count)
+            .collect();
+        let next = if idle.len() == count { idle.last().copied() } else { None };
+        let mut out = Vec::new();
+        for id in idle {
+            let Some(v) = table.get(id.key(owner)).map_err(db)? else {
+                // Acknowledged in the meantime.
+                state.pending.remove(&id);
+                continue;
+            };
+            let (flags, bytes) = v.value();
+            let deliveries = state.pending.get(&id).map_or(1, |p| p.deliveries + 1);
+            if let Some(p) = state.pending.get(&id) {
+                tracing::debug!(queue = queue.name(), owner, entry = %id, from = %p.consumer, to = consumer, "taking over an idle entry");
             }
-            Ok(moved)
-        })?;
-        for id in moved {
-            state.pending.remove(&id);
+            state
+                .pending
+                .insert(id, Pending { consumer: consumer.to_string(), touched: now, deliveries, released: false });
+            out.push(HandedOut {
+                queue,
+                id,
+                entry: RawEntry {
+                    id: public_id(queue, id),
+                    payload: bytes.to_vec(),
+                    deliveries,
+                    redriven: flags & FLAG_REDRIVEN != 0,
+                    solo: queue == Queue::Solo,
+                },
+            });
         }
-        Ok(())
+        Ok((out, next))
+    }
+
+    /// Whether any entry of `queue` of `owner` is newer than `after`.
+    pub(super) fn has_after(&self, queue: Queue, owner: &str, after: Id) -> Result<bool> {
+        let txn = self.read()?;
+        let table = txn.open_table(queue.table()).map_err(db)?;
+        let range = (Bound::Excluded(after.key(owner)), Bound::Included(Id::MAX.key(owner)));
+        Ok(table.range(range).map_err(db)?.next().is_some())
+    }
+
+    /// The newest entry id of `queue` of `owner`, or the default id.
+    pub(super) fn last_id(&self, queue: Queue, owner: &str) -> Result<Id> {
+        let txn = self.read()?;
+        let table = txn.open_table(queue.table()).map_err(db)?;
+        let last = table.range(owner_range(owner)).map_err(db)?.next_back().transpose().map_err(db)?;
+        Ok(last
+            .map(|(k, _)| {
+                let (_, ms, seq) = k.value();
+                Id { ms, seq }
+            })
+            .unwrap_or_default())
     }
 
     /// The first delayed job's due time.
@@ -705,101 +632,36 @@ impl Inner {
         Ok(first.map(|(k, _)| k.value().1))
     }
 
-    pub(super) fn promote_due(&self, webhook: &str, now: i64) -> Result<Option<i64>> {
-        // Most calls find nothing due: answer those from a snapshot, without a write.
-        {
-            let txn = self.read()?;
-            let table = txn.open_table(DELAYED).map_err(db)?;
-            match Self::next_due(&table, webhook)? {
-                Some(due) if due <= now => {}
-                next => return Ok(next),
-            }
-        }
-        self.write(|txn, fx| {
-            let mut delayed = txn.open_table(DELAYED).map_err(db)?;
-            let mut jobs = txn.open_table(JOBS).map_err(db)?;
-            let range = (webhook, i64::MIN, 0, 0)..=(webhook, now, u64::MAX, u64::MAX);
-            let mut due = Vec::new();
-            for item in delayed.range(range).map_err(db)?.take(500) {
-                let (k, v) = item.map_err(db)?;
-                let (_, at, ms, seq) = k.value();
-                due.push((at, ms, seq, v.value().to_vec()));
-            }
-            for (at, ms, seq, job) in due {
-                delayed.remove((webhook, at, ms, seq)).map_err(db)?;
-                append(&mut jobs, fx, Queue::Jobs, webhook, 0, &job)?;
-            }
-            Self::next_due(&delayed, webhook)
-        })
-    }
-
-    /// The attempt, its follow-ups and the acknowledgement, in one transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn complete(
-        &self,
-        webhook: &str,
-        entries: Vec<Id>,
-        attempt: &Attempt,
-        cutoff_ms: i64,
-        retry: Option<(Vec<u8>, i64)>,
-        dead: Option<(Vec<u8>, String)>,
-        writeback: Option<Vec<u8>>,
-    ) -> Result<()> {
-        self.write(|txn, fx| {
-            put_attempt(txn, webhook, attempt)?;
-            if let Some((job, due)) = &retry {
-                let id = fx.next_id();
-                txn.open_table(DELAYED)
-                    .map_err(db)?
-                    .insert((webhook, *due, id.ms, id.seq), job.as_slice())
-                    .map_err(db)?;
-            }
-            if let Some((job, reason)) = &dead {
-                let id = fx.next_id();
-                txn.open_table(DEAD)
-                    .map_err(db)?
-                    .insert(id.key(webhook), (job.as_slice(), reason.as_str()))
-                    .map_err(db)?;
-            }
-            if let Some(wb) = &writeback {
-                let mut table = txn.open_table(WRITEBACKS).map_err(db)?;
-                append(&mut table, fx, Queue::Writebacks, webhook, 0, wb)?;
-            }
-            for id in entries {
-                txn.open_table(JOBS).map_err(db)?.remove(id.key(webhook)).map_err(db)?;
-                fx.settled.push((Queue::Jobs, webhook.to_string(), id));
-            }
-            // Attempts past the retention, a few at a time (as complete.lua does).
-            let mut by_time = txn.open_table(ATTEMPTS_BY_TIME).map_err(db)?;
-            let mut old = Vec::new();
-            for item in by_time.range((webhook, i64::MIN, "")..(webhook, cutoff_ms, "")).map_err(db)?.take(100) {
-                let (k, _) = item.map_err(db)?;
-                let (_, at, id) = k.value();
-                old.push((at, id.to_string()));
-            }
-            let mut attempts = txn.open_table(ATTEMPTS).map_err(db)?;
-            for (at, id) in old {
-                by_time.remove((webhook, at, id.as_str())).map_err(db)?;
-                attempts.remove((webhook, id.as_str())).map_err(db)?;
-            }
-            Ok(())
-        })
+    /// When the first delayed job of `webhook` is due, from a snapshot.
+    pub(super) fn first_due(&self, webhook: &str) -> Result<Option<i64>> {
+        let txn = self.read()?;
+        let table = txn.open_table(DELAYED).map_err(db)?;
+        Self::next_due(&table, webhook)
     }
 
     pub(super) fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
         let txn = self.read()?;
-        let jobs = txn.open_table(JOBS).map_err(db)?;
-        let first = jobs.range(owner_range(webhook)).map_err(db)?.next().transpose().map_err(db)?;
-        Ok(first.map(|(k, _)| k.value().1 as i64))
+        let mut oldest = None::<i64>;
+        for def in [JOBS, SOLO] {
+            let table = txn.open_table(def).map_err(db)?;
+            let first = table.range(owner_range(webhook)).map_err(db)?.next().transpose().map_err(db)?;
+            if let Some((k, _)) = first {
+                let ms = k.value().1 as i64;
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        }
+        Ok(oldest)
     }
 
     pub(super) fn queue_depth(&self, webhook: &str) -> Result<u64> {
         let txn = self.read()?;
-        let jobs = txn.open_table(JOBS).map_err(db)?;
         let mut n = 0u64;
-        for item in jobs.range(owner_range(webhook)).map_err(db)? {
-            item.map_err(db)?;
-            n += 1;
+        for def in [JOBS, SOLO] {
+            let table = txn.open_table(def).map_err(db)?;
+            for item in table.range(owner_range(webhook)).map_err(db)? {
+                item.map_err(db)?;
+                n += 1;
+            }
         }
         let delayed = txn.open_table(DELAYED).map_err(db)?;
         for item in delayed.range((webhook, i64::MIN, 0, 0)..=(webhook, i64::MAX, u64::MAX, u64::MAX)).map_err(db)? {
@@ -809,32 +671,7 @@ impl Inner {
         Ok(n)
     }
 
-    pub(super) fn finish_writeback(
-        &self,
-        webhook: &str,
-        entry: Id,
-        attempt_id: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        self.write(|txn, fx| {
-            let found = {
-                let attempts = txn.open_table(ATTEMPTS).map_err(db)?;
-                let blob = attempts.get((webhook, attempt_id)).map_err(db)?;
-                blob.map(|b| decode::<Attempt>(|| format!("attempts/{webhook}/{attempt_id}"), b.value())).transpose()?
-            };
-            if let Some(mut attempt) = found {
-                attempt.writeback_status = if error.is_some() { "error" } else { "done" }.to_string();
-                attempt.writeback_error = error.unwrap_or_default().to_string();
-                let bytes = attempt.encode_to_vec();
-                txn.open_table(ATTEMPTS).map_err(db)?.insert((webhook, attempt_id), bytes.as_slice()).map_err(db)?;
-            }
-            txn.open_table(WRITEBACKS).map_err(db)?.remove(entry.key(webhook)).map_err(db)?;
-            fx.settled.push((Queue::Writebacks, webhook.to_string(), entry));
-            Ok(())
-        })
-    }
-
-    // --- attempt log and dead letters ---
+    // --- attempt log, dead letters, failed write-backs ---
 
     pub(super) fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>> {
         let limit = filter.limit.clamp(1, 10_000);
@@ -886,33 +723,350 @@ impl Inner {
         Ok(out)
     }
 
-    /// Moves dead letters back to the queue with `attempts = 0`, 500 per transaction.
-    pub(super) fn redrive(&self, webhook: &str) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let moved = self.write(|txn, fx| {
-                let mut dead = txn.open_table(DEAD).map_err(db)?;
-                let mut batch = Vec::new();
-                for item in dead.range(owner_range(webhook)).map_err(db)?.take(500) {
-                    let (k, v) = item.map_err(db)?;
-                    let (_, ms, seq) = k.value();
-                    let id = Id { ms, seq };
-                    let job: Job = decode(|| format!("dead/{webhook}/{id}"), v.value().0)?;
-                    batch.push((id, Job { attempts: 0, ..job }));
-                }
-                let mut jobs = txn.open_table(JOBS).map_err(db)?;
-                for (id, job) in &batch {
-                    dead.remove(id.key(webhook)).map_err(db)?;
-                    append(&mut jobs, fx, Queue::Jobs, webhook, FLAG_REDRIVEN, &job.encode_to_vec())?;
-                }
-                Ok(batch.len() as u64)
-            })?;
-            if moved == 0 {
-                return Ok(total);
+    pub(super) fn failed_writebacks(&self, webhook: &str, limit: usize) -> Result<Vec<FailedWriteback>> {
+        let txn = self.read()?;
+        let failed = txn.open_table(FAILED_WRITEBACKS).map_err(db)?;
+        let mut out = Vec::new();
+        for item in failed.range(owner_range(webhook)).map_err(db)?.take(limit.clamp(1, 10_000)) {
+            let (k, v) = item.map_err(db)?;
+            let (_, ms, seq) = k.value();
+            let id = Id { ms, seq };
+            let (job, reason) = v.value();
+            out.push(FailedWriteback {
+                job: decode(|| format!("failed_writebacks/{webhook}/{id}"), job)?,
+                reason: reason.to_string(),
+                id: id.to_string(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+// --- writes: closures over a write transaction, run by the writer ---
+
+pub(super) fn set_value(
+    txn: &WriteTransaction,
+    webhook: &str,
+    name: &str,
+    value: &[u8],
+    expires_at_ms: i64,
+) -> Result<()> {
+    txn.open_table(VALUES).map_err(db)?.insert((webhook, name), (expires_at_ms, value)).map_err(db)?;
+    Ok(())
+}
+
+pub(super) fn put_object(txn: &WriteTransaction, fx: &mut Effects, name: &str, json: &str) -> Result<()> {
+    txn.open_table(OBJECTS).map_err(db)?.insert(name, json).map_err(db)?;
+    event(txn, fx, "object", name)
+}
+
+/// Compare-and-set on the stored version; `json = None` deletes the webhook and all of its
+/// queues, attempts, values, permits and locks.
+pub(super) fn put_webhook(
+    txn: &WriteTransaction,
+    fx: &mut Effects,
+    locks: &Locks,
+    id: &str,
+    expected: u64,
+    json: Option<&str>,
+) -> Result<bool> {
+    let mut webhooks = txn.open_table(WEBHOOKS).map_err(db)?;
+    let current = webhooks.get(id).map_err(db)?.map(|v| v.value().0).unwrap_or(0);
+    if current != expected {
+        return Ok(false);
+    }
+    match json {
+        Some(json) => {
+            webhooks.insert(id, (current + 1, json)).map_err(db)?;
+        }
+        None => {
+            webhooks.remove(id).map_err(db)?;
+            drop(webhooks);
+            for def in [JOBS, SOLO, WRITEBACKS] {
+                txn.open_table(def).map_err(db)?.retain_in(owner_range(id), |_, _| false).map_err(db)?;
             }
-            total += moved;
+            txn.open_table(DEAD).map_err(db)?.retain_in(owner_range(id), |_, _| false).map_err(db)?;
+            txn.open_table(FAILED_WRITEBACKS).map_err(db)?.retain_in(owner_range(id), |_, _| false).map_err(db)?;
+            txn.open_table(DELAYED)
+                .map_err(db)?
+                .retain_in((id, i64::MIN, 0, 0)..=(id, i64::MAX, u64::MAX, u64::MAX), |_, _| false)
+                .map_err(db)?;
+            for queue in [Queue::Jobs, Queue::Solo] {
+                txn.open_table(HANDED)
+                    .map_err(db)?
+                    .retain_in((queue.name(), id, 0, 0)..=(queue.name(), id, u64::MAX, u64::MAX), |_, _| false)
+                    .map_err(db)?;
+            }
+            let end = after(id);
+            txn.open_table(ATTEMPTS).map_err(db)?.retain_in((id, "")..(end.as_str(), ""), |_, _| false).map_err(db)?;
+            txn.open_table(ATTEMPTS_BY_TIME)
+                .map_err(db)?
+                .retain_in((id, i64::MIN, "")..(end.as_str(), i64::MIN, ""), |_, _| false)
+                .map_err(db)?;
+            txn.open_table(VALUES).map_err(db)?.retain_in((id, "")..(end.as_str(), ""), |_, _| false).map_err(db)?;
+            // Its locks go inside the transaction, after everything else of it: a
+            // `set_value_locked` (which checks its lock inside its own transaction) then runs
+            // wholly before the delete, which removes its value, or finds no lock. (Should the
+            // commit itself fail, the webhook stays and its holders have lost their locks
+            // early: their `set_value_locked` calls fail, as after an expiry.)
+            locks.forget(id);
+            fx.forgotten.push(id.to_string());
         }
     }
+    event(txn, fx, "webhook", id)?;
+    Ok(true)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_record(
+    txn: &WriteTransaction,
+    fx: &mut Effects,
+    object: &str,
+    id: &str,
+    expected: u64,
+    fields: &str,
+    change: &[u8],
+    origin: &str,
+) -> Result<WriteResult> {
+    let mut records = txn.open_table(RECORDS).map_err(db)?;
+    let current = records.get((object, id)).map_err(db)?.map(|v| v.value().0).unwrap_or(0);
+    if current != expected {
+        return Ok(WriteResult::Conflict { current });
+    }
+    let version = current + 1;
+    records.insert((object, id), (version, fields)).map_err(db)?;
+    let mut changes = txn.open_table(CHANGES).map_err(db)?;
+    append(&mut changes, fx, Queue::Changes, object, 0, change)?;
+    let mut meta = txn.open_table(META).map_err(db)?;
+    let mut positions = txn.open_table(RECORD_POSITIONS).map_err(db)?;
+    let mut written = txn.open_table(WRITTEN).map_err(db)?;
+    index_write(&mut meta, &mut positions, &mut written, object, id, origin)?;
+    Ok(WriteResult::Written { version })
+}
+
+/// Appends jobs to their webhooks' queues: solo ones to [`SOLO`], fresh ones to [`JOBS`].
+pub(super) fn enqueue(txn: &WriteTransaction, fx: &mut Effects, jobs: &[(String, bool, Vec<u8>)]) -> Result<()> {
+    let mut fresh = txn.open_table(JOBS).map_err(db)?;
+    let mut solo = txn.open_table(SOLO).map_err(db)?;
+    for (webhook, is_solo, job) in jobs {
+        if *is_solo {
+            append(&mut solo, fx, Queue::Solo, webhook, 0, job)?;
+        } else {
+            append(&mut fresh, fx, Queue::Jobs, webhook, 0, job)?;
+        }
+    }
+    Ok(())
+}
+
+/// Notes on disk what a job queue handed out: the newest entry id ever handed out of each
+/// queue, and the count of each entry handed out more than once.
+pub(super) fn note_handed_out(txn: &WriteTransaction, owner: &str, handed: &[(Queue, Id, u32)]) -> Result<()> {
+    let mut meta = txn.open_table(META).map_err(db)?;
+    let mut counts = txn.open_table(HANDED).map_err(db)?;
+    for queue in [Queue::Jobs, Queue::Solo] {
+        let Some(newest) = handed.iter().filter(|(q, _, _)| *q == queue).map(|(_, id, _)| *id).max() else {
+            continue;
+        };
+        let key = cursor_key(queue, owner);
+        let stored = meta.get(key.as_str()).map_err(db)?.map(|v| v.value());
+        let stored = stored.map(|(ms, seq)| Id { ms, seq }).unwrap_or_default();
+        if newest > stored {
+            meta.insert(key.as_str(), (newest.ms, newest.seq)).map_err(db)?;
+        }
+    }
+    for (queue, id, deliveries) in handed {
+        if *deliveries > 1 {
+            counts.insert((queue.name(), owner, id.ms, id.seq), *deliveries).map_err(db)?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves due delayed jobs of `webhook` to [`SOLO`]; returns when the next one is due.
+pub(super) fn promote_due(txn: &WriteTransaction, fx: &mut Effects, webhook: &str, now: i64) -> Result<Option<i64>> {
+    let mut delayed = txn.open_table(DELAYED).map_err(db)?;
+    let mut solo = txn.open_table(SOLO).map_err(db)?;
+    let range = (webhook, i64::MIN, 0, 0)..=(webhook, now, u64::MAX, u64::MAX);
+    let mut due = Vec::new();
+    for item in delayed.range(range).map_err(db)?.take(500) {
+        let (k, v) = item.map_err(db)?;
+        let (_, at, ms, seq) = k.value();
+        due.push((at, ms, seq, v.value().to_vec()));
+    }
+    for (at, ms, seq, job) in due {
+        delayed.remove((webhook, at, ms, seq)).map_err(db)?;
+        append(&mut solo, fx, Queue::Solo, webhook, 0, &job)?;
+    }
+    Inner::next_due(&delayed, webhook)
+}
+
+/// Whether `consumer` owns every one of `ids` (queue, id) of `owner`.
+pub(super) fn owns_all(groups: &Groups, owner: &str, consumer: &str, ids: &[(Queue, Id)]) -> bool {
+    ids.iter().all(|(queue, id)| {
+        let group = groups.get(*queue, owner);
+        let state = lock(&group.state);
+        state.pending.get(id).is_some_and(|p| p.consumer == consumer)
+    })
+}
+
+/// Removes acknowledged entries (and their delivery counts) and notes them settled.
+pub(super) fn remove_entries(txn: &WriteTransaction, fx: &mut Effects, owner: &str, ids: &[(Queue, Id)]) -> Result<()> {
+    for (queue, id) in ids {
+        txn.open_table(queue.table()).map_err(db)?.remove(id.key(owner)).map_err(db)?;
+        if queue.counts_deliveries() {
+            txn.open_table(HANDED).map_err(db)?.remove((queue.name(), owner, id.ms, id.seq)).map_err(db)?;
+        }
+        fx.settle(*queue, owner, *id);
+    }
+    Ok(())
+}
+
+/// One call's attempt, follow-ups and acknowledgement.
+pub(super) struct CompleteItem {
+    pub entries: Vec<(Queue, Id)>,
+    pub attempt: Attempt,
+    pub retry: Option<(Vec<u8>, i64)>,
+    pub dead: Option<(Vec<u8>, String)>,
+    pub writeback: Option<Vec<u8>>,
+}
+
+/// Finishes calls whose entries `consumer` owns; says for each whether it did.
+pub(super) fn complete(
+    txn: &WriteTransaction,
+    fx: &mut Effects,
+    groups: &Groups,
+    webhook: &str,
+    consumer: &str,
+    items: &[CompleteItem],
+    cutoff_ms: i64,
+) -> Result<Vec<bool>> {
+    let mut done = Vec::with_capacity(items.len());
+    for item in items {
+        if !owns_all(groups, webhook, consumer, &item.entries) {
+            done.push(false);
+            continue;
+        }
+        put_attempt(txn, webhook, &item.attempt)?;
+        if let Some((job, due)) = &item.retry {
+            let id = fx.next_id();
+            txn.open_table(DELAYED).map_err(db)?.insert((webhook, *due, id.ms, id.seq), job.as_slice()).map_err(db)?;
+        }
+        if let Some((job, reason)) = &item.dead {
+            let id = fx.next_id();
+            txn.open_table(DEAD).map_err(db)?.insert(id.key(webhook), (job.as_slice(), reason.as_str())).map_err(db)?;
+        }
+        if let Some(wb) = &item.writeback {
+            let mut table = txn.open_table(WRITEBACKS).map_err(db)?;
+            append(&mut table, fx, Queue::Writebacks, webhook, 0, wb)?;
+        }
+        remove_entries(txn, fx, webhook, &item.entries)?;
+        done.push(true);
+    }
+    trim_attempts(txn, webhook, cutoff_ms)?;
+    Ok(done)
+}
+
+/// Attempts past the retention, a few at a time (as complete.lua does).
+fn trim_attempts(txn: &WriteTransaction, webhook: &str, cutoff_ms: i64) -> Result<()> {
+    let mut by_time = txn.open_table(ATTEMPTS_BY_TIME).map_err(db)?;
+    let mut old = Vec::new();
+    for item in by_time.range((webhook, i64::MIN, "")..(webhook, cutoff_ms, "")).map_err(db)?.take(100) {
+        let (k, _) = item.map_err(db)?;
+        let (_, at, id) = k.value();
+        old.push((at, id.to_string()));
+    }
+    let mut attempts = txn.open_table(ATTEMPTS).map_err(db)?;
+    for (at, id) in old {
+        by_time.remove((webhook, at, id.as_str())).map_err(db)?;
+        attempts.remove((webhook, id.as_str())).map_err(db)?;
+    }
+    Ok(())
+}
+
+/// One write-back's result.
+pub(super) struct WritebackItem {
+    pub entry: Id,
+    pub attempt: Option<Attempt>,
+    pub failed: Option<(Vec<u8>, String)>,
+}
+
+/// Finishes write-backs `consumer` owns; says for each whether it did.
+pub(super) fn finish_writebacks(
+    txn: &WriteTransaction,
+    fx: &mut Effects,
+    groups: &Groups,
+    webhook: &str,
+    consumer: &str,
+    items: &[WritebackItem],
+) -> Result<Vec<bool>> {
+    let mut done = Vec::with_capacity(items.len());
+    for item in items {
+        let entry = [(Queue::Writebacks, item.entry)];
+        if !owns_all(groups, webhook, consumer, &entry) {
+            done.push(false);
+            continue;
+        }
+        if let Some(attempt) = &item.attempt {
+            let kept = txn
+                .open_table(ATTEMPTS)
+                .map_err(db)?
+                .get((webhook, attempt.attempt_id.as_str()))
+                .map_err(db)?
+                .is_some();
+            if kept {
+                put_attempt(txn, webhook, attempt)?;
+            }
+        }
+        if let Some((job, reason)) = &item.failed {
+            let id = fx.next_id();
+            txn.open_table(FAILED_WRITEBACKS)
+                .map_err(db)?
+                .insert(id.key(webhook), (job.as_slice(), reason.as_str()))
+                .map_err(db)?;
+        }
+        remove_entries(txn, fx, webhook, &entry)?;
+        done.push(true);
+    }
+    Ok(done)
+}
+
+/// Moves dead letters back to the solo queue with `attempts = 0`, 500 at a time; returns how
+/// many moved (0: none left).
+pub(super) fn redrive(txn: &WriteTransaction, fx: &mut Effects, webhook: &str) -> Result<u64> {
+    let mut dead = txn.open_table(DEAD).map_err(db)?;
+    let mut batch = Vec::new();
+    for item in dead.range(owner_range(webhook)).map_err(db)?.take(500) {
+        let (k, v) = item.map_err(db)?;
+        let (_, ms, seq) = k.value();
+        let id = Id { ms, seq };
+        let job: Job = decode(|| format!("dead/{webhook}/{id}"), v.value().0)?;
+        batch.push((id, Job { attempts: 0, ..job }));
+    }
+    let mut solo = txn.open_table(SOLO).map_err(db)?;
+    for (id, job) in &batch {
+        dead.remove(id.key(webhook)).map_err(db)?;
+        append(&mut solo, fx, Queue::Solo, webhook, FLAG_REDRIVEN, &job.encode_to_vec())?;
+    }
+    Ok(batch.len() as u64)
+}
+
+/// Moves failed write-backs back to the write-back queue, 500 at a time.
+pub(super) fn redrive_writebacks(txn: &WriteTransaction, fx: &mut Effects, webhook: &str) -> Result<u64> {
+    let mut failed = txn.open_table(FAILED_WRITEBACKS).map_err(db)?;
+    let mut batch = Vec::new();
+    for item in failed.range(owner_range(webhook)).map_err(db)?.take(500) {
+        let (k, v) = item.map_err(db)?;
+        let (_, ms, seq) = k.value();
+        let id = Id { ms, seq };
+        let job: WritebackJob = decode(|| format!("failed_writebacks/{webhook}/{id}"), v.value().0)?;
+        batch.push((id, job));
+    }
+    let mut queue = txn.open_table(WRITEBACKS).map_err(db)?;
+    for (id, job) in &batch {
+        failed.remove(id.key(webhook)).map_err(db)?;
+        append(&mut queue, fx, Queue::Writebacks, webhook, 0, &job.encode_to_vec())?;
+    }
+    Ok(batch.len() as u64)
 }
 
 /// Stores an attempt and its time index entry (moving it if the attempt was stored before).

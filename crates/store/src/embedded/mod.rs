@@ -6,7 +6,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `"last_id"`, `"format"`, `"position/<object>"` | newest stream id handed out; layout version; position of the object's latest record write |
+//! | `meta` | `"last_id"`, `"format"`, `"definitions"`, `"position/<object>"`, `"cursor/<queue>/<webhook>"` | newest stream id handed out; layout version; the definitions' version; position of the object's latest record write; newest job entry ever handed out |
 //! | `objects` | object name | DataObject JSON |
 //! | `webhooks` | webhook id | (stored version, StoredWebhook JSON) — compare-and-set reads the version |
 //! | `events` | stream id | (`object`\|`webhook`, name): definition events, newest 10 000 kept |
@@ -14,49 +14,59 @@
 //! | `record_positions` | (object, record id) | (position, origin webhook, other position) of the record's latest write |
 //! | `written` | (object, position) | record id: the write index, each record at its latest write |
 //! | `changes` | (object, stream id) | (flags, Change protobuf) |
-//! | `jobs` | (webhook, stream id) | (flags, Job protobuf): ready and delivered-but-unacknowledged |
+//! | `jobs` | (webhook, stream id) | (flags, Job protobuf): fresh jobs, ready and handed-out-but-unacknowledged |
+//! | `solo` | (webhook, stream id) | (flags, Job protobuf): due retries and redriven jobs, each sent alone |
 //! | `writebacks` | (webhook, stream id) | (flags, WritebackJob protobuf) |
+//! | `failed_writebacks` | (webhook, stream id) | (WritebackJob protobuf, reason) |
 //! | `delayed` | (webhook, due ms, stream id) | Job protobuf: retries in due order, then insertion |
 //! | `dead` | (webhook, stream id) | (Job protobuf, reason) |
+//! | `handed` | (queue, webhook, stream id) | times a job entry was handed out, when more than once |
 //! | `attempts` | (webhook, attempt id) | Attempt protobuf |
 //! | `attempts_by_time` | (webhook, started ms, attempt id) | (): newest-first listing and trimming |
 //!
 //! Stream ids are `<ms>-<seq>` like Redis's, strictly increasing across the whole file: they
-//! are handed out inside write transactions, which redb runs one at a time, and the newest is
-//! stored with them so a restart (or a clock stepping back) never reuses one. Every call that
-//! changes something is one write transaction with [`redb::Durability::Immediate`] (redb's
-//! default): once it returned `Ok`, a `kill -9` loses none of it. `write_record` stores the
-//! record, appends its change and moves the record to its object's next write position in
-//! one transaction; `complete` records the attempt, adds its retry, dead letter and
-//! write-back and acknowledges the job in one.
+//! are handed out inside write transactions, which run one at a time, and the newest is
+//! stored with them so a restart (or a clock stepping back) never reuses one.
 //!
-//! The layout version is `"format"` in `meta`. Opening a version 1 file (before the write
-//! index) indexes its records in one transaction; a newer version than this build knows is
-//! refused.
+//! # Group commit
+//!
+//! Every write goes through one writer thread ([`writer`]), which commits the writes that
+//! queued up during the previous commit together, in one durable transaction
+//! ([`redb::Durability::Immediate`]), and answers each caller only after that commit: once a
+//! call returned `Ok`, a `kill -9` loses none of it, and a busy node pays one `fsync` for many
+//! writes. `write_record` stores the record, appends its change and moves the record to its
+//! object's next write position in one write; `complete` records an attempt, adds its retry,
+//! dead letter and write-back and acknowledges the call's entries in one.
+//!
+//! The layout version is `"format"` in `meta`. Opening an older file upgrades it in one
+//! transaction (see `tables::FORMAT`); a newer version than this build knows is refused.
 //!
 //! # Consumer groups live in memory
 //!
-//! What a queue entry needs on disk is only that it exists until acknowledged (ack deletes
-//! it). Which consumer holds it and since when is kept in memory per queue — a delivered
-//! cursor and a pending map — because a single process is the only consumer: after a crash
-//! or restart, the consumers that held entries are gone too, and an empty pending map makes
-//! every unacknowledged entry undelivered again. That is the at-least-once redelivery the
-//! engine expects after `kill -9`, and it costs no write per read. `claim_*` re-assigns
-//! pending entries idle at least `min_idle` (monotonic clock), as `XAUTOCLAIM` does.
+//! Which consumer holds an entry and when it was last touched is kept in memory per queue — a
+//! delivered cursor and a pending map — because a single process is the only consumer: after
+//! a crash or restart the consumers that held entries are gone too, and an empty pending map
+//! makes every unacknowledged entry undelivered again. That is the at-least-once redelivery
+//! the engine expects after `kill -9`. What must survive is how often a *job* was handed out,
+//! so that one which kills its node every time is dead-lettered: a job queue's newest entry
+//! ever handed out is stored (in the same commit as the hand-out, before the job is sent), and
+//! an entry at or before it that is handed out again after a restart counts once more, its
+//! count kept in `handed`. Changes and write-backs cost no write per read.
 //!
 //! Blocking reads wait on a [`tokio::sync::Notify`] per queue (and one for definition
-//! events), woken after a commit appended to it: no polling. Every redb transaction runs in
+//! events), woken after a commit appended to it: no polling. Reads run in
 //! [`tokio::task::spawn_blocking`]; in-memory state sits behind `std::sync::Mutex`es that are
-//! never held across an `.await`. The concurrency permits and the locks are in memory too (a
-//! restart frees them all, as lease expiry would).
+//! never held across an `.await`. The concurrency permits, rate limits and locks are in memory
+//! too (a restart frees them all, as lease expiry would).
 //!
-//! Differences from Redis a caller may notice: a first read of a queue returns entries that
-//! were appended before anyone read it (Redis creates the group then and answers empty), and
-//! redriven jobs carry [`crate::Entry::redriven`].
+//! One difference from Redis a caller may notice: redriven jobs carry
+//! [`crate::Entry::redriven`] here as there, but a first read of a queue returns entries
+//! appended before anyone read it on both (Redis's groups are created from the start).
 
 mod inner;
 mod state;
 mod tables;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,18 +74,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hookline_model::{DataObject, Fields, Record, StoredWebhook};
-use hookline_proto::{Attempt, Change, Job, Message, WritebackJob};
+use hookline_proto::{Attempt, Change, Job, Message};
 use tokio::time::Instant;
 
-use self::inner::Inner;
-use self::tables::{Id, Queue};
+#[cfg(test)]
+pub(crate) use self::inner::Effects;
+use self::inner::{CompleteItem, HandedOut, Inner, WritebackItem};
+use self::tables::{Id, Queue, parse_public_id};
 use crate::{
-    ATTEMPT_RETENTION, AttemptFilter, DeadLetter, DefEvent, Entry, FollowUp, IndexedRecord, Result, Store, StoreError,
-    WriteResult,
+    ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DeadLetter, DefEvent, Definitions, FailedWriteback,
+    IndexedRecord, QueueKind, QueueName, Rate, RawEntry, Renew, Renewed, Result, Store, StoreError, Take, Taken,
+    WriteResult, WritebackDone,
 };
 
-/// The embedded store: a redb file plus in-memory consumer groups and permits. Cheap to
-/// clone (clones share the open file).
+/// The embedded store: a redb file, its writer thread, and in-memory consumer groups and
+/// permits. Cheap to clone (clones share the open file).
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -104,7 +117,13 @@ impl EmbeddedStore {
         self.inner.path()
     }
 
-    /// Runs `f` on the blocking pool.
+    /// Write transactions committed since the store was opened (each carries one or more
+    /// writes).
+    pub fn commits(&self) -> u64 {
+        self.inner.writer.commits()
+    }
+
+    /// Runs a read on the blocking pool.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
@@ -112,49 +131,84 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
     }
 
-    /// Reads a consumer-group queue, waiting up to `block` for an entry when none is there.
-    async fn read_queue<T: Message + Default + Send + 'static>(
+    #[cfg(test)]
+    pub(crate) async fn write_for_test(
         &self,
-        queue: Queue,
-        owner: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<T>>> {
-        let deadline = Instant::now() + block;
-        let group = self.inner.groups.get(queue, owner);
+        f: impl FnMut(&redb::WriteTransaction, &mut Effects) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.inner.writer.write(f).await
+    }
+
+    /// Hands out up to `count` entries of one queue, noting job hand-outs on disk before
+    /// returning them. Undecodable entries are the caller's to drop.
+    async fn hand_out(&self, queue: Queue, owner: &str, consumer: &str, count: usize) -> Result<Vec<RawEntry>> {
+        let (o, c) = (owner.to_string(), consumer.to_string());
+        let handed = self
+            .run(move |i| {
+                let group = i.shared.groups.get(queue, &o);
+                i.hand_out(queue, &o, &group, &c, count)
+            })
+            .await?;
+        self.noted(owner, handed).await
+    }
+
+    /// Stores what a job queue handed out (see the module docs) and returns the entries; if
+    /// that fails, the entries are given back (claimable at once) and the error returned.
+    async fn noted(&self, owner: &str, handed: Vec<HandedOut>) -> Result<Vec<RawEntry>> {
+        let to_note: Vec<(Queue, Id, u32)> = handed
+            .iter()
+            .filter(|h| h.queue.counts_deliveries())
+            .map(|h| (h.queue, h.id, h.entry.deliveries))
+            .collect();
+        if !to_note.is_empty() {
+            let o = owner.to_string();
+            if let Err(e) = self.inner.writer.write(move |txn, _fx| inner::note_handed_out(txn, &o, &to_note)).await {
+                for h in &handed {
+                    let group = self.inner.shared.groups.get(h.queue, owner);
+                    if let Some(p) = state::lock(&group.state).pending.get_mut(&h.id) {
+                        p.released = true;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(handed.into_iter().map(|h| h.entry).collect())
+    }
+
+    /// Waits until one of `queues` of `owner` has an entry after its id in `after`, or the
+    /// deadline passed.
+    async fn wait_for(&self, owner: &str, after: &[(Queue, Id)], deadline: Instant) -> Result<()> {
+        let groups: Vec<_> = after.iter().map(|(q, _)| self.inner.shared.groups.get(*q, owner)).collect();
         loop {
             // Listen before looking, so an append between the look and the wait is not missed.
-            let notified = group.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (owner_, consumer_, group_) = (owner.to_string(), consumer.to_string(), group.clone());
-            let got = self.run(move |i| i.read_group(queue, &owner_, &group_, &consumer_, count)).await?;
-            if !got.is_empty() || block.is_zero() {
-                return Ok(got);
+            let mut waits: Vec<_> = groups.iter().map(|g| Box::pin(g.notify.notified())).collect();
+            for w in &mut waits {
+                w.as_mut().enable();
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(Vec::new());
+            let (o, marks) = (owner.to_string(), after.to_vec());
+            let arrived = self
+                .run(move |i| {
+                    for (queue, id) in &marks {
+                        if i.has_after(*queue, &o, *id)? {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                })
+                .await?;
+            if arrived {
+                return Ok(());
+            }
+            let any = futures_util::future::select_all(waits);
+            if tokio::time::timeout_at(deadline, any).await.is_err() {
+                return Ok(());
             }
         }
     }
 
-    async fn claim<T: Message + Default + Send + 'static>(
-        &self,
-        queue: Queue,
-        owner: &str,
-        consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<Entry<T>>> {
-        let group = self.inner.groups.get(queue, owner);
-        let (owner, consumer) = (owner.to_string(), consumer.to_string());
-        self.run(move |i| i.claim(queue, &owner, &group, &consumer, min_idle, count)).await
+    fn parse_ids(&self, kind: QueueKind, ids: &[String]) -> Result<Vec<(Queue, Id)>> {
+        ids.iter().map(|id| parse_public_id(kind, id)).collect()
     }
-}
-
-fn parse_ids(ids: &[String]) -> Result<Vec<Id>> {
-    ids.iter().map(|id| Id::parse(id)).collect()
 }
 
 #[async_trait]
@@ -165,7 +219,7 @@ impl Store for EmbeddedStore {
 
     async fn put_object(&self, object: &DataObject) -> Result<()> {
         let (name, text) = (object.name.clone(), encode_json(object)?);
-        self.run(move |i| i.put_object(&name, &text)).await
+        self.inner.writer.write(move |txn, fx| inner::put_object(txn, fx, &name, &text)).await
     }
 
     async fn get_object(&self, name: &str) -> Result<Option<DataObject>> {
@@ -180,7 +234,11 @@ impl Store for EmbeddedStore {
     async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool> {
         let (id, expected, text) =
             (webhook.definition.id.clone(), webhook.version.saturating_sub(1), encode_json(webhook)?);
-        self.run(move |i| i.put_webhook(&id, expected, Some(&text))).await
+        let shared = self.inner.shared.clone();
+        self.inner
+            .writer
+            .write(move |txn, fx| inner::put_webhook(txn, fx, &shared.locks, &id, expected, Some(&text)))
+            .await
     }
 
     async fn get_webhook(&self, id: &str) -> Result<Option<StoredWebhook>> {
@@ -194,7 +252,17 @@ impl Store for EmbeddedStore {
 
     async fn delete_webhook(&self, id: &str, version: u64) -> Result<bool> {
         let id = id.to_string();
-        self.run(move |i| i.put_webhook(&id, version, None)).await
+        let shared = self.inner.shared.clone();
+        self.inner.writer.write(move |txn, fx| inner::put_webhook(txn, fx, &shared.locks, &id, version, None)).await
+    }
+
+    async fn definitions(&self) -> Result<Definitions> {
+        let (version, objects, webhooks) = self.run(|i| i.definitions()).await?;
+        Ok(Definitions { version, objects, webhooks })
+    }
+
+    async fn definitions_version(&self) -> Result<u64> {
+        self.run(|i| i.definitions_version()).await
     }
 
     async fn events_cursor(&self) -> Result<String> {
@@ -205,7 +273,7 @@ impl Store for EmbeddedStore {
         let from = Id::parse(cursor)?;
         let deadline = Instant::now() + block;
         loop {
-            let notified = self.inner.events.notified();
+            let notified = self.inner.shared.events.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (events, last) = self.run(move |i| i.events_after(from)).await?;
@@ -239,26 +307,10 @@ impl Store for EmbeddedStore {
             change.origin_webhook.clone(),
             change.encode_to_vec(),
         );
-        self.run(move |i| i.write_record(&object, &id, expected, &text, &change, &origin)).await
-    }
-
-    async fn read_changes(
-        &self,
-        object: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<Change>>> {
-        self.read_queue(Queue::Changes, object, consumer, count, block).await
-    }
-
-    async fn claim_changes(&self, object: &str, consumer: &str, min_idle: Duration) -> Result<Vec<Entry<Change>>> {
-        self.claim(Queue::Changes, object, consumer, min_idle, 100).await
-    }
-
-    async fn ack_changes(&self, object: &str, ids: &[String]) -> Result<()> {
-        let (object, ids) = (object.to_string(), parse_ids(ids)?);
-        self.run(move |i| i.ack(Queue::Changes, &object, &ids)).await
+        self.inner
+            .writer
+            .write(move |txn, fx| inner::write_record(txn, fx, &object, &id, expected, &text, &change, &origin))
+            .await
     }
 
     async fn write_position(&self, object: &str) -> Result<u64> {
@@ -271,59 +323,250 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.records_written(&object, after, limit)).await
     }
 
+    async fn read(&self, queue: &QueueName, consumer: &str, count: usize, block: Duration) -> Result<Vec<RawEntry>> {
+        // A job queue's reads are of its fresh jobs (filling a bulk call).
+        let q = Queue::of(queue.kind)[0];
+        let deadline = Instant::now() + block;
+        let group = self.inner.shared.groups.get(q, &queue.owner);
+        loop {
+            let notified = group.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.hand_out(q, &queue.owner, consumer, count.max(1)).await?;
+            if !got.is_empty() || block.is_zero() {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        consumer: &str,
+        scan: &ClaimScan,
+        count: usize,
+    ) -> Result<(Vec<RawEntry>, String)> {
+        let queues = Queue::of(queue.kind);
+        let cursors: Vec<Id> = scan.cursor.split('|').map(|c| Id::parse(c).unwrap_or_default()).collect();
+        let mut out = Vec::new();
+        let mut next = Vec::new();
+        let mut done = true;
+        for (k, q) in queues.iter().enumerate() {
+            let (o, c, q, min_idle) = (queue.owner.clone(), consumer.to_string(), *q, scan.min_idle);
+            let from = cursors.get(k).copied().unwrap_or_default();
+            let left = count.saturating_sub(out.len());
+            let (handed, cursor) = self.run(move |i| i.claim(q, &o, &c, min_idle, from, left)).await?;
+            out.extend(self.noted(&queue.owner, handed).await?);
+            done &= cursor.is_none();
+            next.push(cursor.unwrap_or_default().to_string());
+        }
+        Ok((out, if done { String::new() } else { next.join("|") }))
+    }
+
+    async fn touch(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
+        let parsed = self.parse_ids(queue.kind, ids)?;
+        let now = std::time::Instant::now();
+        let mut lost = Vec::new();
+        for ((q, id), text) in parsed.iter().zip(ids) {
+            let group = self.inner.shared.groups.get(*q, &queue.owner);
+            let mut state = state::lock(&group.state);
+            match state.pending.get_mut(id) {
+                Some(p) if p.consumer == consumer => {
+                    p.touched = now;
+                    p.released = false;
+                }
+                _ => lost.push(text.clone()),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn ack(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parsed = self.parse_ids(queue.kind, ids)?;
+        let (owner, consumer, shared, texts) =
+            (queue.owner.clone(), consumer.to_string(), self.inner.shared.clone(), ids.to_vec());
+        self.inner
+            .writer
+            .write(move |txn, fx| {
+                let mut done = Vec::new();
+                for ((q, id), text) in parsed.iter().zip(&texts) {
+                    if inner::owns_all(&shared.groups, &owner, &consumer, &[(*q, *id)]) {
+                        inner::remove_entries(txn, fx, &owner, &[(*q, *id)])?;
+                        done.push(text.clone());
+                    }
+                }
+                Ok(done)
+            })
+            .await
+    }
+
+    async fn release(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<()> {
+        for (q, id) in self.parse_ids(queue.kind, ids)? {
+            let group = self.inner.shared.groups.get(q, &queue.owner);
+            if let Some(p) = state::lock(&group.state).pending.get_mut(&id)
+                && p.consumer == consumer
+            {
+                p.released = true;
+            }
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let jobs: Vec<(String, Vec<u8>)> = jobs.iter().map(|j| (j.webhook_id.clone(), j.encode_to_vec())).collect();
-        self.run(move |i| i.enqueue(&jobs)).await
+        let jobs: Vec<(String, bool, Vec<u8>)> =
+            jobs.iter().map(|j| (j.webhook_id.clone(), inner::is_solo(j), j.encode_to_vec())).collect();
+        self.inner.writer.write(move |txn, fx| inner::enqueue(txn, fx, &jobs)).await
     }
 
-    async fn read_jobs(&self, webhook: &str, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry<Job>>> {
-        self.read_queue(Queue::Jobs, webhook, consumer, count, block).await
-    }
-
-    async fn claim_jobs(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<Entry<Job>>> {
-        self.claim(Queue::Jobs, webhook, consumer, min_idle, count).await
-    }
-
-    async fn requeue_jobs(&self, webhook: &str, entries: &[Entry<Job>]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
+    async fn take(&self, t: &Take<'_>) -> Result<Taken> {
+        let shared = &self.inner.shared;
+        let granted = shared.permits.take(t);
+        let mut calls = t.free + granted.names.len() as u32;
+        let mut rate_wait = None;
+        if let (Some(rate), true) = (t.rate, calls > 0) {
+            match shared.rates.reserve(t.webhook, rate.interval, rate.burst, calls) {
+                Ok(tokens) => calls = calls.min(tokens),
+                Err(wait) => {
+                    rate_wait = Some(wait);
+                    calls = 0;
+                }
+            }
         }
-        let entries: Vec<(Id, Vec<u8>, bool)> = entries
+
+        // Due retries join the solo queue (a snapshot tells whether any is due first).
+        let webhook = t.webhook.to_string();
+        let now = crate::now_ms();
+        let w = webhook.clone();
+        let mut next_due = self.run(move |i| i.first_due(&w)).await?;
+        if next_due.is_some_and(|due| due <= now) {
+            let w = webhook.clone();
+            next_due = self.inner.writer.write(move |txn, fx| inner::promote_due(txn, fx, &w, now)).await?;
+        }
+
+        let batch = t.batch.max(1);
+        let max_entries = t.max_entries.max(1) as usize;
+        let mut entries: Vec<RawEntry> = Vec::new();
+        let (mut solos, mut fresh) = (0u32, 0u32);
+        let count = |entries: &[RawEntry], solos: &mut u32, fresh: &mut u32| {
+            *solos = entries.iter().filter(|e| e.solo).count() as u32;
+            *fresh = entries.len() as u32 - *solos;
+        };
+        let room_for_fresh = |calls: u32, solos: u32, fresh: u32, n: usize| {
+            ((calls.saturating_sub(solos) * batch).saturating_sub(fresh) as usize).min(max_entries.saturating_sub(n))
+        };
+        let mut cursor = None;
+        let queue = QueueName::jobs(t.webhook);
+        if let Some(scan) = &t.claim {
+            let parts: Vec<&str> = scan.cursor.split('|').collect();
+            let mut next = Vec::new();
+            let mut done = true;
+            // Solo first (a call each), then fresh, as the Redis script does.
+            let plan = [
+                (Queue::Solo, parts.get(1).copied().unwrap_or("")),
+                (Queue::Jobs, parts.first().copied().unwrap_or("")),
+            ];
+            for (q, from) in plan {
+                let room = match q {
+                    Queue::Solo => (calls as usize).min(max_entries),
+                    _ => room_for_fresh(calls, solos, fresh, entries.len()),
+                };
+                let from = Id::parse(from).unwrap_or_default();
+                let (o, c, min_idle) = (webhook.clone(), t.consumer.to_string(), scan.min_idle);
+                let (handed, next_id) = self.run(move |i| i.claim(q, &o, &c, min_idle, from, room)).await?;
+                entries.extend(self.noted(&webhook, handed).await?);
+                count(&entries, &mut solos, &mut fresh);
+                done &= next_id.is_none();
+                next.push((q, next_id.unwrap_or_default()));
+            }
+            let fresh_at = next.iter().find(|(q, _)| *q == Queue::Jobs).map(|(_, id)| *id).unwrap_or_default();
+            let solo_at = next.iter().find(|(q, _)| *q == Queue::Solo).map(|(_, id)| *id).unwrap_or_default();
+            cursor = Some(if done { String::new() } else { format!("{fresh_at}|{solo_at}") });
+            let _ = &queue;
+        }
+        let room = (calls.saturating_sub(solos) as usize).min(max_entries.saturating_sub(entries.len()));
+        if room > 0 {
+            entries.extend(self.hand_out(Queue::Solo, &webhook, t.consumer, room).await?);
+            count(&entries, &mut solos, &mut fresh);
+        }
+        let room = room_for_fresh(calls, solos, fresh, entries.len());
+        if room > 0 {
+            entries.extend(self.hand_out(Queue::Jobs, &webhook, t.consumer, room).await?);
+            count(&entries, &mut solos, &mut fresh);
+        }
+        if let (Some(rate), None) = (t.rate, rate_wait) {
+            shared.rates.refund(t.webhook, rate.interval, calls.saturating_sub(solos + fresh.div_ceil(batch)));
+        }
+        let w = webhook.clone();
+        let (fresh_last, solo_last) =
+            self.run(move |i| Ok((i.last_id(Queue::Jobs, &w)?, i.last_id(Queue::Solo, &w)?))).await?;
+        Ok(Taken {
+            granted: granted.names,
+            fair_share: granted.share,
+            entries,
+            cursor,
+            next_due_ms: next_due,
+            rate_wait,
+            mark: format!("{fresh_last}|{solo_last}"),
+        })
+    }
+
+    async fn wait_for_jobs(&self, webhook: &str, mark: &str, timeout: Duration) -> Result<()> {
+        let (fresh, solo) = mark.split_once('|').unwrap_or(("0-0", "0-0"));
+        let marks =
+            [(Queue::Jobs, Id::parse(fresh).unwrap_or_default()), (Queue::Solo, Id::parse(solo).unwrap_or_default())];
+        self.wait_for(webhook, &marks, Instant::now() + timeout).await
+    }
+
+    async fn renew(&self, r: &Renew<'_>) -> Result<Renewed> {
+        let (lost_permits, fair_share) =
+            self.inner.shared.permits.renew(r.webhook, r.consumer, r.permits, r.contending, r.limit, r.lease);
+        let lost_entries = self.touch(&QueueName::jobs(r.webhook), r.consumer, r.entries).await?;
+        Ok(Renewed { lost_permits, fair_share, lost_entries })
+    }
+
+    async fn rate_wait(&self, webhook: &str, rate: Rate) -> Result<Option<Duration>> {
+        match self.inner.shared.rates.reserve(webhook, rate.interval, rate.burst, 1) {
+            Ok(_) => Ok(None),
+            Err(wait) => Ok(Some(wait)),
+        }
+    }
+
+    async fn release_permits(&self, webhook: &str, consumer: &str, permits: &[String], leave: bool) -> Result<()> {
+        self.inner.shared.permits.release(webhook, consumer, permits, leave);
+        Ok(())
+    }
+
+    async fn complete(&self, webhook: &str, consumer: &str, items: &[Completion]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items: Vec<CompleteItem> = items
             .iter()
-            .map(|e| Ok((Id::parse(&e.id)?, e.value.encode_to_vec(), e.redriven)))
+            .map(|c| {
+                Ok(CompleteItem {
+                    entries: self.parse_ids(QueueKind::Jobs, &c.entries)?,
+                    attempt: c.attempt.clone(),
+                    retry: c.follow_up.retry.as_ref().map(|(j, due)| (j.encode_to_vec(), *due)),
+                    dead: c.follow_up.dead_letter.as_ref().map(|(j, r)| (j.encode_to_vec(), r.clone())),
+                    writeback: c.follow_up.writeback.as_ref().map(|w| w.encode_to_vec()),
+                })
+            })
             .collect::<Result<_>>()?;
-        let webhook = webhook.to_string();
-        self.run(move |i| i.requeue(&webhook, &entries)).await
-    }
-
-    async fn promote_due(&self, webhook: &str, now_ms: i64) -> Result<Option<i64>> {
-        let webhook = webhook.to_string();
-        self.run(move |i| i.promote_due(&webhook, now_ms)).await
-    }
-
-    async fn complete_batch(
-        &self,
-        webhook: &str,
-        entry_ids: &[String],
-        attempt: &Attempt,
-        follow_up: FollowUp,
-    ) -> Result<()> {
-        let entry = entry_ids.iter().map(|id| Id::parse(id)).collect::<Result<Vec<Id>>>()?;
         let cutoff = crate::now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
-        let retry = follow_up.retry.map(|(j, due)| (j.encode_to_vec(), due));
-        let dead = follow_up.dead_letter.map(|(j, r)| (j.encode_to_vec(), r));
-        let writeback = follow_up.writeback.map(|w| w.encode_to_vec());
-        let (webhook, attempt) = (webhook.to_string(), attempt.clone());
-        self.run(move |i| i.complete(&webhook, entry, &attempt, cutoff, retry, dead, writeback)).await
+        let (webhook, consumer, shared) = (webhook.to_string(), consumer.to_string(), self.inner.shared.clone());
+        self.inner
+            .writer
+            .write(move |txn, fx| inner::complete(txn, fx, &shared.groups, &webhook, &consumer, &items, cutoff))
+            .await
     }
 
     async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>> {
@@ -336,35 +579,42 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.queue_depth(&webhook)).await
     }
 
-    async fn read_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>> {
-        self.read_queue(Queue::Writebacks, webhook, consumer, count, block).await
+    async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items: Vec<WritebackItem> = items
+            .iter()
+            .map(|w| {
+                Ok(WritebackItem {
+                    entry: Id::parse(&w.entry)?,
+                    attempt: w.attempt.clone(),
+                    failed: w.failed.as_ref().map(|(j, r)| (j.encode_to_vec(), r.clone())),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (webhook, consumer, shared) = (webhook.to_string(), consumer.to_string(), self.inner.shared.clone());
+        self.inner
+            .writer
+            .write(move |txn, fx| inner::finish_writebacks(txn, fx, &shared.groups, &webhook, &consumer, &items))
+            .await
     }
 
-    async fn claim_writebacks(
-        &self,
-        webhook: &str,
-        consumer: &str,
-        min_idle: Duration,
-    ) -> Result<Vec<Entry<WritebackJob>>> {
-        self.claim(Queue::Writebacks, webhook, consumer, min_idle, 100).await
+    async fn failed_writebacks(&self, webhook: &str, limit: usize) -> Result<Vec<FailedWriteback>> {
+        let webhook = webhook.to_string();
+        self.run(move |i| i.failed_writebacks(&webhook, limit)).await
     }
 
-    async fn finish_writeback(
-        &self,
-        webhook: &str,
-        entry_id: &str,
-        attempt_id: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        let entry = Id::parse(entry_id)?;
-        let (webhook, attempt_id, error) = (webhook.to_string(), attempt_id.to_string(), error.map(str::to_string));
-        self.run(move |i| i.finish_writeback(&webhook, entry, &attempt_id, error.as_deref())).await
+    async fn redrive_writebacks(&self, webhook: &str) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let w = webhook.to_string();
+            let moved = self.inner.writer.write(move |txn, fx| inner::redrive_writebacks(txn, fx, &w)).await?;
+            if moved == 0 {
+                return Ok(total);
+            }
+            total += moved;
+        }
     }
 
     async fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>> {
@@ -383,8 +633,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn redrive(&self, webhook: &str) -> Result<u64> {
-        let webhook = webhook.to_string();
-        self.run(move |i| i.redrive(&webhook)).await
+        let mut total = 0;
+        loop {
+            let w = webhook.to_string();
+            let moved = self.inner.writer.write(move |txn, fx| inner::redrive(txn, fx, &w)).await?;
+            if moved == 0 {
+                return Ok(total);
+            }
+            total += moved;
+        }
     }
 
     async fn get_value(&self, webhook: &str, name: &str) -> Result<Option<Vec<u8>>> {
@@ -395,11 +652,11 @@ impl Store for EmbeddedStore {
     async fn set_value(&self, webhook: &str, name: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let (webhook, name, value) = (webhook.to_string(), name.to_string(), value.to_vec());
         let expires = crate::now_ms() + ttl.as_millis() as i64;
-        self.run(move |i| i.set_value(&webhook, &name, &value, expires)).await
+        self.inner.writer.write(move |txn, _fx| inner::set_value(txn, &webhook, &name, &value, expires)).await
     }
 
     async fn try_lock(&self, webhook: &str, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        Ok(self.inner.locks.try_lock(webhook, name, holder, ttl))
+        Ok(self.inner.shared.locks.try_lock(webhook, name, holder, ttl))
     }
 
     async fn set_value_locked(
@@ -414,25 +671,28 @@ impl Store for EmbeddedStore {
         let (webhook, name, value, lock, holder) =
             (webhook.to_string(), name.to_string(), value.to_vec(), lock.to_string(), holder.to_string());
         let expires = crate::now_ms() + ttl.as_millis() as i64;
-        self.run(move |i| i.set_value_locked(&webhook, &name, &value, expires, &lock, &holder)).await
+        let shared = self.inner.shared.clone();
+        // The lock is checked inside the write transaction, which makes the check and the
+        // write one step for every value writer: writes run one at a time, and the locks
+        // mutex is held for the check only. If the lock expires right after the check, a
+        // successor can take it only after it, so its own value write commits after this one
+        // and overwrites it, not the other way round. A delete of the webhook forgets its
+        // locks inside its transaction, so this either runs before it (and the delete removes
+        // the value) or finds no lock.
+        self.inner
+            .writer
+            .write(move |txn, _fx| {
+                if !shared.locks.holds(&webhook, &lock, &holder) {
+                    return Ok(false);
+                }
+                inner::set_value(txn, &webhook, &name, &value, expires)?;
+                Ok(true)
+            })
+            .await
     }
 
     async fn unlock(&self, webhook: &str, name: &str, holder: &str) -> Result<()> {
-        self.inner.locks.unlock(webhook, name, holder);
-        Ok(())
-    }
-
-    async fn rate_wait(&self, webhook: &str, interval: Duration, burst: u32) -> Result<Duration> {
-        Ok(self.inner.rates.wait(webhook, interval, burst))
-    }
-
-    async fn acquire_permit(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool> {
-        // In memory and quick: no blocking pool needed.
-        Ok(self.inner.permits.acquire(webhook, holder, limit, lease))
-    }
-
-    async fn release_permit(&self, webhook: &str, holder: &str) -> Result<()> {
-        self.inner.permits.release(webhook, holder);
+        self.inner.shared.locks.unlock(webhook, name, holder);
         Ok(())
     }
 }

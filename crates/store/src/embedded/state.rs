@@ -1,7 +1,8 @@
-//! In-memory state of the embedded store: consumer groups (what was delivered to whom, and
-//! when), the concurrency semaphores, the locks and the rate limiters. None needs to survive
-//! the process: after a restart nothing is pending, so every unacknowledged entry is
-//! delivered again, and no permit or lock is held.
+//! In-memory state of the embedded store: consumer groups (what was handed to whom, and
+//! when it was last touched), the concurrency permits, the locks and the rate limiters. None
+//! needs to survive the process: after a restart nothing is pending, so every unacknowledged
+//! entry is handed out again, and no permit or lock is held. (How often a job was handed out
+//! does survive, in the `handed` table.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,21 +17,28 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One delivered, unacknowledged entry.
-#[derive(Debug)]
+/// One handed-out, unacknowledged entry.
+#[derive(Debug, Clone)]
 pub(super) struct Pending {
     pub consumer: String,
-    pub delivered: Instant,
-    /// Times handed out since this process started.
+    /// When it was handed out or last touched by its consumer's heartbeat.
+    pub touched: Instant,
+    /// Times handed out, across restarts for job queues.
     pub deliveries: u32,
+    /// Given back by its consumer: any consumer's next claim takes it, however fresh.
+    pub released: bool,
 }
 
-/// The consumer group of one queue (one webhook's jobs, one object's changes, …).
+/// The consumer group of one queue (one webhook's fresh jobs, one object's changes, …).
 #[derive(Debug, Default)]
 pub(super) struct GroupState {
-    /// Entries up to this id were delivered (Redis: the group's last-delivered-id).
+    /// Entries up to this id were handed out in this process (Redis: the group's
+    /// last-delivered-id).
     pub delivered: Id,
-    /// Delivered entries not yet acknowledged, in id order.
+    /// Entries up to this id were handed out by an earlier process (read from disk on first
+    /// use): handing one out again counts a delivery more.
+    pub earlier: Option<Id>,
+    /// Handed-out entries not yet acknowledged, in id order.
     pub pending: BTreeMap<Id, Pending>,
 }
 
@@ -59,35 +67,117 @@ impl Groups {
     }
 }
 
-/// Counting semaphores with leases, per webhook: holder → lease expiry (monotonic clock).
+/// The permits of one webhook.
+#[derive(Debug, Default)]
+struct WebhookPermits {
+    /// Permit name → lease expiry.
+    held: HashMap<String, Instant>,
+    /// Consumer → expiry of its wish for permits.
+    contenders: HashMap<String, Instant>,
+    seq: u64,
+}
+
+impl WebhookPermits {
+    fn expire(&mut self, now: Instant) {
+        self.held.retain(|_, until| *until > now);
+        self.contenders.retain(|_, until| *until > now);
+    }
+
+    fn mine(&self, consumer: &str) -> u32 {
+        self.held.keys().filter(|p| holder_of(p) == consumer).count() as u32
+    }
+
+    fn share(&self, limit: u32) -> u32 {
+        limit.div_ceil(self.contenders.len().max(1) as u32)
+    }
+}
+
+/// The consumer part of a permit name `<consumer>/<n>`.
+fn holder_of(permit: &str) -> &str {
+    permit.rsplit_once('/').map_or(permit, |(h, _)| h)
+}
+
+/// Counting semaphores with leases and fair shares, per webhook, as `lib.lua` keeps them in
+/// Redis (monotonic clock here).
 #[derive(Debug, Default)]
 pub(super) struct Permits {
-    map: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    map: Mutex<HashMap<String, WebhookPermits>>,
+}
+
+/// What a permit request got.
+pub(super) struct Granted {
+    pub names: Vec<String>,
+    pub share: u32,
 }
 
 impl Permits {
-    pub(super) fn acquire(&self, webhook: &str, holder: &str, limit: u32, lease: Duration) -> bool {
+    /// Releases the take's permits to release, then grants up to its `want` more within the
+    /// limit and the consumer's fair share, counting it as a contender when it wants or holds
+    /// any.
+    pub(super) fn take(&self, t: &crate::Take<'_>) -> Granted {
+        let crate::Take { webhook, consumer, release, free, want, limit, lease, .. } = *t;
         let now = Instant::now();
-        let expiry = now + lease;
         let mut map = lock(&self.map);
-        let holders = map.entry(webhook.to_string()).or_default();
-        holders.retain(|_, until| *until > now);
-        if let Some(until) = holders.get_mut(holder) {
-            *until = expiry;
-            return true;
+        let p = map.entry(webhook.to_string()).or_default();
+        p.expire(now);
+        for name in release {
+            p.held.remove(name);
         }
-        if holders.len() < limit as usize {
-            holders.insert(holder.to_string(), expiry);
-            return true;
+        let mine = p.mine(consumer);
+        if want > 0 || free > 0 || mine > 0 {
+            p.contenders.insert(consumer.to_string(), now + lease);
         }
-        false
+        let share = p.share(limit);
+        let room = limit.saturating_sub(p.held.len() as u32).min(share.saturating_sub(mine));
+        let mut names = Vec::new();
+        for _ in 0..want.min(room) {
+            p.seq += 1;
+            let name = format!("{consumer}/{}", p.seq);
+            p.held.insert(name.clone(), now + lease);
+            names.push(name);
+        }
+        Granted { names, share }
     }
 
-    pub(super) fn release(&self, webhook: &str, holder: &str) {
+    /// Renews the permits still held; returns the lost ones and the consumer's fair share.
+    pub(super) fn renew(
+        &self,
+        webhook: &str,
+        consumer: &str,
+        permits: &[String],
+        contending: bool,
+        limit: u32,
+        lease: Duration,
+    ) -> (Vec<String>, u32) {
+        let now = Instant::now();
         let mut map = lock(&self.map);
-        if let Some(holders) = map.get_mut(webhook) {
-            holders.remove(holder);
-            if holders.is_empty() {
+        let p = map.entry(webhook.to_string()).or_default();
+        p.expire(now);
+        let mut lost = Vec::new();
+        for name in permits {
+            match p.held.get_mut(name) {
+                Some(until) => *until = now + lease,
+                None => lost.push(name.clone()),
+            }
+        }
+        if contending {
+            p.contenders.insert(consumer.to_string(), now + lease);
+        } else {
+            p.contenders.remove(consumer);
+        }
+        (lost, p.share(limit))
+    }
+
+    pub(super) fn release(&self, webhook: &str, consumer: &str, permits: &[String], leave: bool) {
+        let mut map = lock(&self.map);
+        if let Some(p) = map.get_mut(webhook) {
+            for name in permits {
+                p.held.remove(name);
+            }
+            if leave {
+                p.contenders.remove(consumer);
+            }
+            if p.held.is_empty() && p.contenders.is_empty() {
                 map.remove(webhook);
             }
         }
@@ -95,45 +185,6 @@ impl Permits {
 
     pub(super) fn forget(&self, webhook: &str) {
         lock(&self.map).remove(webhook);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permits_count_renew_and_expire() {
-        let p = Permits::default();
-        let long = Duration::from_secs(60);
-        assert!(p.acquire("w", "a", 2, long));
-        assert!(p.acquire("w", "b", 2, long));
-        assert!(!p.acquire("w", "c", 2, long));
-        assert!(p.acquire("w", "a", 2, long), "a holder renews even when all are taken");
-        assert!(p.acquire("other", "c", 2, long), "semaphores are per webhook");
-        p.release("w", "a");
-        assert!(p.acquire("w", "c", 2, long));
-        assert!(p.acquire("x", "a", 1, Duration::ZERO));
-        assert!(p.acquire("x", "b", 1, long), "a zero lease has expired");
-    }
-
-    #[test]
-    fn locks_are_held_until_expiry_and_forgotten_per_webhook() {
-        let l = Locks::default();
-        let long = Duration::from_secs(60);
-        assert!(!l.holds("w", "x", "a"), "not taken");
-        assert!(l.try_lock("w", "x", "a", long));
-        assert!(l.try_lock("w", "y", "a", long));
-        assert!(l.try_lock("v", "x", "a", long));
-        assert!(l.holds("w", "x", "a"));
-        assert!(!l.holds("w", "x", "b"), "another holder");
-        assert!(!l.holds("v", "y", "a"), "another webhook's lock");
-        assert!(l.try_lock("w", "z", "a", Duration::ZERO));
-        assert!(!l.holds("w", "z", "a"), "expired");
-        l.forget("w");
-        assert!(!l.holds("w", "x", "a") && !l.holds("w", "y", "a"), "every lock of w");
-        assert!(l.try_lock("w", "x", "b", long), "free for anyone");
-        assert!(l.holds("v", "x", "a"), "other webhooks' locks stay");
     }
 }
 
@@ -179,23 +230,117 @@ impl Locks {
     }
 }
 
-/// GCRA rate limiters per webhook (single process: in memory, monotonic clock): the
-/// theoretical arrival time of the next call.
+/// GCRA rate limiters per webhook (single process: in memory, monotonic clock, nanosecond
+/// precision): the theoretical arrival time of the next call.
 #[derive(Default)]
 pub(super) struct Rates {
     tat: Mutex<HashMap<String, Instant>>,
 }
 
 impl Rates {
-    pub(super) fn wait(&self, webhook: &str, interval: Duration, burst: u32) -> Duration {
+    /// Takes up to `want` calls that may start now, counting them; none (and how long to
+    /// wait) when even one must wait.
+    pub(super) fn reserve(&self, webhook: &str, interval: Duration, burst: u32, want: u32) -> Result<u32, Duration> {
         let now = Instant::now();
         let mut map = lock(&self.tat);
         let tat = map.get(webhook).copied().filter(|t| *t > now).unwrap_or(now);
         let allow_at = tat.checked_sub(interval * burst).unwrap_or(now);
         if now < allow_at {
-            return allow_at - now;
+            return Err(allow_at - now);
         }
-        map.insert(webhook.to_string(), tat + interval);
-        Duration::ZERO
+        let since = now.saturating_duration_since(allow_at).as_nanos();
+        let tokens = ((since / interval.as_nanos().max(1)) as u32).saturating_add(1).min(want);
+        map.insert(webhook.to_string(), tat + interval * tokens);
+        Ok(tokens)
+    }
+
+    /// Gives back `calls` reserved calls that were not made.
+    pub(super) fn refund(&self, webhook: &str, interval: Duration, calls: u32) {
+        if calls == 0 {
+            return;
+        }
+        let mut map = lock(&self.tat);
+        if let Some(tat) = map.get_mut(webhook) {
+            *tat = tat.checked_sub(interval * calls).unwrap_or(*tat);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take<'a>(
+        webhook: &'a str,
+        consumer: &'a str,
+        release: &'a [String],
+        want: u32,
+        limit: u32,
+        lease: Duration,
+    ) -> crate::Take<'a> {
+        crate::Take {
+            webhook,
+            consumer,
+            lease,
+            limit,
+            free: 0,
+            want,
+            release,
+            batch: 1,
+            max_entries: 1,
+            rate: None,
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn permits_count_share_renew_and_expire() {
+        let p = Permits::default();
+        let long = Duration::from_secs(60);
+        let a = p.take(&take("w", "a", &[], 5, 3, long));
+        assert_eq!((a.names.len(), a.share), (3, 3), "alone, a may hold the whole limit");
+        let b = p.take(&take("w", "b", &[], 2, 3, long));
+        assert_eq!((b.names.len(), b.share), (0, 2), "full; b's wish halves the share");
+        let (lost, share) = p.renew("w", "a", &a.names, true, 3, long);
+        assert!(lost.is_empty());
+        assert_eq!(share, 2, "a learns it holds more than its share");
+        p.release("w", "a", &a.names[..1], false);
+        let b = p.take(&take("w", "b", &[], 2, 3, long));
+        assert_eq!(b.names.len(), 1, "one permit free");
+        assert!(p.take(&take("other", "c", &[], 1, 1, long)).names.len() == 1, "permits are per webhook");
+        let short = p.take(&take("x", "a", &[], 1, 1, Duration::ZERO));
+        assert_eq!(short.names.len(), 1);
+        let (lost, _) = p.renew("x", "a", &short.names, true, 1, long);
+        assert_eq!(lost, short.names, "a zero lease has expired");
+    }
+
+    #[test]
+    fn locks_are_held_until_expiry_and_forgotten_per_webhook() {
+        let l = Locks::default();
+        let long = Duration::from_secs(60);
+        assert!(!l.holds("w", "x", "a"), "not taken");
+        assert!(l.try_lock("w", "x", "a", long));
+        assert!(l.try_lock("w", "y", "a", long));
+        assert!(l.try_lock("v", "x", "a", long));
+        assert!(l.holds("w", "x", "a"));
+        assert!(!l.holds("w", "x", "b"), "another holder");
+        assert!(!l.holds("v", "y", "a"), "another webhook's lock");
+        assert!(l.try_lock("w", "z", "a", Duration::ZERO));
+        assert!(!l.holds("w", "z", "a"), "expired");
+        l.forget("w");
+        assert!(!l.holds("w", "x", "a") && !l.holds("w", "y", "a"), "every lock of w");
+        assert!(l.try_lock("w", "x", "b", long), "free for anyone");
+        assert!(l.holds("v", "x", "a"), "other webhooks' locks stay");
+    }
+
+    #[test]
+    fn rates_give_tokens_up_to_the_burst_and_then_a_wait() {
+        let r = Rates::default();
+        let interval = Duration::from_millis(100);
+        assert_eq!(r.reserve("w", interval, 2, 10), Ok(3), "now plus a burst of two");
+        assert!(r.reserve("w", interval, 2, 10).is_err(), "spent");
+        r.refund("w", interval, 1);
+        assert_eq!(r.reserve("w", interval, 2, 10), Ok(1), "a refunded call is free again");
+        assert_eq!(r.reserve("v", interval, 0, 10), Ok(1), "per webhook; no burst: one");
     }
 }

@@ -20,7 +20,9 @@ pub(super) type QueueValue = (u8, &'static [u8]);
 pub(super) const FLAG_REDRIVEN: u8 = 1;
 
 /// `"last_id"` → the newest stream id handed out; `"format"` → (layout version, 0);
-/// [`position_key`]`(object)` → (position of the object's latest record write, 0).
+/// `"definitions"` → (the definitions' version, 0); [`position_key`]`(object)` → (position of
+/// the object's latest record write, 0); [`cursor_key`]`(queue, owner)` → the newest entry id
+/// of a job queue ever handed out (entries up to it were handed out by an earlier process).
 pub(super) const META: TableDefinition<&str, (u64, u64)> = TableDefinition::new("meta");
 /// Object name → DataObject JSON.
 pub(super) const OBJECTS: TableDefinition<&str, &str> = TableDefinition::new("objects");
@@ -40,10 +42,20 @@ pub(super) const RECORD_POSITIONS: TableDefinition<(&str, &str), (u64, &str, u64
 pub(super) const WRITTEN: TableDefinition<(&str, u64), &str> = TableDefinition::new("written");
 /// (object, id) → Change: the change stream of one data object.
 pub(super) const CHANGES: TableDefinition<StreamKey, QueueValue> = TableDefinition::new("changes");
-/// (webhook, id) → Job: ready and delivered-but-unacknowledged jobs.
+/// (webhook, id) → Job: fresh jobs (one record, never attempted), ready and
+/// delivered-but-unacknowledged.
 pub(super) const JOBS: TableDefinition<StreamKey, QueueValue> = TableDefinition::new("jobs");
+/// (webhook, id) → Job: solo jobs (due retries, redriven jobs), sent alone.
+pub(super) const SOLO: TableDefinition<StreamKey, QueueValue> = TableDefinition::new("solo");
 /// (webhook, id) → WritebackJob.
 pub(super) const WRITEBACKS: TableDefinition<StreamKey, QueueValue> = TableDefinition::new("writebacks");
+/// (webhook, id) → (WritebackJob, reason): write-backs that failed for good, until redriven.
+pub(super) const FAILED_WRITEBACKS: TableDefinition<StreamKey, (&[u8], &str)> =
+    TableDefinition::new("failed_writebacks");
+/// (queue, owner, ms, seq) → times handed out, for job entries handed out more than once
+/// (after a restart or a take-over), so the count survives the process: a job that kills its
+/// node every time is dead-lettered after its fifth try.
+pub(super) const HANDED: TableDefinition<(&str, &str, u64, u64), u32> = TableDefinition::new("handed");
 /// (webhook, due ms, id) → Job: delayed retries in due order, then insertion order.
 pub(super) const DELAYED: TableDefinition<(&str, i64, u64, u64), &[u8]> = TableDefinition::new("delayed");
 /// (webhook, id) → (Job, reason): dead letters.
@@ -57,21 +69,29 @@ pub(super) const VALUES: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefi
 
 /// Version of this layout, stored under `"format"` in [`META`]. Version 2 added the write
 /// index ([`RECORD_POSITIONS`], [`WRITTEN`], the positions in [`META`]); a version 1 file is
-/// indexed when it is opened.
-pub(super) const FORMAT: u64 = 2;
+/// indexed when it is opened. Version 3 added the solo job stream ([`SOLO`]), failed
+/// write-backs, delivery counts ([`HANDED`]) and the definitions' version; opening a version
+/// 2 file moves its attempted and multi-record jobs to [`SOLO`].
+pub(super) const FORMAT: u64 = 3;
 
 /// The [`META`] key of an object's write position counter.
 pub(super) fn position_key(object: &str) -> String {
     format!("position/{object}")
 }
+
+/// The [`META`] key of the newest entry of a job queue ever handed out.
+pub(super) fn cursor_key(queue: Queue, owner: &str) -> String {
+    format!("cursor/{}/{owner}", queue.name())
+}
 /// Definition events kept (Redis: `XADD … MAXLEN ~ 10000`).
 pub(super) const EVENTS_KEPT: u64 = 10_000;
 
-/// The three consumer-group queues.
+/// The consumer-group queues: a job queue is two of them, fresh and solo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Queue {
     Changes,
     Jobs,
+    Solo,
     Writebacks,
 }
 
@@ -80,6 +100,7 @@ impl Queue {
         match self {
             Queue::Changes => CHANGES,
             Queue::Jobs => JOBS,
+            Queue::Solo => SOLO,
             Queue::Writebacks => WRITEBACKS,
         }
     }
@@ -88,8 +109,42 @@ impl Queue {
         match self {
             Queue::Changes => "changes",
             Queue::Jobs => "jobs",
+            Queue::Solo => "solo",
             Queue::Writebacks => "writebacks",
         }
+    }
+
+    /// Whether how often an entry was handed out is kept on disk (job queues, whose entries
+    /// are dead-lettered after too many hand-outs).
+    pub(super) fn counts_deliveries(self) -> bool {
+        matches!(self, Queue::Jobs | Queue::Solo)
+    }
+
+    /// The queues of a public queue name: a job queue's fresh and solo streams, or the one.
+    pub(super) fn of(kind: crate::QueueKind) -> &'static [Queue] {
+        match kind {
+            crate::QueueKind::Changes => &[Queue::Changes],
+            crate::QueueKind::Jobs => &[Queue::Jobs, Queue::Solo],
+            crate::QueueKind::Writebacks => &[Queue::Writebacks],
+        }
+    }
+}
+
+/// An entry id as the store hands it out: solo job entries carry [`crate::SOLO_PREFIX`].
+pub(super) fn public_id(queue: Queue, id: Id) -> String {
+    match queue {
+        Queue::Solo => format!("{}{id}", crate::SOLO_PREFIX),
+        _ => id.to_string(),
+    }
+}
+
+/// The queue and id of a public entry id of a queue of `kind`.
+pub(super) fn parse_public_id(kind: crate::QueueKind, text: &str) -> Result<(Queue, Id)> {
+    match (kind, text.strip_prefix(crate::SOLO_PREFIX)) {
+        (crate::QueueKind::Jobs, Some(rest)) => Ok((Queue::Solo, Id::parse(rest)?)),
+        (crate::QueueKind::Jobs, None) => Ok((Queue::Jobs, Id::parse(text)?)),
+        (crate::QueueKind::Changes, _) => Ok((Queue::Changes, Id::parse(text)?)),
+        (crate::QueueKind::Writebacks, _) => Ok((Queue::Writebacks, Id::parse(text)?)),
     }
 }
 
