@@ -139,6 +139,27 @@ async fn redis_cpu(url: &str) -> f64 {
         .sum()
 }
 
+/// With `BENCH_PERF=<file>`, samples the node's stacks (`perf record`) while it drains.
+fn profile(pid: u32) -> Option<std::process::Child> {
+    let out = std::env::var("BENCH_PERF").ok()?;
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "1999", "-e", "cpu-clock", "--call-graph", "dwarf,16384", "-o", &out, "-p"])
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Some(child)
+}
+
+fn stop_profile(perf: Option<std::process::Child>) {
+    if let Some(mut p) = perf {
+        let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+        let _ = p.wait();
+    }
+}
+
 fn start_node(o: &Options, ns: &str, dir: &std::path::Path) -> Proc {
     if o.store == "embedded" {
         Proc::start("core", &["--data-dir", &dir.display().to_string()])
@@ -186,10 +207,12 @@ async fn drain(o: &Options) {
     wait_until(Duration::from_secs(600), || async { queue_depth(&api).await >= o.jobs }).await;
 
     let (cpu0, redis0) = (process_cpu(node.child.id()), redis_cpu(&o.redis).await);
+    let perf = profile(node.child.id());
     let start = Instant::now();
     api.ok("POST", "/v1/webhooks/bench/resume", None).await;
     wait_until(Duration::from_secs(600), || async { sink.records.load(Ordering::Relaxed) >= o.jobs }).await;
     let took = start.elapsed().as_secs_f64();
+    stop_profile(perf);
     let (cpu, redis) = (process_cpu(node.child.id()) - cpu0, redis_cpu(&o.redis).await - redis0);
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);

@@ -22,6 +22,8 @@ pub(crate) struct BulkTarget {
     /// Every record of every call, in arrival order.
     records: Arc<Mutex<Vec<Value>>>,
     failing: Arc<AtomicBool>,
+    /// Calls answered with a failure.
+    failed: Arc<AtomicUsize>,
     /// How long each call is held before the answer, ms.
     delay_ms: Arc<AtomicU64>,
     in_flight: Arc<AtomicUsize>,
@@ -53,6 +55,7 @@ impl BulkTarget {
                         calls.len()
                     };
                     if t.failing.load(Ordering::SeqCst) {
+                        t.failed.fetch_add(1, Ordering::SeqCst);
                         HttpResponse::ServiceUnavailable().finish()
                     } else {
                         HttpResponse::Ok().json(json!({ "batch": n }))
@@ -87,6 +90,15 @@ impl BulkTarget {
 
     pub(crate) fn message_ids(&self) -> Vec<String> {
         self.message_ids.lock().unwrap().clone()
+    }
+
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many calls were answered with a failure.
+    pub(crate) fn failed_calls(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn records_seen(&self) -> usize {

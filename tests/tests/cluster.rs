@@ -59,8 +59,6 @@ async fn three_nodes_hold_the_limit_and_a_killed_node_loses_nothing() {
     let mut nodes: Vec<Proc> = (1..=3).map(|i| Proc::start(&format!("n{i}"), &args)).collect();
     let api = api_of(&nodes[0]);
     define(&api, &sink, 3).await;
-    // Let every node's coordinator hear of the webhook before the load starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     const N: usize = 2000;
     create_items(&api, 0, N).await;
@@ -91,7 +89,6 @@ async fn a_redis_restart_mid_run_loses_nothing() {
     let nodes: Vec<Proc> = (1..=2).map(|i| Proc::start(&format!("r{i}"), &args)).collect();
     let api = api_of(&nodes[0]);
     define(&api, &sink, 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     const N: usize = 600;
     create_items(&api, 0, N).await;
@@ -135,7 +132,6 @@ async fn a_rate_limit_holds_across_nodes_and_a_slow_webhook_starves_no_other() {
         })),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let start = std::time::Instant::now();
     create_items(&api, 0, 25).await;
     wait_until(Duration::from_secs(30), || async { fast.distinct_records() == 25 }).await;
@@ -156,7 +152,6 @@ async fn a_deleted_consumer_group_heals_without_a_restart() {
     let node = Proc::start("heal", &["--redis", &redis, "--namespace", &ns]);
     let api = api_of(&node);
     define(&api, &sink, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     create_items(&api, 0, 5).await;
     wait_until(Duration::from_secs(20), || async { sink.distinct_records() == 5 }).await;
 

@@ -4,6 +4,7 @@ mod bulk;
 mod cluster;
 mod deploy;
 mod embedded;
+mod leases;
 mod oauth;
 mod procs;
 mod schedule;
@@ -321,8 +322,6 @@ async fn definitions_saved_on_one_node_reach_the_others() {
 
     // Paused: changes queue up, nothing is sent; resumed: the backlog goes out.
     api.ok("POST", "/v1/webhooks/basic/pause", None).await;
-    // Let the worker hear of the pause before the change.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     put_survey(&api, "N2", json!({"e_email": "m@example.com", "status": "Open", "transactional_satisfaction": 0}))
         .await;
     patch(&api, "N2", json!({"status": "Completed"})).await;

@@ -131,7 +131,6 @@ async fn tokens_are_fetched_once_reused_refreshed_and_shared() {
     let api = Api::new(&nodes[0]);
     api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
     api.ok("POST", "/v1/webhooks", Some(webhook(&world))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The first call fetches; the next reuses.
     item(&api, "a").await;
@@ -215,7 +214,6 @@ async fn planted_secrets_appear_nowhere() {
     failing["id"] = json!("failing");
     failing["auth"]["client_secret"] = json!("planted-wrong-secret-55e1");
     api.ok("POST", "/v1/webhooks", Some(failing)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     item(&api, "s1").await;
     wait_until(Duration::from_secs(10), || async { world.token_of("s1").is_some() }).await;
     wait_until(Duration::from_secs(10), || async { !api.attempts("failing", "").await.is_empty() }).await;

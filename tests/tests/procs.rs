@@ -161,6 +161,8 @@ impl Drop for OwnRedis {
 pub struct Hit {
     pub webhook_id: String,
     pub record: String,
+    /// The request's path.
+    pub path: String,
 }
 
 /// A target that sleeps `delay` per request and records the most requests it ever had in
@@ -207,7 +209,7 @@ impl Sink {
                     let mut hits = s.hits.lock().unwrap();
                     for r in records {
                         let record = r["id"].as_str().unwrap_or_default().to_string();
-                        hits.push(Hit { webhook_id: webhook_id.clone(), record });
+                        hits.push(Hit { webhook_id: webhook_id.clone(), record, path: req.path().to_string() });
                     }
                     drop(hits);
                     s.in_flight.fetch_sub(1, Ordering::SeqCst);

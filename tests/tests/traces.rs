@@ -135,7 +135,6 @@ async fn a_record_change_is_one_trace_across_nodes_and_retries() {
     let mut wh = seed_webhook("traced", &tracker, false);
     wh["settings"]["retry_wait"] = json!("2s");
     api.ok("POST", "/v1/webhooks", Some(wh)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     api.ok(
         "POST",

@@ -29,7 +29,11 @@ pub struct CompiledWebhook {
     pub paused: bool,
     pub plan: TriggerPlan,
     pub retry: RetryPolicy,
+    /// The templates under the full fuel, rendered on the script pool.
     pub(crate) templates: minijinja::Environment<'static>,
+    /// The same templates under a small fuel, rendered inline: a template that needs more
+    /// (or writes more than a little) is rendered again on the pool.
+    pub(crate) quick: minijinja::Environment<'static>,
     pub body_script: Option<Arc<str>>,
     pub header_script: Option<Arc<str>>,
     pub response_script: Option<Arc<str>>,
@@ -49,20 +53,16 @@ impl CompiledWebhook {
 /// Most a template may do in one render: instructions (minijinja's fuel), then output.
 pub const TEMPLATE_FUEL: u64 = 2_000_000;
 pub const TEMPLATE_OUTPUT_LIMIT: usize = 8 * 1024 * 1024;
+/// What a template may do when rendered inline on an async thread — a few hundred
+/// microseconds at most; one that needs more is rendered on the script pool instead.
+pub const QUICK_TEMPLATE_FUEL: u64 = 5_000;
+pub const QUICK_TEMPLATE_OUTPUT: usize = 64 * 1024;
 
-/// Validates and compiles a stored webhook against the objects it names. Errors name the
-/// definition field at fault. Parses templates (microseconds); script syntax is checked by
-/// the caller on the script pool ([`check_scripts`]), never on an async thread.
-pub fn compile<'a>(
-    stored: &StoredWebhook,
-    object_of: impl Fn(&str) -> Option<&'a DataObject>,
-) -> Result<CompiledWebhook, FieldError> {
-    let def = &stored.definition;
-    let plan = def.validate(object_of)?;
-
+/// The templates of `def` (URL, headers, body) in one environment, under `fuel`.
+fn environment(def: &WebhookDef, fuel: u64) -> Result<minijinja::Environment<'static>, FieldError> {
     let mut templates = minijinja::Environment::new();
     templates.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
-    templates.set_fuel(Some(TEMPLATE_FUEL));
+    templates.set_fuel(Some(fuel));
     let template_err = |field: String, e: minijinja::Error| {
         FieldError::new(field, format!("template error: {}", e.detail().unwrap_or(&e.to_string())))
     };
@@ -79,6 +79,21 @@ pub fn compile<'a>(
             .add_template_owned(BODY_TEMPLATE, body.clone())
             .map_err(|e| template_err("request.body_template".into(), e))?;
     }
+    Ok(templates)
+}
+
+/// Validates and compiles a stored webhook against the objects it names. Errors name the
+/// definition field at fault. Parses templates (microseconds); script syntax is checked by
+/// the caller on the script pool ([`check_scripts`]), never on an async thread.
+pub fn compile<'a>(
+    stored: &StoredWebhook,
+    object_of: impl Fn(&str) -> Option<&'a DataObject>,
+) -> Result<CompiledWebhook, FieldError> {
+    let def = &stored.definition;
+    let plan = def.validate(object_of)?;
+
+    let templates = environment(def, TEMPLATE_FUEL)?;
+    let quick = environment(def, QUICK_TEMPLATE_FUEL)?;
 
     let mut signing = Vec::new();
     for (i, secret) in def.signing.iter().flat_map(|s| &s.secrets).enumerate() {
@@ -106,6 +121,7 @@ pub fn compile<'a>(
         plan,
         retry,
         templates,
+        quick,
         body_script: def.request.body_script.as_deref().map(Arc::from),
         header_script,
         response_script: def.response_script.as_deref().map(Arc::from),
@@ -170,6 +186,15 @@ impl Catalog {
     /// the node or being skipped silently.
     pub async fn load(store: &dyn Store, secrets: &SecretBox) -> Result<Catalog, StoreError> {
         let defs = store.definitions().await?;
+        let secrets = secrets.clone();
+        // Opening secrets and compiling conditions and templates of every webhook is CPU
+        // work in proportion to their number: off the async threads.
+        tokio::task::spawn_blocking(move || Catalog::compile_all(defs, &secrets))
+            .await
+            .map_err(|e| StoreError::Backend(format!("compiling the definitions failed: {e}")))
+    }
+
+    fn compile_all(defs: hookline_store::Definitions, secrets: &SecretBox) -> Catalog {
         let objects: HashMap<String, Arc<DataObject>> =
             defs.objects.into_iter().map(|o| (o.name.clone(), Arc::new(o))).collect();
         let mut webhooks = HashMap::new();
@@ -191,7 +216,7 @@ impl Catalog {
                 }
             }
         }
-        Ok(Catalog { version: defs.version, objects, webhooks, broken })
+        Catalog { version: defs.version, objects, webhooks, broken }
     }
 
     /// Webhooks whose trigger watches `object`.

@@ -1,10 +1,11 @@
 //! Builds the HTTP request of one job: URL, headers and body from templates or the body
 //! script, then authentication. Secrets met on the way are returned for redaction.
 //!
-//! Templates render on the script pool's threads, never on an async thread, each under
-//! minijinja's fuel ([`TEMPLATE_FUEL`] steps) and an output limit
-//! ([`TEMPLATE_OUTPUT_LIMIT`]): a template that loops for ever runs out of fuel and fails
-//! its attempt, naming the limit.
+//! Templates render under minijinja's fuel ([`TEMPLATE_FUEL`] steps) and an output limit
+//! ([`TEMPLATE_OUTPUT_LIMIT`]): a template that loops for ever runs out of fuel and fails its
+//! attempt, naming the limit. They are first tried inline under a small fuel and output
+//! ([`QUICK_TEMPLATE_FUEL`], a few hundred microseconds at most); one that needs more is
+//! rendered again on the script pool's threads, so no async thread is held longer.
 
 use std::sync::Arc;
 
@@ -68,15 +69,18 @@ fn template_error(step: &'static str, e: minijinja::Error) -> BuildError {
     BuildError { step, message, retryable: false }
 }
 
-/// A writer that refuses to grow past the template output limit.
-struct Limited(Vec<u8>);
+/// A writer that refuses to grow past a limit.
+struct Limited {
+    out: Vec<u8>,
+    limit: usize,
+}
 
 impl std::io::Write for Limited {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > TEMPLATE_OUTPUT_LIMIT {
+        if self.out.len() + buf.len() > self.limit {
             return Err(std::io::Error::other("template output limit"));
         }
-        self.0.extend_from_slice(buf);
+        self.out.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -85,15 +89,44 @@ impl std::io::Write for Limited {
     }
 }
 
-/// Renders template `name` of `wh` under its fuel and the output limit.
-fn render_template(wh: &CompiledWebhook, name: &str, vars: &Value, step: &'static str) -> Result<String, BuildError> {
-    let template = wh.templates.get_template(name).map_err(|e| template_error(step, e))?;
-    let mut out = Limited(Vec::new());
-    template.render_captured_to(vars, &mut out).map_err(|e| template_error(step, e))?;
-    String::from_utf8(out.0).map_err(|_| BuildError {
-        step,
-        message: "the template's output is not UTF-8".into(),
-        retryable: false,
+/// How a template is rendered: inline under the small fuel, or on the pool under the full.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Quick,
+    Full,
+}
+
+/// Why a render did not produce text.
+enum RenderError {
+    /// Over the quick budget: render again under the full one.
+    TooBig,
+    Failed(BuildError),
+}
+
+/// Renders template `name` of `wh` under `budget`.
+fn render_template(
+    wh: &CompiledWebhook,
+    name: &str,
+    vars: &minijinja::Value,
+    step: &'static str,
+    budget: Budget,
+) -> Result<String, RenderError> {
+    let (env, limit) = match budget {
+        Budget::Quick => (&wh.quick, crate::catalog::QUICK_TEMPLATE_OUTPUT),
+        Budget::Full => (&wh.templates, TEMPLATE_OUTPUT_LIMIT),
+    };
+    let template = env.get_template(name).map_err(|e| RenderError::Failed(template_error(step, e)))?;
+    let mut out = Limited { out: Vec::new(), limit };
+    if let Err(e) = template.render_captured_to(vars, &mut out) {
+        let over = matches!(e.kind(), minijinja::ErrorKind::OutOfFuel | minijinja::ErrorKind::WriteFailure);
+        return Err(if over && budget == Budget::Quick {
+            RenderError::TooBig
+        } else {
+            RenderError::Failed(template_error(step, e))
+        });
+    }
+    String::from_utf8(out.out).map_err(|_| {
+        RenderError::Failed(BuildError { step, message: "the template's output is not UTF-8".into(), retryable: false })
     })
 }
 
@@ -104,17 +137,37 @@ struct Templated {
     body: Option<String>,
 }
 
-fn render_parts(wh: &CompiledWebhook, vars: &Value) -> Result<Templated, BuildError> {
-    let url = render_template(wh, URL_TEMPLATE, vars, "url template")?.trim().to_string();
+fn render_parts(wh: &CompiledWebhook, vars: &minijinja::Value, budget: Budget) -> Result<Templated, RenderError> {
+    let url = render_template(wh, URL_TEMPLATE, vars, "url template", budget)?.trim().to_string();
     let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
     for name in wh.def.request.headers.keys() {
-        headers.push((name.clone(), render_template(wh, &header_template(name), vars, "header template")?));
+        headers.push((name.clone(), render_template(wh, &header_template(name), vars, "header template", budget)?));
     }
     let body = match &wh.def.request.body_template {
-        Some(_) if wh.body_script.is_none() => Some(render_template(wh, BODY_TEMPLATE, vars, "body template")?),
+        Some(_) if wh.body_script.is_none() => Some(render_template(wh, BODY_TEMPLATE, vars, "body template", budget)?),
         _ => None,
     };
     Ok(Templated { url, headers, body })
+}
+
+/// Renders the templated parts inline when they are small, else on the script pool.
+async fn templated(scripts: &ScriptPool, wh: &Arc<CompiledWebhook>, vars: Value) -> Result<Templated, BuildError> {
+    let vars = minijinja::Value::from_serialize(&vars);
+    match render_parts(wh, &vars, Budget::Quick) {
+        Ok(t) => return Ok(t),
+        Err(RenderError::Failed(e)) => return Err(e),
+        Err(RenderError::TooBig) => {}
+    }
+    let compiled = wh.clone();
+    let full = scripts
+        .run_blocking(move || render_parts(&compiled, &vars, Budget::Full))
+        .await
+        .map_err(|e| BuildError { step: "templates", message: e.to_string(), retryable: true })?;
+    full.map_err(|e| match e {
+        RenderError::Failed(e) => e,
+        // The full budget never answers "too big": it fails naming the limit.
+        RenderError::TooBig => template_error("templates", minijinja::Error::new(minijinja::ErrorKind::OutOfFuel, "")),
+    })
 }
 
 /// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
@@ -137,11 +190,7 @@ pub async fn build_request(
     entities: &Value,
 ) -> Result<BuiltRequest, BuildError> {
     let vars = template_context(wh, job, entities);
-    let compiled = wh.clone();
-    let Templated { url, mut headers, body: templated_body } = scripts
-        .run_blocking(move || render_parts(&compiled, &vars))
-        .await
-        .map_err(|e| BuildError { step: "templates", message: e.to_string(), retryable: true })??;
+    let Templated { url, mut headers, body: templated_body } = templated(scripts, wh, vars).await?;
 
     let request = &wh.def.request;
     let body: Vec<u8> = if let Some(src) = &wh.body_script {

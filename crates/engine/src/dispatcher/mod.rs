@@ -197,6 +197,13 @@ async fn run_worker(w: WorkerCtx) {
             idle(&w, &ctx, &id, &pool, free + granted.len() as u32, next_due_ms, rate_wait, &mark).await;
             continue;
         }
+        // Paused (or deleted) while this step ran: what it read goes back, unsent.
+        let Some(wh) = current(&ctx, &id) else {
+            if let Err(error) = consumer.release(lease).await {
+                tracing::warn!(webhook_id = %id, %error, "cannot give jobs back; they are taken over after their lease");
+            }
+            break;
+        };
         let call = Arc::new(Call {
             ctx: ctx.clone(),
             wh: wh.clone(),
