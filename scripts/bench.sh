@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Delivery benchmarks against a local sink (numbers, not pass/fail). Needs a Redis for the
-# redis runs (HOOKLINE_TEST_REDIS or 127.0.0.1:6379). Extra arguments go to every run.
+# The benchmark suite (numbers, not pass/fail): every case against a fast local sink, one
+# table at the end (see tests/benches/suite.rs for the cases). Needs a Redis
+# (HOOKLINE_TEST_REDIS or 127.0.0.1:6379) and wrk (installed from Debian's packages when
+# absent); the scale-out case needs a writable cgroup v1 cpu controller
+# (/sys/fs/cgroup/cpu). Extra arguments go to the suite, e.g. `--cases drain,latency`,
+# `--jobs 50000`, `--quick`, `--perf /tmp/drain.perf`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p hookline
+if ! command -v wrk >/dev/null; then
+  echo "bench.sh: no wrk; installing it" >&2
+  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || echo "bench.sh: could not install wrk; no raw rate" >&2
+fi
+cargo build --release -p hookline --locked
 export HOOKLINE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hookline"
-bench() { cargo bench -p hookline-tests --bench deliveries -- "$@"; }
-bench --store redis --nodes 1,2,3 --records 5000 --concurrency 64 --sink-ms 20 "$@"
-bench --store embedded --nodes 1 --records 5000 --concurrency 64 --sink-ms 0 "$@"
-# Bulk calls: batch sizes under real-time triggers, then one scheduled tick sending them all.
-bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 "$@"
-bench --store redis --nodes 1 --records 5000 --concurrency 8 --sink-ms 20 --batch 1,10,100 --trigger schedule "$@"
-# Bulk ingestion: `hookline import` of an NDJSON file, without and with a webhook firing.
-bench --store redis --ingest --records 20000 --concurrency 8 --sink-ms 20 --batch 100 "$@"
+export TEST_NODE_LOG="${TEST_NODE_LOG:-warn}"
+cargo bench -p hookline-tests --bench suite --locked -- "$@"

@@ -68,6 +68,14 @@ async fn object(state: &ApiState, name: &str) -> Result<DataObject, ApiError> {
     state.store.get_object(name).await?.ok_or_else(|| ApiError::NotFound(format!("no data object named `{name}`")))
 }
 
+/// The object and the definitions' version, read side by side (one round trip on Redis). The
+/// version is read once the request is here: every webhook saved before it is then at or
+/// below it, so the trigger decides on the write's change with every one of them.
+async fn object_for_write(state: &ApiState, name: &str) -> Result<(DataObject, u64), ApiError> {
+    let (object, version) = futures_util::join!(object(state, name), state.store.definitions_version());
+    Ok((object?, version?))
+}
+
 pub async fn get_object(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(object(&state, &path).await?))
 }
@@ -121,9 +129,36 @@ async fn upsert(
         records::write(state.store.as_ref(), object, id, fields, WriteMode::Upsert, None, &traceparent, definitions)
             .instrument(span)
             .await?;
-    tracing::info!(object = %object.name, record_id = %id, version = w.record.version, status = w.status(),
+    tracing::debug!(object = %object.name, record_id = %id, version = w.record.version, status = w.status(),
         trace_id = trace::trace_id(&traceparent).unwrap_or_default(), "record written");
     Ok(w)
+}
+
+/// Records written in one store step at most.
+const BULK: usize = 500;
+
+/// Creates or updates many records (each in its own trace, as a single write is), a few
+/// hundred per store step; results in order.
+async fn upsert_many(
+    state: &ApiState,
+    object: &DataObject,
+    items: &[(String, Fields)],
+    definitions: u64,
+) -> Result<Vec<Result<records::Written, records::RecordError>>, ApiError> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(BULK) {
+        let patches: Vec<records::Patch<'_>> = chunk
+            .iter()
+            .map(|(id, fields)| {
+                let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
+                records::Patch { id, fields, traceparent: trace::start(&span) }
+            })
+            .collect();
+        let written =
+            records::write_many(state.store.as_ref(), object, &patches, WriteMode::Upsert, None, definitions).await?;
+        out.extend(written);
+    }
+    Ok(out)
 }
 
 /// Longest accepted NDJSON line.
@@ -140,9 +175,7 @@ pub async fn post_records(
     req: actix_web::HttpRequest,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let object = object(&state, &path).await?;
-    // Read once the request is here: every webhook saved before it is then at or below this.
-    let definitions = state.store.definitions_version().await?;
+    let (object, definitions) = object_for_write(&state, &path).await?;
     let ndjson = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -179,8 +212,14 @@ pub async fn post_records(
         checked.push((id, input.fields));
     }
     let mut results = Vec::with_capacity(checked.len());
-    for (id, fields) in checked {
-        let w = upsert(&state, &object, &id, &fields, definitions).await?;
+    if bulk {
+        for w in upsert_many(&state, &object, &checked, definitions).await? {
+            let w = w?;
+            let status = w.status();
+            results.push((w, status));
+        }
+    } else if let Some((id, fields)) = checked.first() {
+        let w = upsert(&state, &object, id, fields, definitions).await?;
         let status = w.status();
         results.push((w, status));
     }
@@ -197,22 +236,64 @@ pub async fn post_records(
     }
 }
 
-/// Applies one NDJSON line; the result line says what happened.
-async fn ingest_line(state: &ApiState, object: &DataObject, line_no: usize, line: &[u8], definitions: u64) -> Value {
-    let rejected = |id: Option<&str>, field: Option<&str>, message: String| json!({"line": line_no, "id": id, "status": "rejected", "error": {"field": field, "message": message}});
+/// One NDJSON line read: a record to write, or why it is refused (the result line).
+enum Line {
+    Record { line: usize, id: String, fields: Fields },
+    Rejected(Value),
+    Blank,
+}
+
+fn rejected(line_no: usize, id: Option<&str>, field: Option<&str>, message: String) -> Value {
+    json!({"line": line_no, "id": id, "status": "rejected", "error": {"field": field, "message": message}})
+}
+
+/// Reads one NDJSON line.
+fn read_line(object: &DataObject, line_no: usize, line: &[u8]) -> Line {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Line::Blank;
+    }
+    if line.len() > MAX_LINE {
+        return Line::Rejected(rejected(line_no, None, None, format!("line longer than {MAX_LINE} bytes")));
+    }
     let input: RecordInput = match serde_json::from_slice(line) {
         Ok(i) => i,
-        Err(e) => return rejected(None, None, format!("invalid record: {e}")),
+        Err(e) => return Line::Rejected(rejected(line_no, None, None, format!("invalid record: {e}"))),
     };
-    let id = match record_id(object, &input, "") {
-        Ok(id) => id,
-        Err(e) => return rejected(None, Some(&e.field), e.message),
-    };
-    match upsert(state, object, &id, &input.fields, definitions).await {
-        Ok(w) => json!({"line": line_no, "id": id, "status": w.status(), "version": w.record.version}),
-        Err(records::RecordError::Invalid(f)) => rejected(Some(&id), Some(&f.field), f.message),
-        Err(e) => rejected(Some(&id), None, e.to_string()),
+    match record_id(object, &input, "") {
+        Ok(id) => Line::Record { line: line_no, id, fields: input.fields },
+        Err(e) => Line::Rejected(rejected(line_no, None, Some(&e.field), e.message)),
     }
+}
+
+/// Writes the records of a run of NDJSON lines in bulk; one result line each, in order.
+async fn apply_lines(
+    state: &ApiState,
+    object: &DataObject,
+    lines: Vec<Line>,
+    definitions: u64,
+) -> Result<Vec<Value>, ApiError> {
+    let items: Vec<(String, Fields)> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Record { id, fields, .. } => Some((id.clone(), fields.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut written = upsert_many(state, object, &items, definitions).await?.into_iter();
+    let mut out = Vec::with_capacity(lines.len());
+    for l in lines {
+        match l {
+            Line::Blank => {}
+            Line::Rejected(v) => out.push(v),
+            Line::Record { line, id, .. } => out.push(match written.next() {
+                Some(Ok(w)) => json!({"line": line, "id": id, "status": w.status(), "version": w.record.version}),
+                Some(Err(records::RecordError::Invalid(f))) => rejected(line, Some(&id), Some(&f.field), f.message),
+                Some(Err(e)) => rejected(line, Some(&id), None, e.to_string()),
+                None => rejected(line, Some(&id), None, "not written".into()),
+            }),
+        }
+    }
+    Ok(out)
 }
 
 async fn ingest_ndjson(
@@ -224,22 +305,8 @@ async fn ingest_ndjson(
     let mut counts = [0u64; 4]; // created, updated, unchanged, rejected
     let mut pending: Vec<u8> = Vec::new();
     let mut line_no = 0;
-    let apply = |line: Vec<u8>, line_no: usize, definitions: u64| {
-        let state = state.clone();
-        let object = object.clone();
-        async move {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return None;
-            }
-            if line.len() > MAX_LINE {
-                return Some(json!({"line": line_no, "status": "rejected",
-                                   "error": {"message": format!("line longer than {MAX_LINE} bytes")}}));
-            }
-            Some(ingest_line(&state, &object, line_no, &line, definitions).await)
-        }
-    };
-    let mut record = |result: Option<Value>, out: &mut String| {
-        if let Some(r) = result {
+    let mut record = |results: Vec<Value>, out: &mut String| {
+        for r in results {
             let i = match r["status"].as_str() {
                 Some("created") => 0,
                 Some("updated") => 1,
@@ -258,27 +325,25 @@ async fn ingest_ndjson(
         // by the records that arrive after it.
         definitions = state.store.definitions_version().await?;
         pending.extend_from_slice(&chunk);
+        // Every whole line of what arrived, written in bulk.
+        let mut lines = Vec::new();
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
             line_no += 1;
-            let result = apply(line, line_no, definitions).await;
-            record(result, &mut out);
+            lines.push(read_line(object, line_no, &line));
         }
+        record(apply_lines(state, object, lines, definitions).await?, &mut out);
         if pending.len() > MAX_LINE {
             // A line this long is refused without buffering the rest of it.
             line_no += 1;
-            record(
-                Some(json!({"line": line_no, "status": "rejected",
-                               "error": {"message": format!("line longer than {MAX_LINE} bytes")}})),
-                &mut out,
-            );
+            record(vec![rejected(line_no, None, None, format!("line longer than {MAX_LINE} bytes"))], &mut out);
             return Err(ApiError::BadJson(format!("line {line_no} is longer than {MAX_LINE} bytes")));
         }
     }
     if !pending.is_empty() {
         line_no += 1;
-        let result = apply(std::mem::take(&mut pending), line_no, definitions).await;
-        record(result, &mut out);
+        let last = read_line(object, line_no, &std::mem::take(&mut pending));
+        record(apply_lines(state, object, vec![last], definitions).await?, &mut out);
     }
     let summary = json!({"summary": {"lines": line_no, "created": counts[0], "updated": counts[1],
                                      "unchanged": counts[2], "rejected": counts[3]}});
@@ -300,9 +365,8 @@ pub async fn patch_record(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (name, id) = path.into_inner();
-    let object = object(&state, &name).await?;
     let input: PatchInput = parse_json(&body)?;
-    let definitions = state.store.definitions_version().await?;
+    let (object, definitions) = object_for_write(&state, &name).await?;
     let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
     let traceparent = trace::start(&span);
     let w = records::write(

@@ -92,56 +92,159 @@ pub async fn write(
     check(object, id, patch)?;
     for _ in 0..32 {
         let current = store.get_record(&object.name, id).await?;
-        let (expected, old) = match &current {
-            Some(r) => (r.version, Some(&r.fields)),
-            None if mode == WriteMode::Update => {
-                return Err(RecordError::NotFound { object: object.name.clone(), id: id.to_string() });
-            }
-            None => (0, None),
+        let planned = match plan(object, id, patch, current, mode, origin_webhook, traceparent, definitions_version)? {
+            Plan::Unchanged(w) => return Ok(w),
+            Plan::Write(p) => p,
         };
-        let mut fields = old.cloned().unwrap_or_default();
-        for (k, v) in patch {
-            if v.is_null() {
-                fields.remove(k);
-            } else {
-                fields.insert(k.clone(), v.clone());
-            }
-        }
-        // A new record of an object with an id field carries its id in that field.
-        if let (Some(id_field), None) = (&object.id_field, old)
-            && !fields.contains_key(id_field)
-        {
-            let is_number = object.field(id_field).is_some_and(|f| f.ty == hookline_model::FieldType::Number);
-            let value = match id.parse::<serde_json::Number>() {
-                Ok(n) if is_number => Value::Number(n),
-                _ => Value::String(id.to_string()),
-            };
-            fields.insert(id_field.clone(), value);
-        }
-        if let Some(current) = current.as_ref().filter(|r| r.fields == fields) {
-            return Ok(Written { record: current.clone(), created: false, changed: false });
-        }
-        let change = Change {
-            object: object.name.clone(),
-            record_id: id.to_string(),
-            version: expected + 1,
-            old_json: old.map(|o| serde_json::to_vec(o).unwrap_or_default()).unwrap_or_default(),
-            new_json: serde_json::to_vec(&fields).unwrap_or_default(),
-            origin_webhook: origin_webhook.unwrap_or_default().to_string(),
-            traceparent: traceparent.to_string(),
-            at_ms: now_ms(),
-            definitions_version,
-        };
-        match store.write_record(&object.name, id, expected, &fields, &change).await? {
-            WriteResult::Written { version } => {
-                return Ok(Written {
-                    record: Record { id: id.to_string(), version, fields },
-                    created: expected == 0,
-                    changed: true,
-                });
-            }
+        match store.write_record(&object.name, id, planned.expected, &planned.fields, &planned.change).await? {
+            WriteResult::Written { version } => return Ok(planned.written(id, version)),
             WriteResult::Conflict { .. } => continue,
         }
     }
     Err(RecordError::Contended { id: id.to_string() })
+}
+
+/// A write worked out against the record as read.
+struct Planned {
+    expected: u64,
+    fields: Fields,
+    change: Change,
+}
+
+impl Planned {
+    fn written(self, id: &str, version: u64) -> Written {
+        Written {
+            record: Record { id: id.to_string(), version, fields: self.fields },
+            created: self.expected == 0,
+            changed: true,
+        }
+    }
+}
+
+enum Plan {
+    /// The values are as asked already: nothing to write.
+    Unchanged(Written),
+    Write(Planned),
+}
+
+/// What writing `patch` onto `current` (as read) stores: the merged fields and the change.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    object: &DataObject,
+    id: &str,
+    patch: &Fields,
+    current: Option<Record>,
+    mode: WriteMode,
+    origin_webhook: Option<&str>,
+    traceparent: &str,
+    definitions_version: u64,
+) -> Result<Plan, RecordError> {
+    let (expected, old) = match &current {
+        Some(r) => (r.version, Some(&r.fields)),
+        None if mode == WriteMode::Update => {
+            return Err(RecordError::NotFound { object: object.name.clone(), id: id.to_string() });
+        }
+        None => (0, None),
+    };
+    let mut fields = old.cloned().unwrap_or_default();
+    for (k, v) in patch {
+        if v.is_null() {
+            fields.remove(k);
+        } else {
+            fields.insert(k.clone(), v.clone());
+        }
+    }
+    // A new record of an object with an id field carries its id in that field.
+    if let (Some(id_field), None) = (&object.id_field, old)
+        && !fields.contains_key(id_field)
+    {
+        let is_number = object.field(id_field).is_some_and(|f| f.ty == hookline_model::FieldType::Number);
+        let value = match id.parse::<serde_json::Number>() {
+            Ok(n) if is_number => Value::Number(n),
+            _ => Value::String(id.to_string()),
+        };
+        fields.insert(id_field.clone(), value);
+    }
+    if current.as_ref().is_some_and(|r| r.fields == fields) {
+        let record =
+            current.unwrap_or_else(|| Record { id: id.to_string(), version: expected, fields: fields.clone() });
+        return Ok(Plan::Unchanged(Written { record, created: false, changed: false }));
+    }
+    let change = Change {
+        object: object.name.clone(),
+        record_id: id.to_string(),
+        version: expected + 1,
+        old_json: old.map(|o| serde_json::to_vec(o).unwrap_or_default()).unwrap_or_default(),
+        new_json: serde_json::to_vec(&fields).unwrap_or_default(),
+        origin_webhook: origin_webhook.unwrap_or_default().to_string(),
+        traceparent: traceparent.to_string(),
+        at_ms: now_ms(),
+        definitions_version,
+    };
+    Ok(Plan::Write(Planned { expected, fields, change }))
+}
+
+/// One record of a [`write_many`]: its id, the patch, and the trace context of its change.
+pub struct Patch<'a> {
+    pub id: &'a str,
+    pub fields: &'a Fields,
+    pub traceparent: String,
+}
+
+/// [`write`] for many records of one object, in one store read and one store write (plus
+/// a single write for each that conflicted with another writer, or appears twice): what a
+/// bulk request costs is two round trips, not two per record. Results are in order.
+pub async fn write_many(
+    store: &dyn Store,
+    object: &DataObject,
+    patches: &[Patch<'_>],
+    mode: WriteMode,
+    origin_webhook: Option<&str>,
+    definitions_version: u64,
+) -> Result<Vec<Result<Written, RecordError>>, StoreError> {
+    let mut out: Vec<Option<Result<Written, RecordError>>> = (0..patches.len()).map(|_| None).collect();
+    let ids: Vec<String> = patches.iter().map(|p| p.id.to_string()).collect();
+    let current = store.get_records(&object.name, &ids).await?;
+    let mut planned = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, (p, current)) in patches.iter().zip(current).enumerate() {
+        if let Err(e) = check(object, p.id, p.fields) {
+            out[i] = Some(Err(e.into()));
+            continue;
+        }
+        // A second write of one record in the request goes after the first, on its own.
+        if !seen.insert(p.id) {
+            continue;
+        }
+        match plan(object, p.id, p.fields, current, mode, origin_webhook, &p.traceparent, definitions_version) {
+            Ok(Plan::Unchanged(w)) => out[i] = Some(Ok(w)),
+            Ok(Plan::Write(w)) => planned.push((i, w)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let writes: Vec<hookline_store::RecordWrite> = planned
+        .iter()
+        .map(|(i, w)| hookline_store::RecordWrite {
+            id: patches[*i].id.to_string(),
+            expected: w.expected,
+            fields: w.fields.clone(),
+            change: w.change.clone(),
+        })
+        .collect();
+    let results = store.write_records(&object.name, &writes).await?;
+    for ((i, w), result) in planned.into_iter().zip(results) {
+        if let WriteResult::Written { version } = result {
+            out[i] = Some(Ok(w.written(patches[i].id, version)));
+        }
+    }
+    // What is left (conflicts, repeated ids) goes one by one, in request order.
+    for (i, slot) in out.iter_mut().enumerate() {
+        if slot.is_none() {
+            let p = &patches[i];
+            *slot = Some(
+                write(store, object, p.id, p.fields, mode, origin_webhook, &p.traceparent, definitions_version).await,
+            );
+        }
+    }
+    Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(RecordError::Contended { id: String::new() }))).collect())
 }

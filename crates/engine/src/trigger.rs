@@ -100,7 +100,7 @@ async fn follow_object(w: WorkerCtx) {
         };
         let outcome = match read {
             Ok(lease) if lease.is_empty() => Ok(()),
-            Ok(lease) => process(ctx, &object, &consumer, lease).await,
+            Ok(lease) => process(&w, &object, &consumer, lease).await,
             Err(e) => Err(e),
         };
         if let Err(error) = outcome {
@@ -110,28 +110,29 @@ async fn follow_object(w: WorkerCtx) {
     }
 }
 
-/// Decides on a lease of changes, enqueues the jobs they fire and acknowledges them; gives
-/// them back if this node cannot decide on them as of their definitions.
+/// Decides on a lease of changes, enqueues the jobs they fire and acknowledges them. Waits
+/// (holding them) for definitions as new as the changes; gives them back if a webhook of the
+/// object no longer loads on this node, for a node that can load it.
 async fn process(
-    ctx: &EngineContext,
+    w: &WorkerCtx,
     object: &str,
     consumer: &Consumer<Change>,
     lease: Lease<Change>,
 ) -> Result<(), StoreError> {
+    let ctx = &w.engine;
     let newest = lease.entries().iter().map(|e| e.value.definitions_version).max().unwrap_or(0);
-    let catalog = match ctx.catalog.at_least(newest, CATCH_UP).await {
-        Some(c) if c.broken_on(object).next().is_none() => c,
-        Some(_) => {
+    let catalog = loop {
+        match ctx.catalog.at_least(newest, CATCH_UP).await {
+            Some(c) if c.broken_on(object).next().is_none() => break c,
             // A webhook of the object stopped loading: leave the changes to whoever can.
-            return consumer.release(lease).await;
-        }
-        None => {
-            tracing::warn!(
+            Some(_) => return consumer.release(lease).await,
+            None if w.stopping() => return consumer.release(lease).await,
+            // Still ours (the heartbeat keeps them): keep them, in order, and wait on.
+            None => tracing::warn!(
                 object,
                 version = newest,
-                "definitions as new as these changes did not arrive; giving them back"
-            );
-            return consumer.release(lease).await;
+                "definitions as new as these changes have not arrived yet; waiting"
+            ),
         }
     };
     let jobs = decide_all(&catalog, object, &lease);

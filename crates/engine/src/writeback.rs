@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::StreamExt;
 use hookline_model::{Fields, WebhookDef};
 use hookline_proto::WritebackJob;
 use hookline_script::{ResponseView, ScriptCall, ScriptKind, ScriptOutput};
-use hookline_store::queue::Consumer;
+use hookline_store::queue::{Consumer, Lease};
 use hookline_store::{ClaimScan, Entry, QueueName, WritebackDone};
 use serde_json::Value;
 use tracing::Instrument;
@@ -30,7 +31,7 @@ use crate::trace;
 use crate::workers::{Start, WorkerCtx, WorkerSet};
 
 /// Write-backs read at a time.
-const READ: usize = 16;
+const READ: usize = 64;
 /// How long a write-back keeps trying after passing failures before it counts as failed.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
@@ -100,21 +101,31 @@ async fn run_worker(w: WorkerCtx) {
         if lease.is_empty() {
             continue;
         }
-        let mut done = Vec::with_capacity(lease.len());
-        for entry in lease.entries() {
-            done.push(write_back_entry(&ctx, &id, entry).await);
+        // Side by side, each finished as soon as it is done (a node that dies mid-lease
+        // repeats only the unfinished ones).
+        let sizes = vec![1; lease.len()];
+        let one_by_one = lease.split(&sizes).into_iter().map(|one| finish_one(&ctx, &id, &consumer, one));
+        futures_util::stream::iter(one_by_one).buffer_unordered(CONCURRENT).collect::<Vec<()>>().await;
+    }
+}
+
+/// Write-backs of one webhook run at once on a node, at most.
+const CONCURRENT: usize = 32;
+
+/// Runs the write-back of a one-entry lease and records its result.
+async fn finish_one(ctx: &EngineContext, id: &str, consumer: &Consumer<WritebackJob>, one: Lease<WritebackJob>) {
+    let Some(entry) = one.entries().first() else { return };
+    let done = write_back_entry(ctx, id, entry).await;
+    match ctx.store.finish_writebacks(id, &ctx.consumer, std::slice::from_ref(&done)).await {
+        Ok(finished) => {
+            if finished.iter().any(|f| !f) {
+                tracing::warn!(webhook_id = %id, "a write-back was taken over meanwhile; its result was not recorded here");
+            }
+            drop(one.into_entries());
         }
-        match ctx.store.finish_writebacks(&id, &ctx.consumer, &done).await {
-            Ok(finished) => {
-                if finished.iter().any(|f| !f) {
-                    tracing::warn!(webhook_id = %id, "write-backs were taken over meanwhile; their results were not recorded here");
-                }
-                drop(lease.into_entries());
-            }
-            Err(error) => {
-                tracing::warn!(webhook_id = %id, %error, "cannot record write-backs; they run again");
-                let _ = consumer.release(lease).await;
-            }
+        Err(error) => {
+            tracing::warn!(webhook_id = %id, %error, "cannot record a write-back; it runs again");
+            let _ = consumer.release(one).await;
         }
     }
 }
@@ -144,9 +155,22 @@ async fn write_back_entry(ctx: &EngineContext, id: &str, entry: &Entry<Writeback
             Err(WriteBackError { failure, .. }) => break Err(failure),
         }
     };
-    let mut attempt = ctx.store.get_attempt(id, &job.attempt_id).await.ok().flatten();
+    let mut attempt = None;
+    for wait in [50u64, 200, 1000, 3000] {
+        match ctx.store.get_attempt(id, &job.attempt_id).await {
+            Ok(a) => {
+                attempt = a;
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(webhook_id = id, %error, "cannot read the attempt to note the write-back on; trying again");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
     let failed = match result {
         Ok(()) => {
+            ctx.metrics.writeback_done(id);
             if let Some(a) = attempt.as_mut() {
                 a.writeback_status = "done".into();
                 a.writeback_error.clear();
@@ -273,7 +297,10 @@ async fn write_back(
                 })
                 .collect::<Result<_, _>>()?,
             Ok(_) => {
-                return Err(Failure::permanent("response script output must be a JSON object or an array of objects".into()).into());
+                return Err(Failure::permanent(
+                    "response script output must be a JSON object or an array of objects".into(),
+                )
+                .into());
             }
             Err(e) => return Err(Failure::permanent(format!("response script output is not JSON: {e}")).into()),
         };
@@ -282,43 +309,45 @@ async fn write_back(
         let Some(object) = catalog.objects.get(object_name) else {
             return Err(Failure::permanent(format!("no data object named `{object_name}`")).into());
         };
-        let version = ctx.store.definitions_version().await.map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
+        let version = ctx
+            .store
+            .definitions_version()
+            .await
+            .map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
         let mut errors = Vec::new();
         let mut retry = Vec::new();
         let mut any_transient = false;
+        let mut mapped = Vec::new();
         for (i, out) in outputs.iter().enumerate() {
             if only.is_some_and(|o| !o.contains(&i)) {
                 continue;
             }
-            let result = match map_output(&wh.def, out) {
-                Ok((id, fields)) => {
-                    let write = records::write(
-                        ctx.store.as_ref(),
-                        object,
-                        &id,
-                        &fields,
-                        WriteMode::Update,
-                        Some(&wh.def.id),
-                        &traceparent,
-                        version,
-                    )
-                    .await;
-                    match write {
-                        Ok(w) => {
-                            tracing::info!(record_id = %id, version = w.record.version, changed = w.changed, "written back");
-                            Ok(())
-                        }
-                        Err(e) => Err((e.to_string(), transient(&e))),
+            match map_output(&wh.def, out) {
+                Ok((id, fields)) => mapped.push((i, id, fields)),
+                Err(e) => errors.push(e),
+            }
+        }
+        // Every record of the output in one store step (a bulk call's write-back too).
+        let patches: Vec<records::Patch<'_>> = mapped
+            .iter()
+            .map(|(_, id, fields)| records::Patch { id, fields, traceparent: traceparent.clone() })
+            .collect();
+        let written =
+            records::write_many(ctx.store.as_ref(), object, &patches, WriteMode::Update, Some(&wh.def.id), version)
+                .await
+                .map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
+        for ((i, id, _), result) in mapped.iter().zip(written) {
+            match result {
+                Ok(w) => {
+                    tracing::info!(record_id = %id, version = w.record.version, changed = w.changed, "written back")
+                }
+                Err(e) => {
+                    if transient(&e) {
+                        any_transient = true;
+                        retry.push(*i);
                     }
+                    errors.push(e.to_string());
                 }
-                Err(e) => Err((e, false)),
-            };
-            if let Err((message, is_transient)) = result {
-                if is_transient {
-                    any_transient = true;
-                    retry.push(i);
-                }
-                errors.push(message);
             }
         }
         if errors.is_empty() {

@@ -24,7 +24,8 @@ pub struct ClientConfig {
     /// Response bodies are read up to this many bytes; the rest is dropped
     /// ([`OutboundResponse::body_truncated`]). Default 1 MiB.
     pub max_response_bytes: usize,
-    /// Idle keep-alive connections kept per host. Default 32.
+    /// Idle keep-alive connections kept per host. Default 1024: a webhook may run up to 1000
+    /// calls at once, and each connection closed for want of room would be opened again.
     pub pool_idle_per_host: usize,
     /// The `User-Agent` sent unless a request sets its own. Default `hookline/<version>`.
     pub user_agent: String,
@@ -35,7 +36,7 @@ impl Default for ClientConfig {
         Self {
             policy: TargetPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            pool_idle_per_host: 32,
+            pool_idle_per_host: 1024,
             user_agent: concat!("hookline/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }

@@ -29,6 +29,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     let p = format!("cf{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let s = store.as_ref();
     records(s, &p).await;
+    bulk_records(s, &p).await;
     write_index(s, &p).await;
     change_leases(s, &p).await;
     claim_cursor(s, &p).await;
@@ -134,7 +135,7 @@ fn ids(entries: &[RawEntry]) -> Vec<String> {
 
 /// A take of up to `calls` calls of `batch` jobs each for `consumer`, asking for the permits
 /// (the limit is `calls`, so a consumer that holds them takes with `free`).
-fn take<'a>(webhook: &'a str, consumer: &'a str, free: u32, want: u32, limit: u32, batch: u32) -> Take<'a> {
+fn take<'a>(webhook: &'a str, consumer: &'a str, free: &'a [String], want: u32, limit: u32, batch: u32) -> Take<'a> {
     Take {
         webhook,
         consumer,
@@ -152,7 +153,7 @@ fn take<'a>(webhook: &'a str, consumer: &'a str, free: u32, want: u32, limit: u3
 
 /// Takes up to `n` single-job calls, with permits of a high limit.
 async fn take_jobs(store: &dyn Store, webhook: &str, consumer: &str, n: u32) -> Taken {
-    store.take(&take(webhook, consumer, 0, n, 1000, 1)).await.expect("take")
+    store.take(&take(webhook, consumer, &[], n, 1000, 1)).await.expect("take")
 }
 
 /// A completion of `entries` (one call) with the given attempt and follow-up.
@@ -368,11 +369,11 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
     let oldest = store.oldest_job_ms(&wh).await.expect("oldest_job_ms").expect("a job is waiting");
     assert!(oldest >= before - 1000 && oldest <= now_ms() + 1000, "queued at {oldest}, around {before}");
 
-    let a = store.take(&take(&wh, "a", 0, 2, 2, 1)).await.expect("take");
+    let a = store.take(&take(&wh, "a", &[], 2, 2, 1)).await.expect("take");
     assert_eq!(a.granted.len(), 2, "two permits of the limit of two");
     assert_eq!(job_ids(&a.entries), [format!("{wh}-1"), format!("{wh}-2")], "in order, one job per permit");
     assert!(a.entries.iter().all(|e| e.deliveries == 1 && !e.solo), "a first hand-out, of fresh jobs");
-    let b = store.take(&take(&wh, "b", 0, 2, 2, 1)).await.expect("take");
+    let b = store.take(&take(&wh, "b", &[], 2, 2, 1)).await.expect("take");
     assert!(b.granted.is_empty() && b.entries.is_empty(), "the limit is held by a: nothing for b");
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "pending jobs still count");
 
@@ -389,12 +390,12 @@ pub async fn job_queue(store: &dyn Store, prefix: &str) {
 
     // a gives one permit back (keeping the other for its pending job): b gets it, and job 3.
     store.release_permits(&wh, "a", &a.granted[..1], false).await.expect("release_permits");
-    let b = store.take(&take(&wh, "b", 0, 2, 2, 1)).await.expect("take");
+    let b = store.take(&take(&wh, "b", &[], 2, 2, 1)).await.expect("take");
     assert_eq!((b.granted.len(), job_ids(&b.entries)), (1, vec![format!("{wh}-3")]));
     succeed_all(store, &wh, "a", &a.entries[1..]).await;
     succeed_all(store, &wh, "b", &b.entries).await;
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 0);
-    let after = store.take(&take(&wh, "a", 1, 0, 2, 1)).await.expect("take");
+    let after = store.take(&take(&wh, "a", &a.granted[1..], 0, 2, 1)).await.expect("take");
     assert!(after.entries.is_empty(), "nothing left");
 }
 
@@ -409,7 +410,7 @@ pub async fn take_capacity(store: &dyn Store, prefix: &str) {
     jobs.push(batch);
     store.enqueue(&jobs).await.expect("enqueue");
 
-    let t = store.take(&take(&wh, "a", 0, 3, 3, 2)).await.expect("take");
+    let t = store.take(&take(&wh, "a", &[], 3, 3, 2)).await.expect("take");
     assert_eq!(t.granted.len(), 3);
     let solo: Vec<bool> = t.entries.iter().map(|e| e.solo).collect();
     assert_eq!(solo, [true, true, false, false], "two solo calls, then one call of two fresh jobs");
@@ -420,15 +421,19 @@ pub async fn take_capacity(store: &dyn Store, prefix: &str) {
     assert!(t.entries[0].id != t.entries[2].id);
 
     // Three free permits, batches of two: six fresh jobs would fit, five are left.
-    let mut rest = take(&wh, "a", 3, 0, 3, 2);
+    let mut rest = take(&wh, "a", &t.granted, 0, 3, 2);
     rest.max_entries = 4;
     let t2 = store.take(&rest).await.expect("take");
     assert_eq!(job_ids(&t2.entries), (2..6).map(|n| format!("{wh}-{n}")).collect::<Vec<_>>(), "capped at max_entries");
-    let t3 = store.take(&take(&wh, "a", 3, 0, 3, 2)).await.expect("take");
+    let t3 = store.take(&take(&wh, "a", &t.granted, 0, 3, 2)).await.expect("take");
     assert_eq!(job_ids(&t3.entries), [format!("{wh}-6")]);
+    // Free permits count only while held: one that is not (never granted, or expired) carries nothing.
+    let stale = ["a/no-such-permit".to_string()];
+    let t4 = store.take(&take(&wh, "a", &stale, 0, 3, 2)).await.expect("take");
+    assert!(t4.entries.is_empty(), "a permit the store does not hold carries no call");
     // A consumer with no free permit and none to get reads nothing.
     store.enqueue(&[job(&wh, "late")]).await.expect("enqueue");
-    let none = store.take(&take(&wh, "b", 0, 2, 3, 2)).await.expect("take");
+    let none = store.take(&take(&wh, "b", &[], 2, 3, 2)).await.expect("take");
     assert!(none.granted.is_empty() && none.entries.is_empty(), "every permit is a's");
 }
 
@@ -439,7 +444,7 @@ pub async fn job_leases(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-jl");
     let lease = Duration::from_millis(300);
     store.enqueue(&[job(&wh, "1")]).await.expect("enqueue");
-    let mut ask = take(&wh, "a", 0, 1, 1, 1);
+    let mut ask = take(&wh, "a", &[], 1, 1, 1);
     ask.lease = lease;
     let a = store.take(&ask).await.expect("take");
     assert_eq!((a.granted.len(), a.entries.len()), (1, 1));
@@ -458,7 +463,7 @@ pub async fn job_leases(store: &dyn Store, prefix: &str) {
             store.renew(&r).await.expect("renew")
         }
     };
-    let mut scan_b = take(&wh, "b", 0, 1, 1, 1);
+    let mut scan_b = take(&wh, "b", &[], 1, 1, 1);
     scan_b.lease = lease;
     scan_b.claim = Some(ClaimScan { min_idle: lease, cursor: String::new() });
     for _ in 0..4 {
@@ -535,7 +540,7 @@ pub async fn concurrent_readers(store: &dyn Store, prefix: &str) {
             let mut mine = Vec::new();
             // Bounded, so a backend that redelivers forever fails instead of hanging.
             for _ in 0..100 {
-                let got = store.take(&take(&wh, &name, 3, 0, 1000, 1)).await.expect("take");
+                let got = store.take(&take(&wh, &name, &[], 3, 1000, 1)).await.expect("take");
                 if got.entries.is_empty() {
                     break;
                 }
@@ -574,7 +579,7 @@ pub async fn concurrent_writers(store: &dyn Store, prefix: &str) {
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 80);
     let mut got = Vec::new();
     for _ in 0..100 {
-        let read = store.take(&take(&wh, "r", 50, 0, 1000, 1)).await.expect("take");
+        let read = store.take(&take(&wh, "r", &[], 50, 1000, 1)).await.expect("take");
         if read.entries.is_empty() {
             break;
         }
@@ -611,14 +616,14 @@ pub async fn delayed_retries(store: &dyn Store, prefix: &str) {
         .collect();
     assert_eq!(store.complete(&wh, "d", &items).await.expect("complete"), [true, true, true]);
     assert_eq!(store.queue_depth(&wh).await.expect("queue_depth"), 3, "delayed jobs count");
-    let early = store.take(&take(&wh, "d", 3, 0, 1000, 1)).await.expect("take");
+    let early = store.take(&take(&wh, "d", &[], 3, 1000, 1)).await.expect("take");
     assert!(early.entries.is_empty(), "not due yet");
     assert_eq!(early.next_due_ms, Some(t + 200), "the next one due");
 
     let mut order = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while order.len() < 3 && Instant::now() < deadline {
-        let got = store.take(&take(&wh, "d", 3, 0, 1000, 1)).await.expect("take");
+        let got = store.take(&take(&wh, "d", &[], 3, 1000, 1)).await.expect("take");
         for e in &got.entries {
             assert!(e.solo, "a retry is sent alone");
             let j: Job = decode(e);
@@ -812,12 +817,13 @@ pub async fn rate_limit(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-rate");
     store.enqueue(&(0..6).map(|n| job(&wh, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
     let interval = Duration::from_millis(300);
-    let mut ask = take(&wh, "a", 0, 5, 5, 1);
+    let mut ask = take(&wh, "a", &[], 5, 5, 1);
     ask.rate = Some(Rate { interval, burst: 0 });
     let first = store.take(&ask).await.expect("take");
     assert_eq!(first.entries.len(), 1, "one call now, though five permits were granted");
+    assert_eq!(first.granted.len(), 5);
     ask.want = 0;
-    ask.free = 5;
+    ask.free = &first.granted;
     let second = store.take(&ask).await.expect("take");
     assert!(second.entries.is_empty(), "no token left");
     let wait = second.rate_wait.expect("told how long to wait");
@@ -828,17 +834,18 @@ pub async fn rate_limit(store: &dyn Store, prefix: &str) {
     // With a burst of two, three calls go at once and the fourth waits.
     let burst = format!("{prefix}-burst");
     store.enqueue(&(0..6).map(|n| job(&burst, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
-    let mut ask = take(&burst, "a", 0, 5, 5, 1);
+    let mut ask = take(&burst, "a", &[], 5, 5, 1);
     ask.rate = Some(Rate { interval, burst: 2 });
-    assert_eq!(store.take(&ask).await.expect("take").entries.len(), 3);
+    let burst_take = store.take(&ask).await.expect("take");
+    assert_eq!(burst_take.entries.len(), 3);
     ask.want = 0;
-    ask.free = 2;
+    ask.free = &burst_take.granted[3..];
     let after = store.take(&ask).await.expect("take");
     assert!(after.entries.is_empty() && after.rate_wait.is_some());
     // Tokens count calls, not jobs: batches of three in one call.
     let bulk = format!("{prefix}-rate-bulk");
     store.enqueue(&(0..6).map(|n| job(&bulk, &n.to_string())).collect::<Vec<_>>()).await.expect("enqueue");
-    let mut ask = take(&bulk, "a", 0, 2, 2, 3);
+    let mut ask = take(&bulk, "a", &[], 2, 2, 3);
     ask.rate = Some(Rate { interval, burst: 0 });
     assert_eq!(store.take(&ask).await.expect("take").entries.len(), 3, "one token: one call of three jobs");
 }
@@ -848,10 +855,10 @@ pub async fn rate_limit(store: &dyn Store, prefix: &str) {
 /// permits are free again.
 pub async fn permits(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-perm");
-    let a = store.take(&take(&wh, "a", 0, 5, 3, 1)).await.expect("take");
+    let a = store.take(&take(&wh, "a", &[], 5, 3, 1)).await.expect("take");
     assert_eq!((a.granted.len(), a.fair_share), (3, 3), "alone, a may hold the whole limit");
     assert!(a.granted.iter().collect::<std::collections::HashSet<_>>().len() == 3, "distinct names");
-    let b = store.take(&take(&wh, "b", 0, 2, 3, 1)).await.expect("take");
+    let b = store.take(&take(&wh, "b", &[], 2, 3, 1)).await.expect("take");
     assert!(b.granted.is_empty(), "all taken");
     assert_eq!(b.fair_share, 2, "two contenders: a share of two each");
     let renewed = store
@@ -869,9 +876,9 @@ pub async fn permits(store: &dyn Store, prefix: &str) {
     assert!(renewed.lost_permits.is_empty());
     assert_eq!(renewed.fair_share, 2, "a learns it holds more than its share");
     store.release_permits(&wh, "a", &a.granted[..1], false).await.expect("release_permits");
-    let b = store.take(&take(&wh, "b", 0, 2, 3, 1)).await.expect("take");
+    let b = store.take(&take(&wh, "b", &[], 2, 3, 1)).await.expect("take");
     assert_eq!(b.granted.len(), 1, "the released permit, and no more: the limit");
-    let a2 = store.take(&take(&wh, "a", 0, 1, 3, 1)).await.expect("take");
+    let a2 = store.take(&take(&wh, "a", &[], 1, 3, 1)).await.expect("take");
     assert!(a2.granted.is_empty(), "a holds its share");
     store
         .release_permits(&wh, "nobody", &["nobody/1".to_string()], true)
@@ -879,17 +886,17 @@ pub async fn permits(store: &dyn Store, prefix: &str) {
         .expect("releasing what is not held is fine");
 
     let short = format!("{prefix}-perm-lease");
-    let mut ask = take(&short, "a", 0, 1, 1, 1);
+    let mut ask = take(&short, "a", &[], 1, 1, 1);
     ask.lease = Duration::from_millis(200);
     let a = store.take(&ask).await.expect("take");
     assert_eq!(a.granted.len(), 1);
-    assert!(store.take(&take(&short, "b", 0, 1, 1, 1)).await.expect("take").granted.is_empty(), "held by a");
+    assert!(store.take(&take(&short, "b", &[], 1, 1, 1)).await.expect("take").granted.is_empty(), "held by a");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let b = store.take(&take(&short, "b", 0, 1, 1, 1)).await.expect("take");
+    let b = store.take(&take(&short, "b", &[], 1, 1, 1)).await.expect("take");
     assert_eq!(b.granted.len(), 1, "a's lease ran out");
     // Leaving: b gives its permit back and stops contending.
     store.release_permits(&short, "b", &b.granted, true).await.expect("release_permits");
-    let c = store.take(&take(&short, "c", 0, 1, 1, 1)).await.expect("take");
+    let c = store.take(&take(&short, "c", &[], 1, 1, 1)).await.expect("take");
     assert_eq!((c.granted.len(), c.fair_share), (1, 1), "b left: c alone");
 }
 
@@ -898,7 +905,7 @@ pub async fn permits(store: &dyn Store, prefix: &str) {
 pub async fn permits_outlive_their_lease_while_renewed(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-perm-long");
     let lease = Duration::from_millis(200);
-    let mut ask = take(&wh, "a", 0, 2, 2, 1);
+    let mut ask = take(&wh, "a", &[], 2, 2, 1);
     ask.lease = lease;
     let a = store.take(&ask).await.expect("take");
     assert_eq!(a.granted.len(), 2);
@@ -918,7 +925,7 @@ pub async fn permits_outlive_their_lease_while_renewed(store: &dyn Store, prefix
             .await
             .expect("renew");
         assert!(r.lost_permits.is_empty(), "renewed permits are kept: {r:?}");
-        let mut other = take(&wh, "b", 0, 2, 2, 1);
+        let mut other = take(&wh, "b", &[], 2, 2, 1);
         other.lease = lease;
         assert!(store.take(&other).await.expect("take").granted.is_empty(), "never more than the limit");
     }
@@ -951,18 +958,23 @@ pub async fn consumer_heartbeat(store: Arc<dyn Store>, prefix: &str) {
     assert_eq!(store.ack(&q, "b", &ids(&taken)).await.expect("ack").len(), 1);
 }
 
-/// A job entry taken over again and again counts each hand-out.
+/// A job entry taken over from a consumer that stopped counts each hand-out; one given back
+/// (released) and taken again does not count the give-back.
 pub async fn delivery_counts(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-cnt");
     store.enqueue(&[job(&wh, "1")]).await.expect("enqueue");
     let first = take_jobs(store, &wh, "n0", 1).await;
     assert_eq!(first.entries[0].deliveries, 1);
     let q = QueueName::jobs(&wh);
-    let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
-    for n in 1..4u32 {
-        store.release(&q, &format!("n{}", n - 1), &ids(&first.entries)).await.expect("release");
-        let (got, _) = store.claim(&q, &format!("n{n}"), &scan, 10).await.expect("claim");
-        assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [n + 1]);
+    store.release(&q, "n0", &ids(&first.entries)).await.expect("release");
+    let released = ClaimScan { min_idle: LONG, cursor: String::new() };
+    let (got, _) = store.claim(&q, "n1", &released, 10).await.expect("claim");
+    assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [1], "a give-back is not a delivery");
+    let idle = ClaimScan { min_idle: Duration::from_millis(50), cursor: String::new() };
+    for n in 2..4u32 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (got, _) = store.claim(&q, &format!("n{n}"), &idle, 10).await.expect("claim");
+        assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [n], "taken over from a silent consumer");
     }
 }
 
@@ -971,7 +983,7 @@ pub async fn delivery_counts(store: &dyn Store, prefix: &str) {
 pub async fn batch_complete(store: &dyn Store, prefix: &str) {
     let wh = format!("{prefix}-batch");
     store.enqueue(&[job(&wh, "1"), job(&wh, "2"), job(&wh, "3")]).await.expect("enqueue");
-    let t = store.take(&take(&wh, "a", 0, 1, 1, 3)).await.expect("take");
+    let t = store.take(&take(&wh, "a", &[], 1, 1, 3)).await.expect("take");
     assert_eq!(t.entries.len(), 3, "one call of three");
     let mut combined = job(&wh, "batch");
     combined.record_ids = vec!["r1".into(), "r2".into(), "r3".into()];
@@ -982,7 +994,7 @@ pub async fn batch_complete(store: &dyn Store, prefix: &str) {
     let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
     let (left, _) = store.claim(&QueueName::jobs(&wh), "b", &scan, 10).await.expect("claim");
     assert!(left.is_empty(), "every job of the batch acknowledged");
-    let again = store.take(&take(&wh, "a", 1, 0, 1, 3)).await.expect("take");
+    let again = store.take(&take(&wh, "a", &t.granted, 0, 1, 3)).await.expect("take");
     assert_eq!(again.entries.len(), 1, "the batch comes back as one job");
     assert!(again.entries[0].solo);
     assert_eq!(decode::<Job>(&again.entries[0]).record_ids, combined.record_ids);
@@ -990,6 +1002,53 @@ pub async fn batch_complete(store: &dyn Store, prefix: &str) {
         store.list_attempts(&wh, &AttemptFilter { limit: 10, ..Default::default() }).await.expect("list").len(),
         1
     );
+}
+
+/// Many writes of one object in one step: each checked on its own (a conflict refuses only
+/// its own), in order (a second write of one record sees the first), each with its change
+/// and write position, as single writes are; reads of many records at once.
+pub async fn bulk_records(store: &dyn Store, prefix: &str) {
+    let obj = format!("{prefix}-bulk");
+    let q = QueueName::changes(&obj);
+    let w = |id: &str, expected: u64, status: &str| crate::RecordWrite {
+        id: id.to_string(),
+        expected,
+        fields: fields(status),
+        change: change(&obj, id, expected + 1, status),
+    };
+    store.write_record(&obj, "B", 0, &fields("Open"), &change(&obj, "B", 1, "Open")).await.expect("write_record");
+    let results = store
+        .write_records(
+            &obj,
+            &[w("A", 0, "Open"), w("B", 0, "Stale"), w("A", 1, "Pending"), w("C", 0, "Open"), w("A", 1, "Late")],
+        )
+        .await
+        .expect("write_records");
+    assert_eq!(
+        results,
+        [
+            WriteResult::Written { version: 1 },
+            WriteResult::Conflict { current: 1 },
+            WriteResult::Written { version: 2 },
+            WriteResult::Written { version: 1 },
+            WriteResult::Conflict { current: 2 },
+        ]
+    );
+    let ids: Vec<String> = ["A", "B", "C", "D"].iter().map(|s| s.to_string()).collect();
+    let read = store.get_records(&obj, &ids).await.expect("get_records");
+    let seen: Vec<Option<(u64, Fields)>> = read.into_iter().map(|r| r.map(|r| (r.version, r.fields))).collect();
+    assert_eq!(seen, [Some((2, fields("Pending"))), Some((1, fields("Open"))), Some((1, fields("Open"))), None]);
+    let changes = store.read(&q, "t", 10, NO_BLOCK).await.expect("read");
+    let order: Vec<(String, u64)> = changes.iter().map(decode::<Change>).map(|c| (c.record_id, c.version)).collect();
+    assert_eq!(
+        order,
+        [("B".into(), 1), ("A".into(), 1), ("A".into(), 2), ("C".into(), 1)],
+        "one change per accepted write"
+    );
+    let index = store.records_written(&obj, 0, 10).await.expect("records_written");
+    let at: Vec<(String, u64)> = index.into_iter().map(|r| (r.record.id, r.position)).collect();
+    assert_eq!(at, [("B".into(), 1), ("A".into(), 3), ("C".into(), 4)], "positions as single writes take them");
+    assert!(store.write_records(&obj, &[]).await.expect("write_records").is_empty());
 }
 
 /// The write index: every record write takes its object's next position (1, 2, …); a record
@@ -1302,15 +1361,15 @@ mod tests {
         };
     }
 
-    backend!(embedded: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+    backend!(embedded: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
         delivery_counts);
-    backend!(cluster: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+    backend!(cluster: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
         delivery_counts);
-    backend!(redis: records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
+    backend!(redis: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
         delivery_counts);

@@ -147,6 +147,17 @@ pub struct Entry<T> {
     pub solo: bool,
 }
 
+/// One record write of [`Store::write_records`].
+#[derive(Debug, Clone)]
+pub struct RecordWrite {
+    pub id: String,
+    /// The version the record must be at (0: it must not exist).
+    pub expected: u64,
+    pub fields: Fields,
+    /// Its change, already carrying version `expected + 1`.
+    pub change: Change,
+}
+
 /// The result of a conditional record write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteResult {
@@ -206,8 +217,9 @@ pub struct Take<'a> {
     pub lease: Duration,
     /// The webhook's `max_concurrency`, across the cluster.
     pub limit: u32,
-    /// Permits the consumer holds and has free for this step's calls.
-    pub free: u32,
+    /// Permits the consumer holds and has free for this step's calls: only those the store
+    /// still holds for it carry calls (and they are renewed).
+    pub free: &'a [String],
     /// More permits it would like (granted only within the limit and its fair share).
     pub want: u32,
     /// Permits it gives back first.
@@ -233,7 +245,8 @@ pub struct Taken {
     /// fresh ones in calls of up to `batch`: they make at most as many calls as there were
     /// free and granted permits (and rate tokens).
     pub entries: Vec<RawEntry>,
-    /// Where the take-over scan goes on, when one ran.
+    /// Where the take-over scan goes on, when one ran (none runs in a step that can make no
+    /// call).
     pub cursor: Option<String>,
     /// When the next delayed retry is due (Unix ms).
     pub next_due_ms: Option<i64>,
@@ -262,7 +275,7 @@ pub struct Renewed {
     /// Permits that had expired (or were never held): the holder may not send under them.
     pub lost_permits: Vec<String>,
     pub fair_share: u32,
-    /// Entries no longer this consumer's (taken over, or gone).
+    /// Entries another consumer holds now (taken over).
     pub lost_entries: Vec<String>,
 }
 
@@ -378,6 +391,13 @@ pub trait Store: Send + Sync + 'static {
         change: &Change,
     ) -> Result<WriteResult>;
 
+    /// Several records of one object, read in one step (`None` for those that do not exist).
+    async fn get_records(&self, object: &str, ids: &[String]) -> Result<Vec<Option<Record>>>;
+    /// Many [`Store::write_record`]s of one object in one step, each checked on its own: a
+    /// conflict refuses only its write. In order, so a later write of the same record sees
+    /// the earlier one (and conflicts if it expected the older version).
+    async fn write_records(&self, object: &str, writes: &[RecordWrite]) -> Result<Vec<WriteResult>>;
+
     // --- the write index (scheduled webhooks) ---
     /// The position of the object's latest record write; 0 before the first.
     async fn write_position(&self, object: &str) -> Result<u64>;
@@ -403,12 +423,13 @@ pub trait Store: Send + Sync + 'static {
         scan: &ClaimScan,
         count: usize,
     ) -> Result<(Vec<RawEntry>, String)>;
-    /// Keeps `consumer`'s entries `ids` from going idle; returns those it no longer owns.
+    /// Keeps `consumer`'s entries `ids` from going idle; returns those another consumer holds
+    /// now (taken over). Entries no longer pending at all (finished) are not listed.
     async fn touch(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
     /// Acknowledges (and removes) those of `ids` that `consumer` owns; returns them.
     async fn ack(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
-    /// Gives back those of `ids` that `consumer` owns, undone: any consumer's next claim
-    /// takes them over at once.
+    /// Gives back those of `ids` that `consumer` owns, undone: any consumer's next take-over
+    /// scan takes them, however fresh. A give-back does not count as a delivery.
     async fn release(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<()>;
 
     // --- jobs ---
@@ -428,9 +449,10 @@ pub trait Store: Send + Sync + 'static {
     async fn rate_wait(&self, webhook: &str, rate: Rate) -> Result<Option<Duration>>;
     /// Gives permits back. With `leave`, the consumer stops contending for a share.
     async fn release_permits(&self, webhook: &str, consumer: &str, permits: &[String], leave: bool) -> Result<()>;
-    /// Finishes calls: for each completion whose entries `consumer` still owns, records the
-    /// attempt, enqueues its follow-ups and acknowledges the entries, atomically. Says for
-    /// each whether it took effect.
+    /// Finishes calls: for each completion of which `consumer` still owns any entry (or one
+    /// with no entries), records the attempt, enqueues its follow-ups and acknowledges the
+    /// entries it owns, atomically. A call whose entries were all taken over is not
+    /// finished: its new owner does that. Says for each whether it took effect.
     async fn complete(&self, webhook: &str, consumer: &str, items: &[Completion]) -> Result<Vec<bool>>;
     /// When the oldest job on the queue (ready or being delivered) was queued, Unix ms.
     async fn oldest_job_ms(&self, webhook: &str) -> Result<Option<i64>>;

@@ -159,6 +159,7 @@ impl Connector {
 /// Redis restart flushed the script cache. The queue scripts share the prelude `lib.lua`.
 struct Scripts {
     write_record: Script,
+    write_records: Script,
     index_record: Script,
     put_webhook: Script,
     put_object: Script,
@@ -190,6 +191,7 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             write_record: Script::new(include_str!("lua/write_record.lua")),
+            write_records: Script::new(include_str!("lua/write_records.lua")),
             index_record: Script::new(include_str!("lua/index_record.lua")),
             put_webhook: Script::new(include_str!("lua/put_webhook.lua")),
             put_object: Script::new(include_str!("lua/put_object.lua")),
@@ -865,6 +867,50 @@ impl Store for RedisStore {
         Ok(if ok == 1 { WriteResult::Written { version } } else { WriteResult::Conflict { current: version } })
     }
 
+    async fn get_records(&self, object: &str, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pipeline: every record of an object shares its slot.
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.keys.record(object, id)).arg("v").arg("f");
+        }
+        let rows: Vec<(Option<u64>, Option<String>)> = pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
+        ids.iter()
+            .zip(rows)
+            .map(|(id, row)| match row {
+                (Some(version), Some(f)) => {
+                    let key = self.keys.record(object, id);
+                    Ok(Some(Record { id: id.clone(), version, fields: json(&key, &f)? }))
+                }
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    async fn write_records(&self, object: &str, writes: &[crate::RecordWrite]) -> Result<Vec<WriteResult>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<String> = writes.iter().map(|w| self.keys.record(object, &w.id)).collect();
+        keys.extend([self.keys.changes(object), self.keys.position(object), self.keys.written(object)]);
+        let mut inv = invocation(&self.scripts.write_records, &keys);
+        for w in writes {
+            let text = serde_json::to_string(&w.fields).map_err(|e| StoreError::Backend(e.to_string()))?;
+            inv.arg(w.expected).arg(text).arg(w.change.encode_to_vec()).arg(&w.change.origin_webhook).arg(&w.id);
+        }
+        let rows: Vec<(i64, u64)> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(ok, version)| {
+                    if ok == 1 { WriteResult::Written { version } } else { WriteResult::Conflict { current: version } }
+                },
+            )
+            .collect())
+    }
+
     async fn write_position(&self, object: &str) -> Result<u64> {
         let position: Option<u64> = self.conn().get(self.keys.position(object)).await.map_err(map_err)?;
         Ok(position.unwrap_or(0))
@@ -1004,7 +1050,7 @@ impl Store for RedisStore {
             .arg(t.consumer)
             .arg(ms(t.lease))
             .arg(t.limit)
-            .arg(t.free)
+            .arg(t.free.len())
             .arg(t.want)
             .arg(t.batch.max(1))
             .arg(t.max_entries.max(1));
@@ -1019,7 +1065,7 @@ impl Store for RedisStore {
             Some(scan) => inv.arg(scan.min_idle.as_millis() as u64).arg(&scan.cursor),
             None => inv.arg("").arg(""),
         };
-        inv.arg(PROMOTE_MAX).arg(t.release);
+        inv.arg(PROMOTE_MAX).arg(t.free).arg(t.release);
         let (granted, fair_share, entries, cursor, next_due, rate_wait, mark): (
             Vec<String>,
             u32,
@@ -1033,7 +1079,7 @@ impl Store for RedisStore {
             granted,
             fair_share,
             entries: script_entries("take", entries)?,
-            cursor: t.claim.as_ref().map(|_| cursor),
+            cursor: (t.claim.is_some() && cursor != "-").then_some(cursor),
             next_due_ms: (next_due >= 0).then_some(next_due),
             rate_wait: (rate_wait >= 0).then(|| Duration::from_micros(rate_wait as u64)),
             mark,

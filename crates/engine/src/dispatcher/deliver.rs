@@ -134,8 +134,7 @@ async fn send(ctx: &EngineContext, wh: &CompiledWebhook, req: &BuiltRequest, per
 }
 
 /// Delivers one call once and records what happened. Never panics on the job's content.
-pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit) {
-    let _running = call.ctx.drain.guard();
+pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _running: crate::drain::DrainGuard) {
     if lease.entries().iter().any(|e| e.deliveries > MAX_DELIVERIES) {
         return give_up(&call, lease, permit).await;
     }

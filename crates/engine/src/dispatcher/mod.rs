@@ -140,8 +140,10 @@ async fn run_worker(w: WorkerCtx) {
         let Some(wh) = current(&ctx, &id) else { break };
         let s = &wh.def.settings;
         let (limit, batch) = (s.max_concurrency, s.max_batch_size.max(1));
-        let (free, want) = (pool.free(), pool.wanted(limit));
-        if free == 0 && want == 0 {
+        // What goes back first, so it is not counted as free for this step's calls.
+        let release = pool.to_release(limit);
+        let (free, want) = (pool.free_names(), pool.wanted(limit));
+        if free.is_empty() && want == 0 && release.is_empty() {
             // Every permit this worker may hold carries a call: wait for one to end.
             tokio::select! {
                 _ = pool.freed() => {}
@@ -151,14 +153,13 @@ async fn run_worker(w: WorkerCtx) {
             continue;
         }
         let claim = (last_scan.elapsed() >= ctx.lease / 2).then(|| scan.clone());
-        let release = pool.to_release(limit);
         let sent = Instant::now();
         let take = Take {
             webhook: &id,
             consumer: &ctx.consumer,
             lease: ctx.lease,
             limit,
-            free,
+            free: &free,
             want,
             release: &release,
             batch,
@@ -194,7 +195,7 @@ async fn run_worker(w: WorkerCtx) {
             ctx.metrics.taken_over(&id, taken_over as u64);
         }
         if lease.is_empty() {
-            idle(&w, &ctx, &id, &pool, free + granted.len() as u32, next_due_ms, rate_wait, &mark).await;
+            idle(&w, &ctx, &id, &pool, (free.len() + granted.len()) as u32, next_due_ms, rate_wait, &mark).await;
             continue;
         }
         // Paused (or deleted) while this step ran: what it read goes back, unsent.
@@ -204,21 +205,28 @@ async fn run_worker(w: WorkerCtx) {
             }
             break;
         };
-        let call = Arc::new(Call {
-            ctx: ctx.clone(),
-            wh: wh.clone(),
-            consumer: consumer.clone(),
-            completer: completer.clone(),
-        });
-        dispatch(&w, &call, &pool, lease, batch as usize, Duration::from_millis(s.batch_linger_ms)).await;
+        let linger = Duration::from_millis(wh.def.settings.batch_linger_ms);
+        let call = Arc::new(Call { ctx: ctx.clone(), wh, consumer: consumer.clone(), completer: completer.clone() });
+        if dispatch(&w, &call, &pool, lease, batch as usize, linger).await {
+            // Jobs went back: this worker's next step scans for them.
+            last_scan = Instant::now() - ctx.lease;
+        }
     }
-    // Calls in flight finish (each holds a drain guard); what this worker holds goes back.
-    let held = pool.take_all();
+    // Calls in flight keep their permits (renewed by the heartbeat, which lives as long as
+    // `consumer`) until they end; only then does this worker give them back.
+    if !pool.idle(DRAIN_CALLS).await {
+        tracing::warn!(webhook_id = %id, calls = pool.busy(), "calls still running; their permits expire with their lease");
+    }
+    let held = pool.take_free();
     if let Err(error) = ctx.store.release_permits(&id, &ctx.consumer, &held, true).await {
         tracing::warn!(webhook_id = %id, %error, "cannot give permits back; they expire with their lease");
     }
+    drop(consumer);
     tracing::info!(webhook_id = %id, "dispatcher worker stopped");
 }
+
+/// How long a stopping worker waits for its calls before leaving their permits to expire.
+const DRAIN_CALLS: Duration = Duration::from_secs(30);
 
 /// Waits after a step that read nothing: for a rate token, a permit, or a job.
 #[allow(clippy::too_many_arguments)]
@@ -261,7 +269,7 @@ async fn idle(
     }
 }
 
-/// Groups a lease into calls and starts each under a permit.
+/// Groups a lease into calls and starts each under a permit; true if jobs went back unsent.
 async fn dispatch(
     w: &WorkerCtx,
     call: &Arc<Call>,
@@ -269,17 +277,29 @@ async fn dispatch(
     lease: Lease<Job>,
     batch: usize,
     linger: Duration,
-) {
+) -> bool {
+    // Jobs handed out too often (their nodes kept dying on them) are given up one by one,
+    // not with the batch they would join.
+    let (spent, lease) = lease.partition(|e| e.deliveries > deliver::MAX_DELIVERIES);
     let lease = batch::solo_first(lease);
-    let sizes = batch::call_sizes(lease.entries(), batch);
-    let mut calls = lease.split(&sizes);
-    // A partly filled bulk call (always the last) may wait a little for more jobs.
-    if batch > 1
+    let mut sizes = vec![1; spent.len()];
+    let mut parts = spent.split(&sizes);
+    sizes = batch::call_sizes(lease.entries(), batch);
+    parts.extend(lease.split(&sizes));
+    // A partly filled bulk call (always the last) may wait a little for more jobs; the
+    // others go at once.
+    let lingering = (batch > 1
         && !linger.is_zero()
-        && let Some(last) = calls.last_mut()
-        && last.entries().first().is_some_and(|e| !e.solo)
-        && last.len() < batch
-    {
+        && parts.last().is_some_and(|l| {
+            l.entries().first().is_some_and(|e| !e.solo && e.deliveries <= deliver::MAX_DELIVERIES) && l.len() < batch
+        }))
+    .then(|| parts.pop())
+    .flatten();
+    let mut gave_back = false;
+    for part in parts {
+        gave_back |= start(call, pool, part).await;
+    }
+    if let Some(mut last) = lingering {
         let deadline = Instant::now() + linger;
         while last.len() < batch && !w.stopping() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -295,17 +315,24 @@ async fn dispatch(
                 }
             }
         }
+        gave_back |= start(call, pool, last).await;
     }
-    for part in calls {
-        let Some(permit) = pool.checkout() else {
-            // The take read no more than the free and granted permits carry; one lost its
-            // lease meanwhile. The jobs go back for the next step (or another node).
-            tracing::warn!(webhook_id = %call.wh.def.id, "a permit ran out before its call started; giving the jobs back");
-            if let Err(error) = call.consumer.release(part).await {
-                tracing::warn!(%error, "cannot give jobs back; they are taken over after their lease");
-            }
-            continue;
-        };
-        tokio::spawn(deliver(call.clone(), part, permit));
-    }
+    gave_back
+}
+
+/// Starts one call under a free permit; without one, gives its jobs back (true).
+async fn start(call: &Arc<Call>, pool: &Arc<PermitPool>, part: Lease<Job>) -> bool {
+    let Some(permit) = pool.checkout() else {
+        // The take read no more than the free and granted permits carry; one lost its lease
+        // meanwhile. The jobs go back for the next step (or another node).
+        tracing::warn!(webhook_id = %call.wh.def.id, "a permit ran out before its call started; giving the jobs back");
+        if let Err(error) = call.consumer.release(part).await {
+            tracing::warn!(%error, "cannot give jobs back; they are taken over after their lease");
+        }
+        return true;
+    };
+    // Held from here, so a drain waits for the call even before its task first runs.
+    let running = call.ctx.drain.guard();
+    tokio::spawn(deliver(call.clone(), part, permit, running));
+    false
 }

@@ -97,15 +97,44 @@ impl PermitPool {
 
     /// Permits held and free for a call.
     pub fn free(&self) -> u32 {
-        let mut s = self.lock();
-        self.expire(&mut s);
-        (s.held.len() - s.busy.len()) as u32
+        self.free_names().len() as u32
     }
 
-    /// How many more permits to ask for, within `limit` and the fair share.
+    /// The names of the permits held and free for a call.
+    pub fn free_names(&self) -> Vec<String> {
+        let mut s = self.lock();
+        self.expire(&mut s);
+        s.held.keys().filter(|n| !s.busy.contains(*n)).cloned().collect()
+    }
+
+    /// Permits carrying a call now.
+    pub fn busy(&self) -> usize {
+        self.lock().busy.len()
+    }
+
+    /// Waits until no permit carries a call, or `limit` passed; whether none does.
+    pub async fn idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.busy() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return self.busy() == 0;
+            }
+        }
+    }
+
+    /// How many more permits to ask for, within `limit` and the fair share, and at most as
+    /// many again as held (at least 8): a worker's hold grows by doubling, so the first of
+    /// several nodes to start does not take the whole limit before the others ask.
     pub fn wanted(&self, limit: u32) -> u32 {
         let s = self.lock();
-        s.share.min(limit).saturating_sub(s.held.len() as u32)
+        let held = s.held.len() as u32;
+        s.share.min(limit).saturating_sub(held).min(held.max(8))
     }
 
     /// Permits held (free or busy), for a renewal.
@@ -127,13 +156,17 @@ impl PermitPool {
         out
     }
 
-    /// Gives every permit back (the worker stops); permits still carrying a call are gone too
-    /// (their calls are finishing and will not return them).
-    pub fn take_all(&self) -> Vec<String> {
+    /// Takes every free permit (and those asked to be given back) to give back, when the
+    /// worker stops. Permits still carrying a call stay until the call ends: giving them back
+    /// earlier would let another node exceed the limit while the call runs.
+    pub fn take_free(&self) -> Vec<String> {
         let mut s = self.lock();
-        s.busy.clear();
-        let mut out: Vec<String> = s.held.drain().map(|(n, _)| n).collect();
-        out.append(&mut s.release);
+        let free: Vec<String> = s.held.keys().filter(|n| !s.busy.contains(*n)).cloned().collect();
+        for name in &free {
+            s.held.remove(name);
+        }
+        let mut out = std::mem::take(&mut s.release);
+        out.extend(free);
         out
     }
 
@@ -251,6 +284,7 @@ mod tests {
     async fn permits_are_lent_to_calls_and_come_back() {
         let p = pool(10_000);
         assert_eq!((p.free(), p.wanted(4)), (0, 4));
+        assert_eq!(PermitPool::new("w", Duration::from_secs(10), 100, Arc::default()).wanted(100), 8, "8 at first");
         p.granted(vec!["a/1".into(), "a/2".into()], 4, Instant::now());
         assert_eq!((p.free(), p.wanted(4), p.wanted(1)), (2, 2, 0));
         let one = p.checkout().expect("a permit");

@@ -434,6 +434,18 @@ impl Inner {
         Ok(Some(Record { id: id.to_string(), version, fields: json(|| format!("records/{object}/{id}"), fields)? }))
     }
 
+    pub(super) fn get_records(&self, object: &str, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        let txn = self.read()?;
+        let table = txn.open_table(RECORDS).map_err(db)?;
+        ids.iter()
+            .map(|id| {
+                let Some(v) = table.get((object, id.as_str())).map_err(db)? else { return Ok(None) };
+                let (version, fields) = v.value();
+                Ok(Some(Record { id: id.clone(), version, fields: json(|| format!("records/{object}/{id}"), fields)? }))
+            })
+            .collect()
+    }
+
     // --- the write index ---
 
     pub(super) fn write_position(&self, object: &str) -> Result<u64> {
@@ -579,7 +591,9 @@ impl Inner {
                 continue;
             };
             let (flags, bytes) = v.value();
-            let deliveries = state.pending.get(&id).map_or(1, |p| p.deliveries + 1);
+            // A given-back entry was not delivered again by being given back.
+            let deliveries =
+                state.pending.get(&id).map_or(1, |p| if p.released { p.deliveries } else { p.deliveries + 1 });
             if let Some(p) = state.pending.get(&id) {
                 tracing::debug!(queue = queue.name(), owner, entry = %id, from = %p.consumer, to = consumer, "taking over an idle entry");
             }
@@ -902,11 +916,19 @@ pub(super) fn promote_due(txn: &WriteTransaction, fx: &mut Effects, webhook: &st
 
 /// Whether `consumer` owns every one of `ids` (queue, id) of `owner`.
 pub(super) fn owns_all(groups: &Groups, owner: &str, consumer: &str, ids: &[(Queue, Id)]) -> bool {
-    ids.iter().all(|(queue, id)| {
-        let group = groups.get(*queue, owner);
-        let state = lock(&group.state);
-        state.pending.get(id).is_some_and(|p| p.consumer == consumer)
-    })
+    owned(groups, owner, consumer, ids).len() == ids.len()
+}
+
+/// Those of `ids` (queue, id) of `owner` that `consumer` owns.
+pub(super) fn owned(groups: &Groups, owner: &str, consumer: &str, ids: &[(Queue, Id)]) -> Vec<(Queue, Id)> {
+    ids.iter()
+        .filter(|(queue, id)| {
+            let group = groups.get(*queue, owner);
+            let state = lock(&group.state);
+            state.pending.get(id).is_some_and(|p| p.consumer == consumer)
+        })
+        .copied()
+        .collect()
 }
 
 /// Removes acknowledged entries (and their delivery counts) and notes them settled.
@@ -930,7 +952,8 @@ pub(super) struct CompleteItem {
     pub writeback: Option<Vec<u8>>,
 }
 
-/// Finishes calls whose entries `consumer` owns; says for each whether it did.
+/// Finishes calls of which `consumer` owns any entry (or that have none), acknowledging the
+/// entries it owns; says for each whether it did.
 pub(super) fn complete(
     txn: &WriteTransaction,
     fx: &mut Effects,
@@ -942,7 +965,8 @@ pub(super) fn complete(
 ) -> Result<Vec<bool>> {
     let mut done = Vec::with_capacity(items.len());
     for item in items {
-        if !owns_all(groups, webhook, consumer, &item.entries) {
+        let mine = owned(groups, webhook, consumer, &item.entries);
+        if mine.is_empty() && !item.entries.is_empty() {
             done.push(false);
             continue;
         }
@@ -959,7 +983,7 @@ pub(super) fn complete(
             let mut table = txn.open_table(WRITEBACKS).map_err(db)?;
             append(&mut table, fx, Queue::Writebacks, webhook, 0, wb)?;
         }
-        remove_entries(txn, fx, webhook, &item.entries)?;
+        remove_entries(txn, fx, webhook, &mine)?;
         done.push(true);
     }
     trim_attempts(txn, webhook, cutoff_ms)?;

@@ -206,6 +206,69 @@ impl EmbeddedStore {
         }
     }
 
+    /// The reading half of a take: due retries to the solo queue, the take-over scan (when
+    /// asked and `calls` allow), then solo entries (a call each) and fresh ones (`batch` to
+    /// a call), into `entries`. Returns when the next retry is due, the scan's cursor, and
+    /// the queue's mark.
+    async fn take_entries(
+        &self,
+        t: &Take<'_>,
+        calls: u32,
+        entries: &mut Vec<RawEntry>,
+    ) -> Result<(Option<i64>, Option<String>, String)> {
+        let webhook = t.webhook.to_string();
+        let now = crate::now_ms();
+        let w = webhook.clone();
+        let mut next_due = self.run(move |i| i.first_due(&w)).await?;
+        if next_due.is_some_and(|due| due <= now) {
+            let w = webhook.clone();
+            next_due = self.inner.writer.write(move |txn, fx| inner::promote_due(txn, fx, &w, now)).await?;
+        }
+        let batch = t.batch.max(1);
+        let max_entries = t.max_entries.max(1) as usize;
+        let counts = |entries: &[RawEntry]| {
+            let solos = entries.iter().filter(|e| e.solo).count() as u32;
+            (solos, entries.len() as u32 - solos)
+        };
+        let room_for_fresh = |entries: &[RawEntry]| {
+            let (solos, fresh) = counts(entries);
+            ((calls.saturating_sub(solos) * batch).saturating_sub(fresh) as usize)
+                .min(max_entries.saturating_sub(entries.len()))
+        };
+        let mut cursor = None;
+        if let (Some(scan), true) = (&t.claim, calls > 0) {
+            let parts: Vec<&str> = scan.cursor.split('|').collect();
+            let mut next = [Id::default(); 2];
+            let mut done = true;
+            // Solo first (a call each), then fresh, as the Redis script does.
+            for (k, q) in [(1, Queue::Solo), (0, Queue::Jobs)] {
+                let room = match q {
+                    Queue::Solo => (calls as usize).min(max_entries),
+                    _ => room_for_fresh(entries),
+                };
+                let from = Id::parse(parts.get(k).copied().unwrap_or("")).unwrap_or_default();
+                let (o, c, min_idle) = (webhook.clone(), t.consumer.to_string(), scan.min_idle);
+                let (handed, next_id) = self.run(move |i| i.claim(q, &o, &c, min_idle, from, room)).await?;
+                entries.extend(self.noted(&webhook, handed).await?);
+                done &= next_id.is_none();
+                next[k] = next_id.unwrap_or_default();
+            }
+            cursor = Some(if done { String::new() } else { format!("{}|{}", next[0], next[1]) });
+        }
+        let room = (calls.saturating_sub(counts(entries).0) as usize).min(max_entries.saturating_sub(entries.len()));
+        if room > 0 {
+            entries.extend(self.hand_out(Queue::Solo, &webhook, t.consumer, room).await?);
+        }
+        let room = room_for_fresh(entries);
+        if room > 0 {
+            entries.extend(self.hand_out(Queue::Jobs, &webhook, t.consumer, room).await?);
+        }
+        let w = webhook.clone();
+        let (fresh_last, solo_last) =
+            self.run(move |i| Ok((i.last_id(Queue::Jobs, &w)?, i.last_id(Queue::Solo, &w)?))).await?;
+        Ok((next_due, cursor, format!("{fresh_last}|{solo_last}")))
+    }
+
     fn parse_ids(&self, kind: QueueKind, ids: &[String]) -> Result<Vec<(Queue, Id)>> {
         ids.iter().map(|id| parse_public_id(kind, id)).collect()
     }
@@ -313,6 +376,41 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn get_records(&self, object: &str, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        let (object, ids) = (object.to_string(), ids.to_vec());
+        self.run(move |i| i.get_records(&object, &ids)).await
+    }
+
+    async fn write_records(&self, object: &str, writes: &[crate::RecordWrite]) -> Result<Vec<WriteResult>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let object = object.to_string();
+        let writes: Vec<(String, u64, String, Vec<u8>, String)> = writes
+            .iter()
+            .map(|w| {
+                Ok((
+                    w.id.clone(),
+                    w.expected,
+                    encode_json(&w.fields)?,
+                    w.change.encode_to_vec(),
+                    w.change.origin_webhook.clone(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        self.inner
+            .writer
+            .write(move |txn, fx| {
+                writes
+                    .iter()
+                    .map(|(id, expected, text, change, origin)| {
+                        inner::write_record(txn, fx, &object, id, *expected, text, change, origin)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     async fn write_position(&self, object: &str) -> Result<u64> {
         let object = object.to_string();
         self.run(move |i| i.write_position(&object)).await
@@ -367,21 +465,31 @@ impl Store for EmbeddedStore {
     }
 
     async fn touch(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
-        let parsed = self.parse_ids(queue.kind, ids)?;
-        let now = std::time::Instant::now();
-        let mut lost = Vec::new();
-        for ((q, id), text) in parsed.iter().zip(ids) {
-            let group = self.inner.shared.groups.get(*q, &queue.owner);
-            let mut state = state::lock(&group.state);
-            match state.pending.get_mut(id) {
-                Some(p) if p.consumer == consumer => {
-                    p.touched = now;
-                    p.released = false;
-                }
-                _ => lost.push(text.clone()),
-            }
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(lost)
+        let parsed = self.parse_ids(queue.kind, ids)?;
+        let (owner, consumer, texts) = (queue.owner.clone(), consumer.to_string(), ids.to_vec());
+        // Group locks are also held by reads on the blocking pool: not on an async thread.
+        self.run(move |i| {
+            let now = std::time::Instant::now();
+            let mut lost = Vec::new();
+            for ((q, id), text) in parsed.iter().zip(&texts) {
+                let group = i.shared.groups.get(*q, &owner);
+                let mut state = state::lock(&group.state);
+                match state.pending.get_mut(id) {
+                    Some(p) if p.consumer == consumer => {
+                        p.touched = now;
+                        p.released = false;
+                    }
+                    Some(_) => lost.push(text.clone()),
+                    // Finished meanwhile: nothing to keep.
+                    None => {}
+                }
+            }
+            Ok(lost)
+        })
+        .await
     }
 
     async fn ack(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
@@ -407,15 +515,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn release(&self, queue: &QueueName, consumer: &str, ids: &[String]) -> Result<()> {
-        for (q, id) in self.parse_ids(queue.kind, ids)? {
-            let group = self.inner.shared.groups.get(q, &queue.owner);
-            if let Some(p) = state::lock(&group.state).pending.get_mut(&id)
-                && p.consumer == consumer
-            {
-                p.released = true;
-            }
+        if ids.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let parsed = self.parse_ids(queue.kind, ids)?;
+        let (owner, consumer) = (queue.owner.clone(), consumer.to_string());
+        self.run(move |i| {
+            for (q, id) in parsed {
+                let group = i.shared.groups.get(q, &owner);
+                if let Some(p) = state::lock(&group.state).pending.get_mut(&id)
+                    && p.consumer == consumer
+                {
+                    p.released = true;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
@@ -430,93 +546,41 @@ impl Store for EmbeddedStore {
     async fn take(&self, t: &Take<'_>) -> Result<Taken> {
         let shared = &self.inner.shared;
         let granted = shared.permits.take(t);
-        let mut calls = t.free + granted.names.len() as u32;
+        let mut calls = granted.free + granted.names.len() as u32;
         let mut rate_wait = None;
+        let mut reserved = 0;
         if let (Some(rate), true) = (t.rate, calls > 0) {
             match shared.rates.reserve(t.webhook, rate.interval, rate.burst, calls) {
-                Ok(tokens) => calls = calls.min(tokens),
+                Ok(tokens) => {
+                    calls = calls.min(tokens);
+                    reserved = calls;
+                }
                 Err(wait) => {
                     rate_wait = Some(wait);
                     calls = 0;
                 }
             }
         }
-
-        // Due retries join the solo queue (a snapshot tells whether any is due first).
-        let webhook = t.webhook.to_string();
-        let now = crate::now_ms();
-        let w = webhook.clone();
-        let mut next_due = self.run(move |i| i.first_due(&w)).await?;
-        if next_due.is_some_and(|due| due <= now) {
-            let w = webhook.clone();
-            next_due = self.inner.writer.write(move |txn, fx| inner::promote_due(txn, fx, &w, now)).await?;
-        }
-
-        let batch = t.batch.max(1);
-        let max_entries = t.max_entries.max(1) as usize;
         let mut entries: Vec<RawEntry> = Vec::new();
-        let (mut solos, mut fresh) = (0u32, 0u32);
-        let count = |entries: &[RawEntry], solos: &mut u32, fresh: &mut u32| {
-            *solos = entries.iter().filter(|e| e.solo).count() as u32;
-            *fresh = entries.len() as u32 - *solos;
-        };
-        let room_for_fresh = |calls: u32, solos: u32, fresh: u32, n: usize| {
-            ((calls.saturating_sub(solos) * batch).saturating_sub(fresh) as usize).min(max_entries.saturating_sub(n))
-        };
-        let mut cursor = None;
-        let queue = QueueName::jobs(t.webhook);
-        if let Some(scan) = &t.claim {
-            let parts: Vec<&str> = scan.cursor.split('|').collect();
-            let mut next = Vec::new();
-            let mut done = true;
-            // Solo first (a call each), then fresh, as the Redis script does.
-            let plan = [
-                (Queue::Solo, parts.get(1).copied().unwrap_or("")),
-                (Queue::Jobs, parts.first().copied().unwrap_or("")),
-            ];
-            for (q, from) in plan {
-                let room = match q {
-                    Queue::Solo => (calls as usize).min(max_entries),
-                    _ => room_for_fresh(calls, solos, fresh, entries.len()),
-                };
-                let from = Id::parse(from).unwrap_or_default();
-                let (o, c, min_idle) = (webhook.clone(), t.consumer.to_string(), scan.min_idle);
-                let (handed, next_id) = self.run(move |i| i.claim(q, &o, &c, min_idle, from, room)).await?;
-                entries.extend(self.noted(&webhook, handed).await?);
-                count(&entries, &mut solos, &mut fresh);
-                done &= next_id.is_none();
-                next.push((q, next_id.unwrap_or_default()));
+        let read = self.take_entries(t, calls, &mut entries).await;
+        let (solos, fresh) =
+            (entries.iter().filter(|e| e.solo).count() as u32, entries.iter().filter(|e| !e.solo).count() as u32);
+        let used = solos + fresh.div_ceil(t.batch.max(1));
+        if let Some(rate) = t.rate {
+            shared.rates.refund(t.webhook, rate.interval, reserved.saturating_sub(used));
+        }
+        let (next_due_ms, cursor, mark) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // As if the step had not run: the permits it granted go back, and what it
+                // handed out is given back for the next take-over scan.
+                shared.permits.undo(t.webhook, &granted.names);
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                let _ = self.release(&QueueName::jobs(t.webhook), t.consumer, &ids).await;
+                return Err(e);
             }
-            let fresh_at = next.iter().find(|(q, _)| *q == Queue::Jobs).map(|(_, id)| *id).unwrap_or_default();
-            let solo_at = next.iter().find(|(q, _)| *q == Queue::Solo).map(|(_, id)| *id).unwrap_or_default();
-            cursor = Some(if done { String::new() } else { format!("{fresh_at}|{solo_at}") });
-            let _ = &queue;
-        }
-        let room = (calls.saturating_sub(solos) as usize).min(max_entries.saturating_sub(entries.len()));
-        if room > 0 {
-            entries.extend(self.hand_out(Queue::Solo, &webhook, t.consumer, room).await?);
-            count(&entries, &mut solos, &mut fresh);
-        }
-        let room = room_for_fresh(calls, solos, fresh, entries.len());
-        if room > 0 {
-            entries.extend(self.hand_out(Queue::Jobs, &webhook, t.consumer, room).await?);
-            count(&entries, &mut solos, &mut fresh);
-        }
-        if let (Some(rate), None) = (t.rate, rate_wait) {
-            shared.rates.refund(t.webhook, rate.interval, calls.saturating_sub(solos + fresh.div_ceil(batch)));
-        }
-        let w = webhook.clone();
-        let (fresh_last, solo_last) =
-            self.run(move |i| Ok((i.last_id(Queue::Jobs, &w)?, i.last_id(Queue::Solo, &w)?))).await?;
-        Ok(Taken {
-            granted: granted.names,
-            fair_share: granted.share,
-            entries,
-            cursor,
-            next_due_ms: next_due,
-            rate_wait,
-            mark: format!("{fresh_last}|{solo_last}"),
-        })
+        };
+        Ok(Taken { granted: granted.names, fair_share: granted.share, entries, cursor, next_due_ms, rate_wait, mark })
     }
 
     async fn wait_for_jobs(&self, webhook: &str, mark: &str, timeout: Duration) -> Result<()> {

@@ -108,6 +108,8 @@ pub(super) struct Permits {
 pub(super) struct Granted {
     pub names: Vec<String>,
     pub share: u32,
+    /// How many of the free permits given are still held (each renewed).
+    pub free: u32,
 }
 
 impl Permits {
@@ -120,11 +122,18 @@ impl Permits {
         let mut map = lock(&self.map);
         let p = map.entry(webhook.to_string()).or_default();
         p.expire(now);
+        let mut still = 0;
+        for name in free {
+            if let Some(until) = p.held.get_mut(name) {
+                *until = now + lease;
+                still += 1;
+            }
+        }
         for name in release {
             p.held.remove(name);
         }
         let mine = p.mine(consumer);
-        if want > 0 || free > 0 || mine > 0 {
+        if want > 0 || still > 0 || mine > 0 {
             p.contenders.insert(consumer.to_string(), now + lease);
         }
         let share = p.share(limit);
@@ -136,7 +145,17 @@ impl Permits {
             p.held.insert(name.clone(), now + lease);
             names.push(name);
         }
-        Granted { names, share }
+        Granted { names, share, free: still }
+    }
+
+    /// Gives back permits a failed take granted, as if it had not happened.
+    pub(super) fn undo(&self, webhook: &str, names: &[String]) {
+        let mut map = lock(&self.map);
+        if let Some(p) = map.get_mut(webhook) {
+            for name in names {
+                p.held.remove(name);
+            }
+        }
     }
 
     /// Renews the permits still held; returns the lost ones and the consumer's fair share.
@@ -283,7 +302,7 @@ mod tests {
             consumer,
             lease,
             limit,
-            free: 0,
+            free: &[],
             want,
             release,
             batch: 1,

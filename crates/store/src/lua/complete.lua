@@ -1,8 +1,9 @@
--- Finishes calls, each atomically and only if the consumer still owns every entry of it:
--- records the attempt, enqueues its follow-ups (a retry, a dead letter, a write-back — each
--- optional), then acknowledges the entries. A call whose entries were taken over is left to
--- the consumer that took them (its attempt is not recorded twice). Also trims attempts older
--- than the retention, a few at a time.
+-- Finishes calls, each atomically: records the attempt, enqueues its follow-ups (a retry, a
+-- dead letter, a write-back — each optional), then acknowledges the entries — only those
+-- the consumer still owns, and only if it owns any (or the call had none: a job never
+-- queued). A call whose entries were all taken over is left to the consumer that took them:
+-- its outcome is not recorded twice. Also trims attempts older than the retention, a few at
+-- a time.
 -- KEYS[1] fresh jobs stream, KEYS[2] solo stream, KEYS[3] attempts hash, KEYS[4] attempts
 -- zset, KEYS[5] delayed zset, KEYS[6] dead-letter stream, KEYS[7] write-back stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] retention cutoff (ms), then per call 9 values:
@@ -10,21 +11,55 @@
 -- ('' = none), retry due (ms), dead-letter job ('' = none), its reason, write-back job ('' = none)
 -- Returns one 1 (done) or 0 (not this consumer's) per call.
 local group, consumer = ARGV[1], ARGV[2]
-local results = {}
+
+-- Which of every call's entries the consumer owns: one pending-list range per stream (from
+-- the lowest id to the highest, this consumer's only), not one look per entry.
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local wanted = {[KEYS[1]] = {}, [KEYS[2]] = {}}
 for base = 4, #ARGV, 9 do
-  local ids = {}
-  for id in string.gmatch(ARGV[base], '%S+') do
-    ids[#ids + 1] = id
-  end
-  local owned = true
-  for _, full in ipairs(ids) do
+  for full in string.gmatch(ARGV[base], '%S+') do
     local stream, id = job_stream(full, KEYS[1], KEYS[2])
-    if not owns(stream, group, consumer, id) then
-      owned = false
-      break
+    table.insert(wanted[stream], id)
+  end
+end
+local mine = {}
+for _, stream in ipairs({KEYS[1], KEYS[2]}) do
+  local ids = wanted[stream]
+  if #ids > 0 then
+    local lo, hi = ids[1], ids[1]
+    for _, id in ipairs(ids) do
+      if less(id, lo) then lo = id end
+      if less(hi, id) then hi = id end
+    end
+    local pending = redis.pcall('XPENDING', stream, group, lo, hi, 100000, consumer)
+    if type(pending) == 'table' and not pending.err then
+      for _, p in ipairs(pending) do
+        mine[stream .. ' ' .. p[1]] = true
+      end
     end
   end
-  if owned then
+end
+
+local results = {}
+local acks = {[KEYS[1]] = {}, [KEYS[2]] = {}}
+for base = 4, #ARGV, 9 do
+  local ids, owned = {}, {}
+  for full in string.gmatch(ARGV[base], '%S+') do
+    local stream, id = job_stream(full, KEYS[1], KEYS[2])
+    ids[#ids + 1] = id
+    if mine[stream .. ' ' .. id] then
+      owned[#owned + 1] = {stream, id}
+    end
+  end
+  if #owned > 0 or #ids == 0 then
     redis.call('HSET', KEYS[3], ARGV[base + 1], ARGV[base + 2])
     redis.call('ZADD', KEYS[4], ARGV[base + 3], ARGV[base + 1])
     if ARGV[base + 4] ~= '' then
@@ -36,14 +71,22 @@ for base = 4, #ARGV, 9 do
     if ARGV[base + 8] ~= '' then
       redis.call('XADD', KEYS[7], '*', 'w', ARGV[base + 8])
     end
-    for _, full in ipairs(ids) do
-      local stream, id = job_stream(full, KEYS[1], KEYS[2])
-      redis.call('XACK', stream, group, id)
-      redis.call('XDEL', stream, id)
+    for _, o in ipairs(owned) do
+      table.insert(acks[o[1]], o[2])
+      -- Owned once: a second call naming it (there is none) would not ack it again.
+      mine[o[1] .. ' ' .. o[2]] = nil
     end
     results[#results + 1] = 1
   else
     results[#results + 1] = 0
+  end
+end
+-- Acknowledged and removed in bulk, a few thousand ids per command at most.
+for stream, ids in pairs(acks) do
+  for i = 1, #ids, 4000 do
+    local part = {unpack(ids, i, math.min(i + 3999, #ids))}
+    redis.call('XACK', stream, group, unpack(part))
+    redis.call('XDEL', stream, unpack(part))
   end
 end
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[3], 'LIMIT', 0, 100)

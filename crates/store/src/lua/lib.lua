@@ -52,14 +52,20 @@ local function keep_alive(keys, lease)
   end
 end
 
+-- The consumer pending entry `id` of `stream` is handed to, or nil if it is not pending
+-- (acknowledged or deleted since it was handed out).
+local function owner(stream, group, id)
+  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if type(p) ~= 'table' or p.err or not p[1] then
+    return nil
+  end
+  return p[1][2]
+end
+
 -- Whether `consumer` owns pending entry `id` of `stream` (it may have been taken over,
 -- acknowledged or deleted since it was handed out).
 local function owns(stream, group, consumer, id)
-  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
-  if type(p) ~= 'table' or p.err or not p[1] then
-    return false
-  end
-  return p[1][2] == consumer
+  return owner(stream, group, id) == consumer
 end
 
 -- The stream of a job entry id: `s:<id>` is on the solo stream, anything else on the fresh.

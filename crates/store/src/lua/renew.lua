@@ -5,7 +5,7 @@
 -- KEYS[5] contenders, KEYS[6] permit sequence
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] limit, ARGV[5] contending
 -- ('1'/'0'), ARGV[6] number of permits n, ARGV[7..6+n] permits, then entry ids
--- Returns {lost permits, fair share, lost entries}.
+-- Returns {lost permits, fair share, entries another consumer holds now}.
 local fresh, solo, permits, holders, contenders, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local lease, limit, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -31,9 +31,10 @@ local share = fair_share(contenders, limit)
 local lost_entries = {}
 for i = 7 + n, #ARGV do
   local stream, id = job_stream(ARGV[i], fresh, solo)
-  if owns(stream, group, consumer, id) then
+  local holder = owner(stream, group, id)
+  if holder == consumer then
     redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
-  else
+  elseif holder then
     lost_entries[#lost_entries + 1] = ARGV[i]
   end
 end

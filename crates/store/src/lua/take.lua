@@ -5,25 +5,34 @@
 -- against the rate limit. Nothing is read that no permit could carry.
 -- KEYS[1] fresh jobs stream, KEYS[2] solo stream, KEYS[3] delayed zset, KEYS[4] permits,
 -- KEYS[5] holders, KEYS[6] contenders, KEYS[7] permit sequence, KEYS[8] rate (GCRA TAT, µs)
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] limit, ARGV[5] free permits,
--- ARGV[6] permits wanted, ARGV[7] batch, ARGV[8] max entries, ARGV[9] rate interval (µs,
--- '' = none), ARGV[10] rate burst (µs), ARGV[11] claim min idle (ms, '' = no claim),
--- ARGV[12] claim cursor ('<fresh>|<solo>'), ARGV[13] retries to promote at most,
--- ARGV[14..] permits to release
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] limit, ARGV[5] number of free
+-- permits f, ARGV[6] permits wanted, ARGV[7] batch, ARGV[8] max entries, ARGV[9] rate
+-- interval (µs, '' = none), ARGV[10] rate burst (µs), ARGV[11] claim min idle (ms, '' = no
+-- claim), ARGV[12] claim cursor ('<fresh>|<solo>'), ARGV[13] retries to promote at most,
+-- ARGV[14..13+f] the free permits (only those still held count, and they are renewed),
+-- then the permits to release
 -- Returns {granted permits, fair share, entries ({id, payload, deliveries, redriven, solo}
--- each), claim cursor or '', next due (ms) or -1, rate wait (µs) or -1, mark}.
+-- each), claim cursor ('' = came round; '-' = no scan ran), next due (ms) or -1, rate wait
+-- (µs) or -1, mark}.
 local fresh, solo, delayed = KEYS[1], KEYS[2], KEYS[3]
 local permits, holders, contenders, seq, rate = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, consumer = ARGV[1], ARGV[2]
 local lease, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local free, want, batch, max_entries = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local nfree, want, batch, max_entries = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local us = now_us()
 local now = math.floor(us / 1000)
 
--- Permits.
+-- Permits: only free permits still held carry calls (renewed, as they are in use now).
 expire_permits(permits, holders, contenders, now)
-for i = 14, #ARGV do
+local free = 0
+for i = 14, 13 + nfree do
+  if redis.call('ZSCORE', permits, ARGV[i]) then
+    redis.call('ZADD', permits, 'XX', now + lease, ARGV[i])
+    free = free + 1
+  end
+end
+for i = 14 + nfree, #ARGV do
   drop_permit(permits, holders, ARGV[i])
 end
 local mine = tonumber(redis.call('HGET', holders, consumer) or '0')
@@ -117,9 +126,10 @@ local function room_for_fresh()
   return math.min((calls - solos) * batch - fresh_n, max_entries - #entries)
 end
 
--- Take-over of entries whose consumer stopped heartbeating, within the same capacity.
-local cursor = ''
-if ARGV[11] ~= '' then
+-- Take-over of entries whose consumer stopped heartbeating, within the same capacity (none
+-- when no call can be made: the scan waits for a step that can carry what it finds).
+local cursor = '-'
+if ARGV[11] ~= '' and calls > 0 then
   local fresh_cursor, solo_cursor = string.match(ARGV[12], '^([^|]*)|([^|]*)$')
   fresh_cursor = (fresh_cursor == nil or fresh_cursor == '') and '0-0' or fresh_cursor
   solo_cursor = (solo_cursor == nil or solo_cursor == '') and '0-0' or solo_cursor

@@ -1,0 +1,826 @@
+//! Hookline's benchmark suite (not a test: `scripts/bench.sh` runs it). Every case runs the
+//! real `hookline serve` binary against a fast local sink in this process, and the suite
+//! prints one table: each case's rate, its ratio to the raw rate a load generator (`wrk`)
+//! reaches against the same sink in the same run, latencies where they apply, the node's CPU
+//! seconds per 1,000 deliveries, its peak RSS, and Redis memory per queued job.
+//!
+//! Cases (`--cases a,b,…`, all by default):
+//!
+//! - `drain`: a paused webhook queues `--jobs` jobs (one record per call, template body),
+//!   then is resumed; deliveries/s from the resume to the last request at the sink;
+//! - `scripts`: the same with a body script, a response script and a write-back, until every
+//!   record is written back;
+//! - `batch`: the same in calls of 100 records (records/s);
+//! - `embedded`: `drain` on the embedded store;
+//! - `ingest`: `POST …/records` of 1,000 records per request, four clients, no webhook;
+//! - `api`: one record per API call from 64 clients, a webhook firing on each: records/s
+//!   accepted and delivered, record → target latency; then again at half that rate;
+//! - `latency`: one record at a time, each after the previous reached the sink;
+//! - `million`: 1,000,000 queued jobs of about 1 KB: Redis memory per job, and the node's
+//!   RSS while it drains them;
+//! - `scale`: 1, 2 and 4 dispatcher nodes, each held to `--quota` of a core by a cgroup
+//!   (`cpu.cfs_quota_us`), draining one queue.
+//!
+//! Options: `--jobs N` (default 20000), `--quota CORES` (0.2), `--redis URL`, `--quick`
+//! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks during `drain`).
+
+#[path = "../tests/procs.rs"]
+mod procs;
+#[path = "../tests/support.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use procs::Proc;
+use serde_json::{Value, json};
+use support::{Api, namespace};
+
+struct Options {
+    cases: Vec<String>,
+    jobs: usize,
+    quota: f64,
+    redis: String,
+    quick: bool,
+    perf: Option<String>,
+}
+
+const ALL: [&str; 9] = ["drain", "scripts", "batch", "embedded", "ingest", "api", "latency", "million", "scale"];
+
+fn options() -> Options {
+    let mut o = Options {
+        cases: ALL.iter().map(|c| c.to_string()).collect(),
+        jobs: 20_000,
+        quota: 0.2,
+        redis: support::redis_url(),
+        quick: false,
+        perf: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--cases" => o.cases = v.split(',').map(String::from).collect(),
+            "--jobs" => o.jobs = v.parse().expect("--jobs N"),
+            "--quota" => o.quota = v.parse().expect("--quota CORES"),
+            "--redis" => o.redis = v,
+            "--perf" => o.perf = Some(v),
+            "--quick" => {
+                o.quick = true;
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    if o.quick {
+        o.jobs = o.jobs.min(5_000);
+    }
+    o
+}
+
+/// A sink that answers 200 at once with a small JSON body. It reads every body as JSON,
+/// counts requests and the records of bulk calls, and notes when each record's first
+/// request arrived (Unix µs).
+#[derive(Clone)]
+struct FastSink {
+    url: String,
+    requests: Arc<AtomicUsize>,
+    records: Arc<AtomicUsize>,
+    arrivals: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl FastSink {
+    fn start() -> FastSink {
+        let requests: Arc<AtomicUsize> = Arc::default();
+        let records: Arc<AtomicUsize> = Arc::default();
+        let arrivals: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (rq, rc, ar) = (requests.clone(), records.clone(), arrivals.clone());
+        let server = HttpServer::new(move || {
+            let (rq, rc, ar) = (rq.clone(), rc.clone(), ar.clone());
+            App::new().default_service(web::to(move |req: actix_web::HttpRequest, body: web::Bytes| {
+                let (rq, rc, ar) = (rq.clone(), rc.clone(), ar.clone());
+                async move {
+                    let now = unix_us();
+                    rq.fetch_add(1, Ordering::Relaxed);
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let ids: Vec<String> = match v["records"].as_array() {
+                        Some(rs) => rs.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect(),
+                        None => v["id"].as_str().map(String::from).into_iter().collect(),
+                    };
+                    if req.path() != "/raw" {
+                        rc.fetch_add(ids.len(), Ordering::Relaxed);
+                        let mut map = ar.lock().unwrap();
+                        for id in ids {
+                            map.entry(id).or_insert(now);
+                        }
+                    }
+                    HttpResponse::Ok().content_type("application/json").body(r#"{"ok":true,"ticketId":"T-1"}"#)
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .backlog(2048)
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        FastSink { url, requests, records, arrivals }
+    }
+
+    fn reset(&self) {
+        self.requests.store(0, Ordering::SeqCst);
+        self.records.store(0, Ordering::SeqCst);
+        self.arrivals.lock().unwrap().clear();
+    }
+
+    fn arrival(&self, id: &str) -> Option<u64> {
+        self.arrivals.lock().unwrap().get(id).copied()
+    }
+
+    fn records(&self) -> usize {
+        self.records.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests/s `wrk` reaches against the sink: POSTs of a 500-byte JSON body over 64
+/// connections (the concurrency Hookline uses), for five seconds. (Off this thread: the
+/// sink runs on this process's runtime.)
+async fn raw_rate(sink: &FastSink) -> Option<f64> {
+    let sink = sink.clone();
+    tokio::task::spawn_blocking(move || raw_rate_blocking(&sink)).await.ok().flatten()
+}
+
+fn raw_rate_blocking(sink: &FastSink) -> Option<f64> {
+    let filler = "x".repeat(440);
+    let body = json!({"id": "raw", "note": filler}).to_string();
+    let script = std::env::temp_dir().join(format!("hl-wrk-{}.lua", std::process::id()));
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{}'\n",
+        body.replace('\'', "\\'")
+    );
+    std::fs::write(&script, lua).ok()?;
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", "-d5s", "-s"])
+        .arg(&script)
+        .arg(format!("{}/raw", sink.url))
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// A process's resident memory now and at its peak, MB.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).expect("Redis URL").get_multiplexed_async_connection().await.expect("Redis")
+}
+
+/// CPU seconds Redis has used so far.
+async fn redis_cpu(url: &str) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut redis_conn(url).await).await.unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Redis's `used_memory`, bytes.
+async fn redis_memory(url: &str) -> f64 {
+    let info: String =
+        redis::cmd("INFO").arg("memory").query_async(&mut redis_conn(url).await).await.unwrap_or_default();
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Bytes the `bench` webhook's fresh job stream takes in Redis (`MEMORY USAGE`).
+async fn job_stream_bytes(url: &str, ns: &str) -> f64 {
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(format!("{ns}:{{wh:bench}}:jobs"))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut redis_conn(url).await)
+        .await
+        .unwrap_or(0.0)
+}
+
+/// Removes every key of a namespace.
+async fn drop_namespace(url: &str, ns: &str) {
+    let mut conn = redis_conn(url).await;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((0, vec![]));
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await.unwrap_or(());
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passed; false on time-out.
+async fn until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+async fn metric(base: &str, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok().map(|r| r.text());
+    let text = match text {
+        Some(t) => t.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    text.lines().filter(|l| l.starts_with(line_start)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// One row of the table.
+#[derive(Default)]
+struct Row {
+    case: String,
+    rate: f64,
+    unit: &'static str,
+    raw_ratio: bool,
+    latency: Option<[f64; 3]>,
+    cpu_per_1000: Option<f64>,
+    rss_mb: Option<f64>,
+    redis_per_job: Option<f64>,
+    note: String,
+}
+
+struct Bench {
+    o: Options,
+    sink: FastSink,
+    raw: Option<f64>,
+    rows: Vec<Row>,
+}
+
+/// What a webhook of a case sends.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Template,
+    Scripts,
+    Batch(usize),
+}
+
+const BODY_SCRIPT: &str = "var r = data.changedEntities[0];\nwrite(JSON.stringify({id: r.id, n: r.n, note: r.note}));";
+const RESPONSE_SCRIPT: &str = "var body = JSON.parse(http.getResponseBodyUtf8() || '{}');\n\
+write(JSON.stringify({id: data.changedEntities[0].id, ticket: body.ticketId}));";
+
+fn item_object() -> Value {
+    json!({"name": "item", "fields": [{"key": "n", "type": "number"}, {"key": "note", "type": "string"},
+                                       {"key": "ticket", "type": "string"}]})
+}
+
+fn webhook(sink: &FastSink, kind: Kind, concurrency: usize) -> Value {
+    let mut wh = json!({
+        "id": "bench", "object": "item", "trigger": {"on_create": true},
+        "request": {"url": format!("{}/in", sink.url)},
+        "settings": {"max_concurrency": concurrency, "timeout": "10s", "retries": 3, "retry_wait": "1s"}
+    });
+    match kind {
+        Kind::Template => {
+            wh["request"]["body_template"] = json!("{\"id\": \"{{ record.id }}\", \"n\": {{ record.n }}}");
+        }
+        Kind::Scripts => {
+            wh["request"]["body_script"] = json!(BODY_SCRIPT);
+            wh["response_script"] = json!(RESPONSE_SCRIPT);
+            wh["writeback"] = json!({"key": {"from": "id", "to": "id"}});
+        }
+        Kind::Batch(size) => {
+            wh["settings"]["max_batch_size"] = json!(size);
+            wh["settings"]["batch_linger_ms"] = json!(20);
+        }
+    }
+    wh
+}
+
+/// Writes `n` records (ids `r<from>`…) in requests of 1,000 from `clients` clients side by
+/// side; `note` pads each record.
+async fn write_records(api: &Api, from: usize, n: usize, clients: usize, note: &str) {
+    let per = n.div_ceil(clients);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (base, note) = (api.base.clone(), note.to_string());
+        let start = from + c * per;
+        let end = (start + per).min(from + n);
+        tasks.push(actix_rt::spawn(async move {
+            let api = Api::at(&base);
+            let mut i = start;
+            while i < end {
+                let stop = (i + 1000).min(end);
+                let batch: Vec<Value> =
+                    (i..stop).map(|k| json!({"id": format!("r{k}"), "fields": {"n": k, "note": note}})).collect();
+                api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
+                i = stop;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a writer task");
+    }
+}
+
+async fn queue_depth(api: &Api) -> usize {
+    metric(&api.base, "hookline_queue_depth{webhook=\"bench\"}").await as usize
+}
+
+fn node(name: &str, o: &Options, ns: &str, dir: Option<&std::path::Path>, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = match dir {
+        Some(d) => vec!["--data-dir".into(), d.display().to_string()],
+        None => vec!["--redis".into(), o.redis.clone(), "--namespace".into(), ns.into()],
+    };
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start(name, &args)
+}
+
+fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [0.0; 3];
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    [at(0.50), at(0.95), at(0.99)]
+}
+
+/// With `--perf`, samples the node's stacks while it drains.
+fn profile(path: &Option<String>, pid: u32) -> Option<std::process::Child> {
+    let out = path.as_ref()?;
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "1999", "-e", "cpu-clock", "--call-graph", "dwarf,16384", "-o", out, "-p"])
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Some(child)
+}
+
+fn stop_profile(perf: Option<std::process::Child>) {
+    if let Some(mut p) = perf {
+        let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+        let _ = p.wait();
+    }
+}
+
+impl Bench {
+    /// A queue of `jobs` drained by one node: deliveries (or records) per second.
+    async fn drain(&mut self, case: &str, kind: Kind, embedded: bool) {
+        let jobs = self.o.jobs;
+        self.sink.reset();
+        let ns = namespace();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let proc = node("drain", &self.o, &ns, embedded.then(|| dir.path()), &[]);
+        let api = Api::at(&proc.url);
+        api.ok("POST", "/v1/objects", Some(item_object())).await;
+        api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, kind, 64))).await;
+        api.ok("POST", "/v1/webhooks/bench/pause", None).await;
+        let memory_before = if embedded { 0.0 } else { redis_memory(&self.o.redis).await };
+        write_records(&api, 0, jobs, 4, "").await;
+        let queued = until(Duration::from_secs(600), || async { queue_depth(&api).await >= jobs }).await;
+        assert!(queued, "{case}: the jobs never all queued");
+        let (redis_per_job, redis_total_per_job) = if embedded {
+            (None, None)
+        } else {
+            let total = (redis_memory(&self.o.redis).await - memory_before) / jobs as f64;
+            (Some(job_stream_bytes(&self.o.redis, &ns).await / jobs as f64), Some(total))
+        };
+
+        let pid = proc.child.id();
+        let (cpu0, redis0) = (process_cpu(pid), if embedded { 0.0 } else { redis_cpu(&self.o.redis).await });
+        let perf = if case == "drain" { profile(&self.o.perf, pid) } else { None };
+        let start = Instant::now();
+        api.ok("POST", "/v1/webhooks/bench/resume", None).await;
+        let done = match kind {
+            Kind::Scripts => {
+                until(Duration::from_secs(900), || async {
+                    metric(&api.base, "hookline_writebacks_total{webhook=\"bench\"}").await as usize >= jobs
+                })
+                .await
+            }
+            _ => until(Duration::from_secs(900), || async { self.sink.records() >= jobs }).await,
+        };
+        let took = start.elapsed().as_secs_f64();
+        stop_profile(perf);
+        assert!(done, "{case}: not drained in time ({} of {jobs} at the sink)", self.sink.records());
+        let cpu = process_cpu(pid) - cpu0;
+        let redis_cores = if embedded { 0.0 } else { (redis_cpu(&self.o.redis).await - redis0) / took };
+        let (_, peak) = rss_mb(pid);
+        drop(proc);
+        if !embedded {
+            drop_namespace(&self.o.redis, &ns).await;
+        }
+        let calls = self.sink.requests.load(Ordering::Relaxed);
+        let unit = if matches!(kind, Kind::Batch(_)) { "records/s" } else { "deliveries/s" };
+        self.rows.push(Row {
+            case: case.to_string(),
+            rate: jobs as f64 / took,
+            unit,
+            raw_ratio: true,
+            cpu_per_1000: Some(cpu * 1000.0 / jobs as f64),
+            rss_mb: Some(peak),
+            redis_per_job,
+            note: format!(
+                "{jobs} jobs, {calls} calls; node {:.2} cores{}",
+                cpu / took,
+                match redis_total_per_job {
+                    Some(total) =>
+                        format!(", Redis {redis_cores:.2} cores, {total:.0} bytes per record and job in all"),
+                    None => String::new(),
+                }
+            ),
+            ..Default::default()
+        });
+    }
+
+    /// Bulk ingestion: records/s accepted, 1,000 per request, four clients, no webhook.
+    async fn ingest(&mut self) {
+        let n = if self.o.quick { 20_000 } else { 100_000 };
+        let ns = namespace();
+        let proc = node("ingest", &self.o, &ns, None, &[]);
+        let api = Api::at(&proc.url);
+        api.ok("POST", "/v1/objects", Some(item_object())).await;
+        let pid = proc.child.id();
+        let cpu0 = process_cpu(pid);
+        let start = Instant::now();
+        write_records(&api, 0, n, 4, "").await;
+        let took = start.elapsed().as_secs_f64();
+        let cpu = process_cpu(pid) - cpu0;
+        let (_, peak) = rss_mb(pid);
+        drop(proc);
+        drop_namespace(&self.o.redis, &ns).await;
+        self.rows.push(Row {
+            case: "ingest".into(),
+            rate: n as f64 / took,
+            unit: "records/s",
+            cpu_per_1000: Some(cpu * 1000.0 / n as f64),
+            rss_mb: Some(peak),
+            note: format!("{n} records, 1,000 per request, 4 clients, no webhook"),
+            ..Default::default()
+        });
+    }
+
+    /// One record per API call from `clients` clients, at most `rate` calls/s in all (None:
+    /// as fast as they go). Returns (records/s accepted, delivered/s, latencies in ms, node
+    /// CPU s per delivered record).
+    async fn api_load(&self, n: usize, clients: usize, rate: Option<f64>) -> (f64, f64, Vec<f64>, f64) {
+        self.sink.reset();
+        let ns = namespace();
+        let proc = node("api", &self.o, &ns, None, &[]);
+        let api = Api::at(&proc.url);
+        api.ok("POST", "/v1/objects", Some(item_object())).await;
+        api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 64))).await;
+        let sent: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let pid = proc.child.id();
+        let cpu0 = process_cpu(pid);
+        let start = Instant::now();
+        let per = n / clients;
+        let gap = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+        let mut tasks = Vec::new();
+        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().expect("an HTTP client");
+        for c in 0..clients {
+            let (base, sent, client) = (proc.url.clone(), sent.clone(), client.clone());
+            // On the runtime's worker threads, not the thread the sink's server is on.
+            tasks.push(tokio::spawn(async move {
+                let url = format!("{base}/v1/objects/item/records");
+                let began = Instant::now();
+                for k in 0..per {
+                    if let Some(gap) = gap {
+                        let at = began + gap * k as u32;
+                        tokio::time::sleep_until(at.into()).await;
+                    }
+                    let id = format!("a{c}-{k}");
+                    let body = json!({"id": id, "fields": {"n": k}});
+                    sent.lock().unwrap().insert(id, unix_us());
+                    let r = client.post(&url).json(&body).send().await.expect("API reachable");
+                    assert!(r.status().is_success(), "{}", r.status());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("a client task");
+        }
+        let accepted = (per * clients) as f64 / start.elapsed().as_secs_f64();
+        let total = per * clients;
+        until(Duration::from_secs(300), || async { self.sink.records() >= total }).await;
+        let delivered = total as f64 / start.elapsed().as_secs_f64();
+        let cpu = process_cpu(pid) - cpu0;
+        drop(proc);
+        drop_namespace(&self.o.redis, &ns).await;
+        let sent = sent.lock().unwrap();
+        let latencies: Vec<f64> = sent
+            .iter()
+            .filter_map(|(id, at)| self.sink.arrival(id).map(|got| got.saturating_sub(*at) as f64 / 1000.0))
+            .collect();
+        (accepted, delivered, latencies, cpu / total as f64)
+    }
+
+    async fn api(&mut self) {
+        let n = if self.o.quick { 5_000 } else { 20_000 };
+        let (accepted, delivered, latencies, cpu) = self.api_load(n, 64, None).await;
+        self.rows.push(Row {
+            case: "api, full speed".into(),
+            rate: delivered,
+            unit: "delivered/s",
+            raw_ratio: true,
+            latency: Some(percentiles(latencies)),
+            cpu_per_1000: Some(cpu * 1000.0),
+            note: format!("{n} records, 64 clients, one per call: {accepted:.0} records/s accepted"),
+            ..Default::default()
+        });
+        let half = delivered / 2.0;
+        let (_, delivered, latencies, cpu) = self.api_load(n / 2, 64, Some(half)).await;
+        self.rows.push(Row {
+            case: "api, half speed".into(),
+            rate: delivered,
+            unit: "delivered/s",
+            latency: Some(percentiles(latencies)),
+            cpu_per_1000: Some(cpu * 1000.0),
+            note: format!("clients paced to {half:.0} records/s in all"),
+            ..Default::default()
+        });
+    }
+
+    async fn latency(&mut self) {
+        self.sink.reset();
+        let samples = if self.o.quick { 100 } else { 300 };
+        let ns = namespace();
+        let proc = node("latency", &self.o, &ns, None, &[]);
+        let api = Api::at(&proc.url);
+        api.ok("POST", "/v1/objects", Some(item_object())).await;
+        api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 64))).await;
+        let mut took = Vec::with_capacity(samples);
+        for i in 0..samples + 20 {
+            let id = format!("l{i}");
+            let sent = unix_us();
+            api.ok("POST", "/v1/objects/item/records", Some(json!({"id": id, "fields": {"n": i}}))).await;
+            let mut arrived = None;
+            let waited = Instant::now();
+            while arrived.is_none() {
+                arrived = self.sink.arrival(&id);
+                assert!(waited.elapsed() < Duration::from_secs(30), "record {id} never arrived");
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            if i >= 20 {
+                took.push(arrived.unwrap_or(sent).saturating_sub(sent) as f64 / 1000.0);
+            }
+        }
+        drop(proc);
+        drop_namespace(&self.o.redis, &ns).await;
+        self.rows.push(Row {
+            case: "latency, unloaded".into(),
+            rate: 0.0,
+            unit: "",
+            latency: Some(percentiles(took)),
+            note: format!("{samples} records one at a time: POST sent → request at the sink"),
+            ..Default::default()
+        });
+    }
+
+    /// A million queued jobs of about 1 KB: Redis memory per job, node RSS while draining.
+    async fn million(&mut self) {
+        let n = if self.o.quick { 50_000 } else { 1_000_000 };
+        self.sink.reset();
+        let ns = namespace();
+        let proc = node("million", &self.o, &ns, None, &[]);
+        let api = Api::at(&proc.url);
+        api.ok("POST", "/v1/objects", Some(item_object())).await;
+        api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 64))).await;
+        api.ok("POST", "/v1/webhooks/bench/pause", None).await;
+        let before = redis_memory(&self.o.redis).await;
+        // A job carries its record's fields: ~1 KB with the note.
+        let note = "x".repeat(950);
+        write_records(&api, 0, n, 4, &note).await;
+        assert!(until(Duration::from_secs(1800), || async { queue_depth(&api).await >= n }).await, "queued");
+        let after = redis_memory(&self.o.redis).await;
+        let stream_bytes = job_stream_bytes(&self.o.redis, &ns).await;
+        let pid = proc.child.id();
+        let (rss_queued, _) = rss_mb(pid);
+        let cpu0 = process_cpu(pid);
+        let start = Instant::now();
+        api.ok("POST", "/v1/webhooks/bench/resume", None).await;
+        let mut peak_draining: f64 = 0.0;
+        while self.sink.records() < n {
+            peak_draining = peak_draining.max(rss_mb(pid).0);
+            assert!(start.elapsed() < Duration::from_secs(3600), "a million jobs not drained in an hour");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let took = start.elapsed().as_secs_f64();
+        let cpu = process_cpu(pid) - cpu0;
+        drop(proc);
+        drop_namespace(&self.o.redis, &ns).await;
+        self.rows.push(Row {
+            case: format!("{}k queued, 1 KB each", n / 1000),
+            rate: n as f64 / took,
+            unit: "deliveries/s",
+            raw_ratio: true,
+            cpu_per_1000: Some(cpu * 1000.0 / n as f64),
+            rss_mb: Some(peak_draining),
+            redis_per_job: Some(stream_bytes / n as f64),
+            note: format!(
+                "Redis: {:.0} bytes per job on the job stream, {:.0} per record and job in all; node RSS {rss_queued:.0} MB queued, at most {peak_draining:.0} MB draining",
+                stream_bytes / n as f64,
+                (after - before) / n as f64,
+            ),
+            ..Default::default()
+        });
+    }
+
+    /// Dispatcher nodes each held to `quota` of a core draining one queue: 1, 2, 4 nodes.
+    async fn scale(&mut self) {
+        let jobs = if self.o.quick { 3_000 } else { 12_000 };
+        let mut rates = Vec::new();
+        for nodes in [1usize, 2, 4] {
+            self.sink.reset();
+            let ns = namespace();
+            let api_node = node("scale-api", &self.o, &ns, None, &["--roles", "api,coordinator,trigger"]);
+            let api = Api::at(&api_node.url);
+            api.ok("POST", "/v1/objects", Some(item_object())).await;
+            api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 256))).await;
+            api.ok("POST", "/v1/webhooks/bench/pause", None).await;
+            write_records(&api, 0, jobs, 4, "").await;
+            assert!(until(Duration::from_secs(600), || async { queue_depth(&api).await >= jobs }).await);
+            let dispatchers: Vec<Proc> = (0..nodes)
+                .map(|i| node(&format!("scale-d{i}"), &self.o, &ns, None, &["--roles", "dispatcher"]))
+                .collect();
+            let groups: Vec<Option<Cgroup>> = dispatchers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Cgroup::hold(&format!("hl-bench-{i}"), d.child.id(), self.o.quota))
+                .collect();
+            let limited = groups.iter().all(Option::is_some);
+            let start = Instant::now();
+            api.ok("POST", "/v1/webhooks/bench/resume", None).await;
+            let done = until(Duration::from_secs(900), || async { self.sink.records() >= jobs }).await;
+            let took = start.elapsed().as_secs_f64();
+            assert!(done, "scale: {nodes} nodes did not drain");
+            drop(dispatchers);
+            drop(groups);
+            drop(api_node);
+            drop_namespace(&self.o.redis, &ns).await;
+            let rate = jobs as f64 / took;
+            rates.push(rate);
+            let one = rates[0];
+            self.rows.push(Row {
+                case: format!("scale-out, {nodes} dispatcher{}", if nodes > 1 { "s" } else { "" }),
+                rate,
+                unit: "deliveries/s",
+                raw_ratio: true,
+                note: if limited {
+                    format!(
+                        "each held to {} core; {:.2} × one node's rate ({:.2} × per node)",
+                        self.o.quota,
+                        rate / one,
+                        rate / one / nodes as f64
+                    )
+                } else {
+                    "no cgroup CPU controller writable: nodes not held to a quota".into()
+                },
+                ..Default::default()
+            });
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "| case | rate | × raw | p50 / p95 / p99 ms | node CPU s / 1,000 | node peak RSS MB | Redis bytes / job | notes |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let rate = if r.unit.is_empty() { "—".to_string() } else { format!("{:.0} {}", r.rate, r.unit) };
+            let ratio = match (r.raw_ratio, self.raw) {
+                (true, Some(raw)) if raw > 0.0 => format!("{:.3}", r.rate / raw),
+                _ => "—".into(),
+            };
+            let lat = r.latency.map(|[a, b, c]| format!("{a:.2} / {b:.2} / {c:.2}")).unwrap_or_else(|| "—".into());
+            let cpu = r.cpu_per_1000.map(|c| format!("{c:.3}")).unwrap_or_else(|| "—".into());
+            let rss = r.rss_mb.map(|m| format!("{m:.0}")).unwrap_or_else(|| "—".into());
+            let redis = r.redis_per_job.map(|b| format!("{b:.0}")).unwrap_or_else(|| "—".into());
+            println!("| {} | {rate} | {ratio} | {lat} | {cpu} | {rss} | {redis} | {} |", r.case, r.note);
+        }
+        match self.raw {
+            Some(raw) => {
+                println!("\nraw: wrk -t2 -c64 -d5s, POST of a 500-byte JSON body to the same sink: {raw:.0} requests/s")
+            }
+            None => println!("\nraw: wrk not found; no ratio"),
+        }
+    }
+}
+
+/// A cgroup v1 `cpu` group holding one process to a share of a core; removed when dropped.
+struct Cgroup {
+    path: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn hold(name: &str, pid: u32, cores: f64) -> Option<Cgroup> {
+        let path = std::path::Path::new("/sys/fs/cgroup/cpu").join(name);
+        std::fs::create_dir_all(&path).ok()?;
+        std::fs::write(path.join("cpu.cfs_period_us"), "100000").ok()?;
+        std::fs::write(path.join("cpu.cfs_quota_us"), ((cores * 100_000.0) as u64).to_string()).ok()?;
+        // Every thread of the process (cgroup.procs moves them all).
+        std::fs::write(path.join("cgroup.procs"), pid.to_string()).ok()?;
+        Some(Cgroup { path })
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Its processes are gone (killed before); an empty group can be removed.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn main() {
+    let o = options();
+    // Clients run on a multi-threaded runtime: a load generator on one thread would measure
+    // itself.
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime")
+    });
+    system.block_on(async {
+        let sink = FastSink::start();
+        let raw = raw_rate(&sink).await;
+        let mut b = Bench { o, sink, raw, rows: Vec::new() };
+        let cases = b.o.cases.clone();
+        for case in &cases {
+            eprintln!("bench: {case}");
+            match case.as_str() {
+                "drain" => b.drain("drain", Kind::Template, false).await,
+                "scripts" => b.drain("scripts", Kind::Scripts, false).await,
+                "batch" => b.drain("batch of 100", Kind::Batch(100), false).await,
+                "embedded" => b.drain("embedded", Kind::Template, true).await,
+                "ingest" => b.ingest().await,
+                "api" => b.api().await,
+                "latency" => b.latency().await,
+                "million" => b.million().await,
+                "scale" => b.scale().await,
+                other => panic!("unknown case {other} (cases: {})", ALL.join(", ")),
+            }
+        }
+        b.print();
+    });
+}
