@@ -445,7 +445,7 @@ impl Bench {
 
         let pid = proc.child.id();
         let (cpu0, redis0) = (process_cpu(pid), if embedded { 0.0 } else { redis_cpu(&self.o.redis).await });
-        let perf = if case == "drain" { profile(&self.o.perf, pid) } else { None };
+        let perf = profile(&self.o.perf, pid);
         let start = Instant::now();
         api.ok("POST", "/v1/webhooks/bench/resume", None).await;
         let done = match kind {
