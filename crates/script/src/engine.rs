@@ -1,8 +1,8 @@
-//! One thread's QuickJS runtime: compilation, the per-script realm cache and running calls.
+//! One thread's QuickJS runtime: its locked-down realm, the scripts compiled in it and running calls.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,45 +17,122 @@ use rquickjs::{
 use crate::error::{Phase, SCRIPT_FILE, ScriptError, classify};
 use crate::{PoolConfig, ResponseView, ScriptCall, ScriptKind, ScriptOutput};
 
-/// Opening of the wrapper; it stays on the script's first line so line numbers match.
-const WRAP_OPEN: &str = "(function(){";
+/// Opening of the wrapper; it stays on the script's first line so line numbers match. The
+/// call's values come in as parameters, so they never touch the realm's global object.
+const WRAP_OPEN: &str = "(function(data, http, write){";
 /// Closing of the wrapper, on its own line so a trailing `// comment` cannot swallow it.
 const WRAP_CLOSE: &str = "\n})";
 
-/// Runs first in every fresh realm: removes what scripts must not have, snapshots the
-/// pristine global object and returns a function that restores it (returns `false` when it
-/// could not). It only calls built-ins captured here, so later tampering cannot fool it.
+/// Runs first in every fresh realm, before any user code. It removes what scripts must not
+/// have, freezes every built-in object a script can reach (so nothing one call hangs on a
+/// built-in, or on a built-in's prototype, outlives the call), pins the built-in globals, and
+/// returns `{ reset, freeze }`: `reset()` deletes the globals a call created and restores the
+/// global object's prototype (returning `false` when it could not); `freeze(o)` freezes the
+/// realm's own objects (the compiled wrapper, `http`, `write`), their `prototype` and their
+/// methods. Both only use built-ins captured here.
+///
+/// Freezing a prototype makes assigning an inherited name on an instance fail (`o.toString =
+/// f` on a plain object, `this.name = "MyError"` in an `Error` subclass). For the names
+/// scripts commonly assign that way, the prototype's property becomes a getter and a setter
+/// that defines the property on the instance instead, as it would before freezing.
 const REALM_SETUP_JS: &str = r#"(function () {
   "use strict";
   var g = globalThis;
   delete g.FinalizationRegistry;
-  var ownKeys = Reflect.ownKeys, getDesc = Reflect.getOwnPropertyDescriptor,
-      define = Reflect.defineProperty, remove = Reflect.deleteProperty,
-      getProto = Reflect.getPrototypeOf, setProto = Reflect.setPrototypeOf,
-      isExtensible = Reflect.isExtensible, hasOwn = Object.hasOwn, same = Object.is,
-      create = Object.create;
-  var proto = getProto(g);
-  var keys = ownKeys(g);
-  var snapshot = create(null);
-  for (var i = 0; i < keys.length; i++) snapshot[keys[i]] = getDesc(g, keys[i]);
-  return function reset() {
-    if (!isExtensible(g)) return false;
-    var ok = true;
-    var now = ownKeys(g);
-    for (var i = 0; i < now.length; i++) {
-      if (!hasOwn(snapshot, now[i]) && !remove(g, now[i])) ok = false;
+  var R = Reflect, O = Object;
+  var ownKeys = R.ownKeys, getDesc = R.getOwnPropertyDescriptor, define = R.defineProperty,
+      remove = R.deleteProperty, getProto = R.getPrototypeOf, setProto = R.setPrototypeOf,
+      isExtensible = R.isExtensible, freeze = O.freeze, hasOwn = O.hasOwn, create = O.create,
+      TypeErr = TypeError;
+
+  function tame(object, key) {
+    var d = getDesc(object, key);
+    if (!d || !hasOwn(d, "value") || !d.writable || !d.configurable) return;
+    var value = d.value;
+    define(object, key, {
+      get: function () { return value; },
+      set: function (v) {
+        if (this === object) throw new TypeErr("built-in " + String(key) + " is read-only");
+        if (this === null || (typeof this !== "object" && typeof this !== "function")) return;
+        define(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+      },
+      enumerable: d.enumerable,
+      configurable: false
+    });
+  }
+  var tamed = [[O.prototype, ownKeys(O.prototype)],
+               [Function.prototype, ["constructor", "toString"]],
+               [Array.prototype, ["toString"]]];
+  var errors = ["Error", "EvalError", "RangeError", "ReferenceError", "SyntaxError",
+                "TypeError", "URIError", "AggregateError", "InternalError"];
+  for (var e = 0; e < errors.length; e++) {
+    var E = g[errors[e]];
+    if (typeof E === "function") tamed.push([E.prototype, ["constructor", "name", "message", "toString"]]);
+  }
+  for (var t = 0; t < tamed.length; t++) {
+    for (var k = 0; k < tamed[t][1].length; k++) tame(tamed[t][0], tamed[t][1][k]);
+  }
+
+  // Intrinsics no global property leads to: reach them through instances.
+  var roots = [g];
+  function protoOf(make) { try { roots.push(getProto(make())); } catch (_) {} }
+  protoOf(function () { return [][Symbol.iterator](); });
+  protoOf(function () { return new Map().entries(); });
+  protoOf(function () { return new Set().values(); });
+  protoOf(function () { return ""[Symbol.iterator](); });
+  protoOf(function () { return /a/[Symbol.matchAll](""); });
+  protoOf(function () { return function* () {}; });
+  protoOf(function () { return async function () {}; });
+  protoOf(function () { return async function* () {}; });
+  protoOf(function () { return [].values().map(function (x) { return x; }); });
+  protoOf(function () { return Iterator.from({ next: function () { return { done: true }; } }); });
+
+  var stack = roots.slice(), seen = new Set(), frozen = [];
+  while (stack.length) {
+    var o = stack.pop();
+    if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) continue;
+    seen.add(o);
+    if (o !== g) frozen.push(o);
+    stack.push(getProto(o));
+    var keys = ownKeys(o);
+    for (var i = 0; i < keys.length; i++) {
+      var d = getDesc(o, keys[i]);
+      if (!d) continue;
+      if (hasOwn(d, "value")) stack.push(d.value); else { stack.push(d.get); stack.push(d.set); }
     }
-    for (var j = 0; j < keys.length; j++) {
-      var want = snapshot[keys[j]], have = getDesc(g, keys[j]);
-      if (!have || !same(have.value, want.value) || !same(have.get, want.get) ||
-          !same(have.set, want.set) || have.writable !== want.writable ||
-          have.enumerable !== want.enumerable || have.configurable !== want.configurable) {
-        if (!define(g, keys[j], want)) ok = false;
+  }
+  for (var f = 0; f < frozen.length; f++) freeze(frozen[f]);
+
+  var globals = ownKeys(g), known = create(null);
+  for (var j = 0; j < globals.length; j++) {
+    known[globals[j]] = true;
+    var gd = getDesc(g, globals[j]);
+    if (hasOwn(gd, "value")) define(g, globals[j], { writable: false, configurable: false });
+    else define(g, globals[j], { configurable: false });
+  }
+  var count = globals.length, proto = getProto(g);
+
+  function reset() {
+    if (!isExtensible(g)) return false;
+    var ok = true, now = ownKeys(g);
+    if (now.length !== count) {
+      for (var i = 0; i < now.length; i++) {
+        if (!hasOwn(known, now[i]) && !remove(g, now[i])) ok = false;
       }
     }
     if (getProto(g) !== proto && !setProto(g, proto)) ok = false;
     return ok;
-  };
+  }
+  function freezeAll(object) {
+    freeze(object);
+    if (object.prototype) freeze(object.prototype);
+    var keys = ownKeys(object);
+    for (var i = 0; i < keys.length; i++) {
+      var d = getDesc(object, keys[i]);
+      if (hasOwn(d, "value") && typeof d.value === "function") freeze(d.value);
+    }
+  }
+  return { reset: reset, freeze: freezeAll };
 })()"#;
 
 /// Limits one engine applies.
@@ -119,69 +196,52 @@ pub(crate) enum Health {
     Discard,
 }
 
-/// A compiled script in its own realm. Field order is drop order: the persistent
-/// functions must go before their context, and all of it before the runtime.
+/// A compiled script (the wrapper function, in the engine's realm) and its text.
 struct CachedScript {
     function: Persistent<Function<'static>>,
-    reset: Persistent<Function<'static>>,
-    context: Context,
     source: Arc<str>,
+    /// When it last ran, in the cache's ticks: the smallest is evicted first.
+    used: u64,
 }
 
-/// Bounded map from source hash to compiled script, least recently used first in `order`.
+/// Bounded map from source hash to compiled script, least recently used evicted first.
 struct ScriptCache {
     entries: HashMap<u64, CachedScript>,
-    order: VecDeque<u64>,
     capacity: usize,
+    tick: u64,
 }
 
 impl ScriptCache {
     fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new(), capacity }
+        Self { entries: HashMap::new(), capacity, tick: 0 }
     }
 
-    /// Whether `source` is cached under `key`; marks it most recently used. An entry with
-    /// the same hash but another text is dropped.
-    fn lookup(&mut self, key: u64, source: &str) -> bool {
-        match self.entries.get(&key) {
+    /// The script `source` cached under `key`, marked most recently used. An entry with the
+    /// same hash but another text is dropped.
+    fn get(&mut self, key: u64, source: &str) -> Option<Persistent<Function<'static>>> {
+        self.tick += 1;
+        match self.entries.get_mut(&key) {
             Some(entry) if *entry.source == *source => {
-                self.touch(key);
-                true
+                entry.used = self.tick;
+                Some(entry.function.clone())
             }
             Some(_) => {
-                self.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn touch(&mut self, key: u64) {
-        if let Some(pos) = self.order.iter().position(|k| *k == key) {
-            self.order.remove(pos);
-        }
-        self.order.push_back(key);
-    }
-
-    fn insert(&mut self, key: u64, entry: CachedScript) {
-        while self.entries.len() >= self.capacity && self.evict_oldest() {}
-        self.entries.insert(key, entry);
-        self.touch(key);
-    }
-
-    fn remove(&mut self, key: u64) {
-        self.entries.remove(&key);
-        self.order.retain(|k| *k != key);
-    }
-
-    fn evict_oldest(&mut self) -> bool {
-        match self.order.pop_front() {
-            Some(key) => {
                 self.entries.remove(&key);
-                true
+                None
             }
-            None => false,
+            None => None,
         }
+    }
+
+    fn insert(&mut self, key: u64, function: Persistent<Function<'static>>, source: Arc<str>) {
+        while self.entries.len() >= self.capacity && self.evict_oldest() {}
+        self.entries.insert(key, CachedScript { function, source, used: self.tick });
+    }
+
+    /// Evicting scans every entry: that only happens when a script is compiled anyway.
+    fn evict_oldest(&mut self) -> bool {
+        let oldest = self.entries.iter().min_by_key(|(_, entry)| entry.used).map(|(key, _)| *key);
+        oldest.is_some_and(|key| self.entries.remove(&key).is_some())
     }
 
     fn len(&self) -> usize {
@@ -189,14 +249,87 @@ impl ScriptCache {
     }
 }
 
-/// The output sink behind `write()`.
-struct Sink {
-    text: RefCell<String>,
-    max: usize,
+/// The engine's one realm, locked down by [`REALM_SETUP_JS`], with the objects it gives
+/// every call and the scripts compiled in it. Field order is drop order: everything held in
+/// the realm goes before its context.
+struct Realm {
+    cache: ScriptCache,
+    reset: Persistent<Function<'static>>,
+    freeze: Persistent<Function<'static>>,
+    http: Persistent<Object<'static>>,
+    write: Persistent<Function<'static>>,
+    context: Context,
+}
+
+impl Realm {
+    fn new(runtime: &Runtime, state: &Rc<CallState>, cache: usize) -> Result<Self, ScriptError> {
+        let context = Context::full(runtime).map_err(|_| ScriptError::OutOfMemory)?;
+        let (reset, freeze, http, write) = context.with(|ctx| {
+            let run_error = |e| classify(&ctx, e, Phase::Run);
+            let tools: Object = ctx.eval(REALM_SETUP_JS).catch(&ctx).map_err(run_error)?;
+            let reset: Function = tools.get("reset").catch(&ctx).map_err(run_error)?;
+            let freeze: Function = tools.get("freeze").catch(&ctx).map_err(run_error)?;
+            let http = http_object(&ctx, state).catch(&ctx).map_err(run_error)?;
+            let write = write_function(&ctx, state).catch(&ctx).map_err(run_error)?;
+            for object in [http.clone().into_value(), write.clone().into_value()] {
+                freeze.call::<_, ()>((object,)).catch(&ctx).map_err(run_error)?;
+            }
+            Ok::<_, ScriptError>((
+                Persistent::save(&ctx, reset),
+                Persistent::save(&ctx, freeze),
+                Persistent::save(&ctx, http),
+                Persistent::save(&ctx, write),
+            ))
+        })?;
+        Ok(Self { cache: ScriptCache::new(cache), reset, freeze, http, write, context })
+    }
+
+    /// Compiles `source` into a frozen wrapper function. Returns it, or the error, and
+    /// whether the realm is still pristine (a source that escapes the wrapper runs its stray
+    /// code while being compiled).
+    fn compile(&self, source: &str) -> (Result<Persistent<Function<'static>>, ScriptError>, bool) {
+        self.context.with(|ctx| {
+            let compiled = compile(&ctx, source).and_then(|function| {
+                let freeze = self.freeze.clone().restore(&ctx).map_err(ScriptError::internal)?;
+                freeze.call::<_, ()>((function.clone(),)).catch(&ctx).map_err(|e| classify(&ctx, e, Phase::Run))?;
+                Ok(Persistent::save(&ctx, function))
+            });
+            (compiled, reset(&ctx, &self.reset))
+        })
+    }
+}
+
+/// Resets the realm's global object after user code ran; `false` when it could not.
+fn reset<'js>(ctx: &Ctx<'js>, reset: &Persistent<Function<'static>>) -> bool {
+    reset.clone().restore(ctx).and_then(|reset| reset.call::<_, bool>(())).catch(ctx).unwrap_or(false)
+}
+
+/// The call in progress, as `http` and `write` see it. One per engine: every realm's `http`
+/// object and `write` function are made once and read this, since calls on one engine run
+/// one at a time.
+struct CallState {
+    http: RefCell<HttpView>,
+    output: RefCell<String>,
+    max_output: usize,
     overflow: Cell<bool>,
 }
 
+impl CallState {
+    fn begin(&self, call: &ScriptCall) {
+        *self.http.borrow_mut() = HttpView::new(call.request_body.as_deref(), call.response.as_ref());
+        self.output.borrow_mut().clear();
+        self.overflow.set(false);
+    }
+
+    /// Ends the call: returns what it wrote and drops its copy of the exchange.
+    fn finish(&self) -> String {
+        *self.http.borrow_mut() = HttpView::default();
+        self.output.take()
+    }
+}
+
 /// What `http` reports.
+#[derive(Default)]
 struct HttpView {
     request_body: String,
     status: u16,
@@ -232,11 +365,13 @@ impl HttpView {
     }
 }
 
-/// One thread's QuickJS runtime and its cache. Field order is drop order.
+/// One thread's QuickJS runtime, its realm and the scripts compiled in it. Field order is
+/// drop order: the realm goes before the runtime.
 pub(crate) struct Engine {
-    cache: ScriptCache,
+    realm: Option<Realm>,
     runtime: Runtime,
     clock: Rc<Clock>,
+    state: Rc<CallState>,
     limits: Limits,
 }
 
@@ -248,14 +383,34 @@ impl Engine {
         let clock = Rc::new(Clock::default());
         let handler_clock = Rc::clone(&clock);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_clock.should_interrupt())));
-        Ok(Self { cache: ScriptCache::new(limits.cache), runtime, clock, limits })
+        let state = Rc::new(CallState {
+            http: RefCell::default(),
+            output: RefCell::default(),
+            max_output: limits.max_output,
+            overflow: Cell::new(false),
+        });
+        Ok(Self { realm: None, runtime, clock, state, limits })
+    }
+
+    /// Sets up the realm now (a few milliseconds) rather than in the next call.
+    pub fn prepare(&mut self) -> Result<(), ScriptError> {
+        if self.realm.is_none() {
+            self.clock.start(self.limits.time);
+            let realm = Realm::new(&self.runtime, &self.state, self.limits.cache);
+            self.clock.stop();
+            self.realm = Some(realm?);
+        }
+        Ok(())
     }
 
     /// Runs one call. `compiled` is told about every real compilation.
     pub fn run(&mut self, call: &ScriptCall, compiled: &dyn Fn()) -> (Result<ScriptOutput, ScriptError>, Health) {
-        self.clock.start(self.limits.time);
-        let result = self.run_timed(call, compiled);
-        self.clock.stop();
+        let result = self.prepare().and_then(|()| {
+            self.clock.start(self.limits.time);
+            let result = self.run_timed(call, compiled);
+            self.clock.stop();
+            result
+        });
         if self.clock.interrupted.get() || matches!(result, Err(ScriptError::Timeout(_))) {
             return (Err(ScriptError::Timeout(self.limits.time)), Health::Discard);
         }
@@ -267,47 +422,58 @@ impl Engine {
 
     fn run_timed(&mut self, call: &ScriptCall, compiled: &dyn Fn()) -> Result<ScriptOutput, ScriptError> {
         let key = source_key(&call.source);
-        if !self.cache.lookup(key, &call.source) {
-            let entry = compile_cached(&self.runtime, &call.source)?;
-            compiled();
-            tracing::debug!(source_hash = key, bytes = call.source.len(), "compiled script");
-            self.make_room();
-            self.cache.insert(key, entry);
-        }
-        let Some(entry) = self.cache.entries.get(&key) else {
-            return Err(ScriptError::internal("compiled script missing from cache"));
+        let cached = self.realm.as_mut().and_then(|realm| realm.cache.get(key, &call.source));
+        let function = match cached {
+            Some(function) => function,
+            None => self.compile(key, &call.source, compiled)?,
         };
-        let sink = Rc::new(Sink {
-            text: RefCell::new(String::new()),
-            max: self.limits.max_output,
-            overflow: Cell::new(false),
-        });
-        let (result, clean) = entry.context.with(|ctx| call_in_realm(&ctx, entry, call, &sink, &self.clock));
+        let realm = self.realm.as_ref().ok_or_else(|| ScriptError::internal("no realm"))?;
+        self.state.begin(call);
+        let (result, clean) = realm.context.with(|ctx| call_in_realm(&ctx, realm, &function, call, &self.clock));
+        let written = self.state.finish();
         if !clean {
-            tracing::debug!(source_hash = key, "discarding realm that could not be reset");
-            self.cache.remove(key);
+            self.discard_realm();
         }
-        if sink.overflow.get() && !matches!(result, Err(ScriptError::OutOfMemory)) {
+        let result = result.map(|output| match output {
+            ScriptOutput::Written(_) => ScriptOutput::Written(written),
+            headers => headers,
+        });
+        if self.state.overflow.get() && !matches!(result, Err(ScriptError::OutOfMemory)) {
             return Err(ScriptError::OutputTooLarge(self.limits.max_output));
         }
         result
     }
 
-    /// Before caching another realm: evict the oldest ones while the runtime uses more
-    /// than half of its memory limit.
-    fn make_room(&mut self) {
-        if self.limits.memory == 0 {
-            return;
+    /// Compiles `source` in the realm and caches it under `key`.
+    fn compile(
+        &mut self,
+        key: u64,
+        source: &Arc<str>,
+        compiled: &dyn Fn(),
+    ) -> Result<Persistent<Function<'static>>, ScriptError> {
+        let realm = self.realm.as_mut().ok_or_else(|| ScriptError::internal("no realm"))?;
+        let (function, clean) = realm.compile(source);
+        if !clean {
+            // Only a source that escapes its wrapper runs code while compiled, and such a
+            // source is refused: `function` is an error here.
+            self.discard_realm();
+            return function.and_then(|_| Err(ScriptError::internal("the realm could not be reset after compiling")));
         }
-        let budget = i64::try_from(self.limits.memory / 2).unwrap_or(i64::MAX);
-        let mut evicted = false;
-        while self.cache.len() > 0 && self.runtime.memory_usage().malloc_size > budget {
-            self.cache.evict_oldest();
-            evicted = true;
-        }
-        if evicted {
-            self.runtime.run_gc();
-        }
+        let function = function?;
+        compiled();
+        tracing::debug!(source_hash = key, bytes = source.len(), "compiled script");
+        let budget = (self.limits.memory > 0).then(|| i64::try_from(self.limits.memory / 2).unwrap_or(i64::MAX));
+        make_room(&self.runtime, &mut realm.cache, budget);
+        realm.cache.insert(key, function.clone(), Arc::clone(source));
+        Ok(function)
+    }
+
+    /// A script left the realm in a state its reset cannot undo: drop the realm with every
+    /// script compiled in it; the next call sets up a fresh one.
+    fn discard_realm(&mut self) {
+        tracing::debug!("discarding a realm that could not be reset");
+        self.realm = None;
+        self.runtime.run_gc();
     }
 
     /// Compiles `source` in a throwaway realm (for [`crate::check_syntax`]).
@@ -321,6 +487,22 @@ impl Engine {
             return Err(ScriptError::Timeout(self.limits.time));
         }
         result
+    }
+}
+
+/// Before caching another script: evict the least recently used ones while the runtime uses
+/// more than `budget` (half its memory limit).
+fn make_room(runtime: &Runtime, cache: &mut ScriptCache, budget: Option<i64>) {
+    let Some(budget) = budget else {
+        return;
+    };
+    let mut evicted = false;
+    while cache.len() > 0 && runtime.memory_usage().malloc_size > budget {
+        cache.evict_oldest();
+        evicted = true;
+    }
+    if evicted {
+        runtime.run_gc();
     }
 }
 
@@ -346,17 +528,6 @@ fn eval_options() -> EvalOptions {
     options.strict = false;
     options.filename = Some(SCRIPT_FILE.to_owned());
     options
-}
-
-/// A fresh realm with the reset function and the compiled script.
-fn compile_cached(runtime: &Runtime, source: &Arc<str>) -> Result<CachedScript, ScriptError> {
-    let context = Context::full(runtime).map_err(|_| ScriptError::OutOfMemory)?;
-    let (function, reset) = context.with(|ctx| {
-        let reset: Function = ctx.eval(REALM_SETUP_JS).catch(&ctx).map_err(|e| classify(&ctx, e, Phase::Run))?;
-        let function = compile(&ctx, source)?;
-        Ok::<_, ScriptError>((Persistent::save(&ctx, function), Persistent::save(&ctx, reset)))
-    })?;
-    Ok(CachedScript { function, reset, context, source: Arc::clone(source) })
 }
 
 /// Compiles the wrapped script and checks the result is exactly the wrapper function.
@@ -401,21 +572,32 @@ fn line_of(source: &str, byte: usize) -> Option<u32> {
     u32::try_from(newlines + 1).ok()
 }
 
-/// Sets the call's globals, runs the script and its promise jobs, reads the result and
-/// resets the realm's globals. Returns the result and whether the reset worked.
+/// Runs the script with the call's `data` and the realm's `http` and `write`, then its
+/// promise jobs, reads a header script's result and resets the realm's global object.
+/// Returns the result (written output is taken from the engine's [`CallState`] by the
+/// caller) and whether the reset worked.
 fn call_in_realm<'js>(
     ctx: &Ctx<'js>,
-    entry: &CachedScript,
+    realm: &Realm,
+    function: &Persistent<Function<'static>>,
     call: &ScriptCall,
-    sink: &Rc<Sink>,
     clock: &Clock,
 ) -> (Result<ScriptOutput, ScriptError>, bool) {
-    let (function, reset) = match (entry.function.clone().restore(ctx), entry.reset.clone().restore(ctx)) {
-        (Ok(function), Ok(reset)) => (function, reset),
-        (Err(e), _) | (_, Err(e)) => return (Err(ScriptError::internal(e)), false),
+    let restored = (|| {
+        Ok::<_, rquickjs::Error>((
+            function.clone().restore(ctx)?,
+            realm.http.clone().restore(ctx)?,
+            realm.write.clone().restore(ctx)?,
+        ))
+    })();
+    let (function, http, write) = match restored {
+        Ok(restored) => restored,
+        Err(e) => return (Err(ScriptError::internal(e)), false),
     };
-    let result = install_globals(ctx, call, sink)
-        .and_then(|()| function.call::<_, Value>(()).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run)))
+    let result = data_value(ctx, call)
+        .and_then(|data| {
+            function.call::<_, Value>((data, http, write)).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
+        })
         .and_then(|value| match call.kind {
             ScriptKind::Header => headers_from(ctx, value).map(ScriptOutput::Headers),
             ScriptKind::Body | ScriptKind::Response => Ok(ScriptOutput::Written(String::new())),
@@ -432,78 +614,72 @@ fn call_in_realm<'js>(
     if !drained {
         return (Err(ScriptError::Timeout(Duration::ZERO)), false);
     }
-    let result = result.map(|output| match output {
-        ScriptOutput::Written(_) => ScriptOutput::Written(sink.text.take()),
-        headers => headers,
-    });
-    let clean = reset.call::<_, bool>(()).catch(ctx).unwrap_or(false);
-    (result, clean)
+    (result, reset(ctx, &realm.reset))
 }
 
-fn install_globals<'js>(ctx: &Ctx<'js>, call: &ScriptCall, sink: &Rc<Sink>) -> Result<(), ScriptError> {
-    let entities = serde_json::to_string(&call.changed_entities)
+/// `{ changedEntities: [...] }`, parsed by QuickJS from JSON written straight into one buffer.
+fn data_value<'js>(ctx: &Ctx<'js>, call: &ScriptCall) -> Result<Value<'js>, ScriptError> {
+    let mut json = Vec::with_capacity(256);
+    json.extend_from_slice(b"{\"changedEntities\":");
+    serde_json::to_writer(&mut json, &call.changed_entities)
         .map_err(|e| ScriptError::internal(format!("changed entities: {e}")))?;
-    let json = format!("{{\"changedEntities\":{entities}}}");
-    let http = Rc::new(HttpView::new(call.request_body.as_deref(), call.response.as_ref()));
-    let globals = ctx.globals();
-    ctx.json_parse(json)
-        .and_then(|data| globals.set("data", data))
-        .and_then(|()| globals.set("http", http_object(ctx, http)?))
-        .and_then(|()| globals.set("write", write_function(ctx, Rc::clone(sink))?))
-        .catch(ctx)
-        .map_err(|e| classify(ctx, e, Phase::Run))
+    json.push(b'}');
+    ctx.json_parse(json).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
 }
 
-fn write_function<'js>(ctx: &Ctx<'js>, sink: Rc<Sink>) -> rquickjs::Result<Function<'js>> {
+fn write_function<'js>(ctx: &Ctx<'js>, state: &Rc<CallState>) -> rquickjs::Result<Function<'js>> {
+    let state = Rc::clone(state);
     Function::new(ctx.clone(), move |ctx: Ctx<'js>, text: Opt<Coerced<String>>| -> rquickjs::Result<()> {
         let Some(Coerced(text)) = text.0 else {
             return Ok(());
         };
-        let mut buffer = sink.text.borrow_mut();
-        if buffer.len().saturating_add(text.len()) > sink.max {
-            sink.overflow.set(true);
-            return Err(Exception::throw_range(&ctx, &format!("write(): output exceeds {} bytes", sink.max)));
+        let mut output = state.output.borrow_mut();
+        if output.len().saturating_add(text.len()) > state.max_output {
+            state.overflow.set(true);
+            let message = format!("write(): output exceeds {} bytes", state.max_output);
+            return Err(Exception::throw_range(&ctx, &message));
         }
-        buffer.push_str(&text);
+        output.push_str(&text);
         Ok(())
     })?
     .with_name("write")
 }
 
-fn http_object<'js>(ctx: &Ctx<'js>, view: Rc<HttpView>) -> rquickjs::Result<Object<'js>> {
+fn http_object<'js>(ctx: &Ctx<'js>, state: &Rc<CallState>) -> rquickjs::Result<Object<'js>> {
     let http = Object::new(ctx.clone())?;
-    let v = Rc::clone(&view);
+    let s = Rc::clone(state);
     http.set(
         "getRequestBodyUtf8",
-        Function::new(ctx.clone(), move || v.request_body.clone())?.with_name("getRequestBodyUtf8")?,
+        Function::new(ctx.clone(), move || s.http.borrow().request_body.clone())?.with_name("getRequestBodyUtf8")?,
     )?;
-    let v = Rc::clone(&view);
+    let s = Rc::clone(state);
     http.set(
         "getResponseBodyUtf8",
-        Function::new(ctx.clone(), move || v.body.clone())?.with_name("getResponseBodyUtf8")?,
+        Function::new(ctx.clone(), move || s.http.borrow().body.clone())?.with_name("getResponseBodyUtf8")?,
     )?;
-    let v = Rc::clone(&view);
+    let s = Rc::clone(state);
     http.set(
         "getResponseStatusCode",
-        Function::new(ctx.clone(), move || i32::from(v.status))?.with_name("getResponseStatusCode")?,
+        Function::new(ctx.clone(), move || i32::from(s.http.borrow().status))?.with_name("getResponseStatusCode")?,
     )?;
-    let v = Rc::clone(&view);
+    let s = Rc::clone(state);
     http.set(
         "getResponseHeader",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: Opt<Coerced<String>>| -> rquickjs::Result<Value<'js>> {
-            match name.0.and_then(|Coerced(name)| v.header(&name).map(str::to_owned)) {
+            let http = s.http.borrow();
+            match name.0.and_then(|Coerced(name)| http.header(&name)) {
                 Some(value) => value.into_js(&ctx),
                 None => Ok(Value::new_null(ctx)),
             }
         })?
         .with_name("getResponseHeader")?,
     )?;
-    let v = view;
+    let s = Rc::clone(state);
     http.set(
         "getResponseHeaders",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| -> rquickjs::Result<Object<'js>> {
             let headers = Object::new(ctx)?;
-            for (name, value) in &v.headers {
+            for (name, value) in &s.http.borrow().headers {
                 headers.set(name.as_str(), value.as_str())?;
             }
             Ok(headers)

@@ -15,11 +15,12 @@
 //! * **Response** scripts ([`ScriptKind::Response`]) read the exchange through `http` and
 //!   `data.changedEntities` and call `write(string)`. Result: [`ScriptOutput::Written`].
 //!
-//! # Globals
+//! # What a script sees
 //!
-//! Every call gets fresh values of:
+//! Three names are in scope (they are the parameters of the function the script runs in,
+//! not properties of the global object):
 //!
-//! * `data` — `{ changedEntities: <ScriptCall::changed_entities> }`, built from the JSON value.
+//! * `data` — `{ changedEntities: <ScriptCall::changed_entities> }`, new for every call.
 //! * `write(s)` — appends `String(s)` to the call's output; `write()` with no argument appends
 //!   nothing. Going past [`PoolConfig::max_output_bytes`] throws inside the script and the
 //!   call ends with [`ScriptError::OutputTooLarge`] even if the script catches that error.
@@ -53,7 +54,7 @@
 //!   inconsistent. A failing call never takes the pool down.
 //!
 //! Scripts run as the body of a function: the source is compiled as
-//! `(function(){` + source + `\n})`, so top-level `return` works and line 1 of the user's
+//! `(function(data, http, write){` + source + `\n})`, so top-level `return` works and line 1 of the user's
 //! script is line 1 of the compiled code. Runtime errors report the JavaScript error name,
 //! its message and the user's line, taken from the innermost stack frame of the script
 //! (for example `ReferenceError: record is not defined (line 31)`). Scripts run in sloppy
@@ -70,18 +71,30 @@
 //! compared on a hit, so collisions cannot mix scripts up). A script is compiled once per
 //! thread, not once per call; [`ScriptPool::stats`] counts real compilations.
 //!
-//! Every cached script has its **own QuickJS context (realm)** inside the thread's runtime:
-//! its own global object and its own built-ins. So one script can never observe or tamper
-//! with another: overriding `JSON.stringify` or `Array.prototype.map` only affects later
-//! calls of the *same* source text. In addition, after every call the realm's global object
-//! is reset to its pristine state: globals the call created (`data`, `http`, `write`, implicit
-//! globals such as `leak = data`) are deleted and replaced or deleted built-in globals are
-//! restored; if that reset fails (a global made non-configurable, a frozen global object…)
-//! the realm is discarded. What may remain between two calls of the same script is state
-//! hung on built-in objects (`JSON.cache = data`); that needs the script to go out of its way,
-//! and only the same script text sees it. A realm costs roughly 60–80 KiB of the runtime's
-//! memory, so when the runtime uses more than half its memory limit, the oldest cached
-//! scripts are evicted before a new one is added.
+//! Every cached script has its **own QuickJS context (realm)** inside the thread's runtime,
+//! and every call starts from the same pristine built-ins:
+//!
+//! * before any user code runs in a realm, every built-in object a script can reach is
+//!   frozen: the global constructors and namespaces, their prototypes, their methods and
+//!   accessors, and the intrinsics only reachable through instances (iterator and generator
+//!   prototypes, `%TypedArray%`, …). `http`, `write` and the compiled function are frozen
+//!   too. So `Object.prototype.x = data` or `JSON.stringify = spy` has no effect (sloppy
+//!   mode) or throws a `TypeError` (strict mode), and no call can see another's data;
+//! * the built-in globals are non-writable and non-configurable (`JSON = null` does nothing);
+//! * after every call, the globals it created (implicit globals such as `leak = data`) are
+//!   deleted and the global object's prototype is restored; if that cannot be done (the
+//!   global object was made non-extensible, a global was made non-configurable) the realm is
+//!   discarded and the next call compiles a fresh one.
+//!
+//! Freezing a prototype would make assigning an inherited name on an instance fail (`o.toString
+//! = f` on a plain object, `this.name = "MyError"` in an `Error` subclass). So the names scripts
+//! commonly assign that way (everything on `Object.prototype`; `constructor` and `toString` on
+//! `Function.prototype`; `toString` on `Array.prototype`; `constructor`, `name`, `message` and
+//! `toString` on the error prototypes) are accessors whose setter defines the property on the
+//! instance, as ordinary assignment would; assigning them on the prototype itself throws.
+//!
+//! A realm costs roughly 60–80 KiB of the runtime's memory, so when the runtime uses more than
+//! half its memory limit, the oldest cached scripts are evicted before a new one is added.
 //!
 //! # Threads
 //!

@@ -137,12 +137,16 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, limits: &Limits, counters: &Cou
     let _live = LiveGuard(counters);
     let mut engine: Option<Engine> = None;
     loop {
-        // Build (or rebuild) the runtime while idle, so the next call does not wait for it.
+        // Build (or rebuild) the runtime and its realm while idle, so the next call does not
+        // wait for them.
         if engine.is_none() {
             match Engine::new(limits.clone()) {
                 Ok(fresh) => engine = Some(fresh),
                 Err(error) => tracing::error!(%error, "could not create a QuickJS runtime"),
             }
+        }
+        if let Some(Err(error)) = engine.as_mut().map(Engine::prepare) {
+            tracing::error!(%error, "could not set up a QuickJS realm");
         }
         let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let (call, reply) = match job {

@@ -277,15 +277,90 @@ async fn a_call_cannot_see_the_previous_calls_data() {
 async fn scripts_cannot_tamper_with_each_others_builtins() {
     let pool = pool();
     let evil = r#"
-        if (!JSON.seen) { JSON.seen = []; var real = JSON.stringify;
-          JSON.stringify = function (v) { JSON.seen.push(v); return real(v); }; }
-        write(JSON.stringify(JSON.seen.length));
+        var seen = typeof JSON.seen;
+        JSON.seen = [];
+        JSON.stringify = function (v) { return "hooked"; };
+        write(seen + " " + JSON.stringify(1));
     "#;
-    assert_eq!(written(pool.run(body(evil, json!([]))).await), "0");
+    assert_eq!(written(pool.run(body(evil, json!([]))).await), "undefined 1");
     let victim = "write(JSON.stringify(data.changedEntities))";
     assert_eq!(written(pool.run(body(victim, json!([{ "pii": 1 }]))).await), r#"[{"pii":1}]"#);
-    // The evil script saw nothing of the victim's call.
-    assert_eq!(written(pool.run(body(evil, json!([]))).await), "1");
+    assert_eq!(written(pool.run(body(evil, json!([]))).await), "undefined 1");
+}
+
+/// Places a call could hang state on: how to read one, and how to write it. A script reads
+/// them all, then writes them all; its later runs must find them all empty.
+const STASHES: &[(&str, &str)] = &[
+    ("({}).x", "Object.prototype.x = data"),
+    ("[].x", "Array.prototype.x = data"),
+    ("(function () {}).x", "Function.prototype.x = data"),
+    ("Object.x", "Object.x = data"),
+    ("Math.x", "Math.x = data"),
+    ("JSON.x", "Object.defineProperty(JSON, 'x', { value: data })"),
+    ("Object.getPrototypeOf([][Symbol.iterator]()).x", "Object.getPrototypeOf([][Symbol.iterator]()).x = data"),
+    ("Object.getPrototypeOf(function* () {}).x", "Object.getPrototypeOf(function* () {}).x = data"),
+    ("Object.getPrototypeOf(Uint8Array).x", "Object.getPrototypeOf(Uint8Array).x = data"),
+    (
+        "Object.getOwnPropertyDescriptor(Function.prototype, 'caller').get.x",
+        "Object.getOwnPropertyDescriptor(Function.prototype, 'caller').get.x = data",
+    ),
+    ("Promise.prototype.then.x", "Promise.prototype.then.x = data"),
+    ("http.x", "http.x = data"),
+    ("http.getResponseBodyUtf8.x", "http.getResponseBodyUtf8.x = data"),
+    ("write.x", "write.x = data"),
+    ("arguments.callee.x", "arguments.callee.x = data"),
+    ("arguments.callee.prototype.x", "arguments.callee.prototype.x = data"),
+    ("globalThis.x", "x = data"),
+    ("Object.getPrototypeOf(globalThis).y", "Object.setPrototypeOf(globalThis, { y: data })"),
+];
+
+#[tokio::test]
+async fn nothing_a_call_hangs_on_built_ins_reaches_the_next_call() {
+    let pool = pool_with(1, |_| {});
+    let mut script = String::from("var found = [];\n");
+    for (read, _) in STASHES {
+        script.push_str(&format!(
+            "try {{ if ({read} !== undefined) found.push({read:?}); }} catch (e) {{ found.push(String(e)); }}\n"
+        ));
+    }
+    for (_, stash) in STASHES {
+        script.push_str(&format!("try {{ {stash}; }} catch (e) {{}}\n"));
+    }
+    script.push_str("write(found.join('; '));");
+    for run in 0..3 {
+        let output = written(pool.run(body(&script, json!([{ "secret": run }]))).await);
+        assert_eq!(output, "", "run {run} found what an earlier call left");
+    }
+    // A strict script is told it cannot write to a built-in.
+    let strict = body("'use strict'; Object.prototype.x = 1;", json!([]));
+    let error = pool.run(strict).await.unwrap_err().to_string();
+    assert!(error.contains("TypeError"), "{error}");
+    assert_eq!(pool.stats().compiles, 2);
+}
+
+#[tokio::test]
+async fn inherited_names_can_still_be_assigned_on_instances() {
+    let pool = pool();
+    let script = r#"
+        var o = {}; o.toString = function () { return "custom"; };
+        o.constructor = "mine"; o.hasOwnProperty = 1;
+        class Failure extends Error { constructor(m) { super(m); this.name = "Failure"; } }
+        function Legacy(m) { this.name = "Legacy"; this.message = m; }
+        Legacy.prototype = Object.create(Error.prototype);
+        Legacy.prototype.constructor = Legacy;
+        var f = function () {}; f.toString = function () { return "fn"; };
+        var a = [1]; a.toString = function () { return "arr"; };
+        write([String(o), o.constructor, o.hasOwnProperty, String(new Failure("x")),
+               String(new Legacy("y")), String(f), String(a), ({}).toString()].join("|"));
+    "#;
+    let expected = "custom|mine|1|Failure: x|Legacy: y|fn|arr|[object Object]";
+    assert_eq!(written(pool.run(body(script, json!([]))).await), expected);
+    let strict = format!("'use strict';\n{script}");
+    assert_eq!(written(pool.run(body(&strict, json!([]))).await), expected);
+    // The built-in itself stays as it was.
+    let direct = body("Object.prototype.toString = null;", json!([]));
+    let error = pool.run(direct).await.unwrap_err().to_string();
+    assert!(error.contains("read-only"), "{error}");
 }
 
 #[tokio::test]
