@@ -16,9 +16,11 @@
 //! the catalog. Workers run on the multi-threaded runtime and read every queue through
 //! [`hookline_store::queue::Consumer`], whose leases keep a live node's work its own.
 //!
-//! Pure pieces sit beside them: [`render`] builds requests, [`trace`] carries W3C trace
-//! context. Actors talk through [`messages`] and hold `Recipient`s, not each other.
+//! Pure pieces sit beside them: [`render`] builds requests, [`attempt`] records exchanges,
+//! [`trace`] carries W3C trace context. Actors talk through [`messages`] and hold
+//! `Recipient`s, not each other.
 
+pub mod attempt;
 pub mod catalog;
 pub mod coordinator;
 pub mod dispatcher;

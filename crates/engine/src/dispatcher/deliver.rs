@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hookline_outbound::{OutboundRequest, OutboundResponse, SendError, Verdict, classify, redact_headers};
-use hookline_proto::{Attempt, Header, HttpRequest, HttpResponse, Job, Outcome, WritebackJob};
+use hookline_outbound::{OutboundRequest, OutboundResponse, SendError, Verdict, classify};
+use hookline_proto::{Attempt, Job, Outcome, WritebackJob};
 use hookline_store::queue::{Consumer, Lease};
 use hookline_store::{Completion, FollowUp, now_ms};
 use tracing::Instrument;
@@ -17,12 +17,11 @@ use super::batch::combine;
 use super::completer::Completer;
 use super::permits::Permit;
 use crate::EngineContext;
+use crate::attempt::{headers, request_record, response_record};
 use crate::catalog::CompiledWebhook;
 use crate::render::{BuiltRequest, build_request, display_url};
 use crate::trace;
 
-/// Bodies kept in attempt records are cut at this size.
-pub(crate) const MAX_RECORDED_BODY: usize = 64 * 1024;
 /// A job handed out this many times without finishing (its nodes kept dying mid-delivery)
 /// is dead-lettered instead of delivered again.
 pub const MAX_DELIVERIES: u32 = 5;
@@ -33,14 +32,6 @@ pub struct Call {
     pub wh: Arc<CompiledWebhook>,
     pub consumer: Arc<Consumer<Job>>,
     pub completer: Completer,
-}
-
-fn headers(list: &[(String, String)]) -> Vec<Header> {
-    list.iter().map(|(name, value)| Header { name: name.clone(), value: value.clone() }).collect()
-}
-
-pub(crate) fn cut(body: &[u8]) -> (Vec<u8>, bool) {
-    if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
 }
 
 /// The attempt record of `job` started now on this node.
@@ -207,28 +198,12 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
                         return;
                     }
                 };
-                let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
-                let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
-                let (body, truncated) = cut(&req.body);
-                attempt.request = Some(HttpRequest {
-                    method: req.method.clone(),
-                    url: display_url(&req.url),
-                    headers: headers(&redact_headers(&req.headers, &secret_names, &secret_values)),
-                    body,
-                    body_truncated: truncated,
-                });
-                request_body = req.body;
+                attempt.request = Some(request_record(&req));
                 let verdict = classify(&result);
                 let response = match result {
                     Ok(resp) => {
                         tracing::Span::current().record("http.response.status_code", resp.status);
-                        let (body, truncated) = cut(&resp.body);
-                        attempt.response = Some(HttpResponse {
-                            status: resp.status as u32,
-                            headers: headers(&redact_headers(&resp.headers, &secret_names, &secret_values)),
-                            body,
-                            body_truncated: truncated || resp.body_truncated,
-                        });
+                        attempt.response = Some(response_record(&resp, &req));
                         if verdict != Verdict::Success {
                             attempt.error = format!("target answered {}", resp.status);
                         }
@@ -240,6 +215,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
                         None::<OutboundResponse>
                     }
                 };
+                request_body = req.body;
                 (verdict, response)
             }
         };
@@ -301,17 +277,4 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
     }
     .instrument(span)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{MAX_RECORDED_BODY, cut};
-
-    #[test]
-    fn recorded_bodies_are_cut() {
-        let (b, t) = cut(&vec![b'x'; MAX_RECORDED_BODY + 1]);
-        assert_eq!(b.len(), MAX_RECORDED_BODY);
-        assert!(t);
-        assert_eq!(cut(b"ok"), (b"ok".to_vec(), false));
-    }
 }

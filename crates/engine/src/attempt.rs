@@ -1,0 +1,63 @@
+//! What an attempt keeps of its exchange: the request as sent and the response as received,
+//! bodies cut at [`MAX_RECORDED_BODY`], secret header values masked. Pure, so the dispatcher
+//! and the benchmarks build records the same way.
+
+use hookline_outbound::{OutboundResponse, redact_headers};
+use hookline_proto::{Header, HttpRequest, HttpResponse};
+
+use crate::render::{BuiltRequest, display_url};
+
+/// Bodies kept in attempt records are cut at this size.
+pub const MAX_RECORDED_BODY: usize = 64 * 1024;
+
+/// Header pairs as the attempt record stores them.
+pub fn headers(list: &[(String, String)]) -> Vec<Header> {
+    list.iter().map(|(name, value)| Header { name: name.clone(), value: value.clone() }).collect()
+}
+
+/// The first [`MAX_RECORDED_BODY`] bytes of `body`, and whether it was longer.
+pub fn cut(body: &[u8]) -> (Vec<u8>, bool) {
+    if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
+}
+
+/// The request `req` as recorded: URL without userinfo, secret headers masked.
+pub fn request_record(req: &BuiltRequest) -> HttpRequest {
+    let (body, body_truncated) = cut(&req.body);
+    HttpRequest {
+        method: req.method.clone(),
+        url: display_url(&req.url),
+        headers: masked(&req.headers, req),
+        body,
+        body_truncated,
+    }
+}
+
+/// The response to `req` as recorded, with what `req` holds secret masked in its headers.
+pub fn response_record(resp: &OutboundResponse, req: &BuiltRequest) -> HttpResponse {
+    let (body, truncated) = cut(&resp.body);
+    HttpResponse {
+        status: u32::from(resp.status),
+        headers: masked(&resp.headers, req),
+        body,
+        body_truncated: truncated || resp.body_truncated,
+    }
+}
+
+fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
+    let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
+    let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
+    headers(&redact_headers(list, &secret_names, &secret_values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_RECORDED_BODY, cut};
+
+    #[test]
+    fn recorded_bodies_are_cut() {
+        let (b, t) = cut(&vec![b'x'; MAX_RECORDED_BODY + 1]);
+        assert_eq!(b.len(), MAX_RECORDED_BODY);
+        assert!(t);
+        assert_eq!(cut(b"ok"), (b"ok".to_vec(), false));
+    }
+}
