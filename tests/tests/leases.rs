@@ -297,6 +297,56 @@ async fn a_half_open_redis_connection_heals_within_seconds() {
     assert!(healed < Duration::from_secs(40), "{healed:?}");
 }
 
+/// A write-back whose store steps fail for a passing reason (every Redis connection goes
+/// half-open while its response script runs) is tried again and written once the
+/// connections heal: the record gets its value, the attempt says done, nothing is failed.
+#[actix_rt::test]
+async fn a_write_back_cut_off_from_redis_is_retried_and_written() {
+    let redis = redis_url();
+    let target = redis.trim_start_matches("redis://").trim_end_matches('/').to_string();
+    let proxy = FreezingProxy::start(&target);
+    let ns = namespace();
+    let sink = Sink::start(Duration::ZERO);
+    let through = format!("redis://127.0.0.1:{}", proxy.port);
+    let node = Proc::start("wb-cut", &["--redis", &through, "--namespace", &ns]);
+    let api = Api::at(&node.url);
+    let mut object = item_object();
+    object["fields"].as_array_mut().unwrap().push(json!({"key": "synced_at", "type": "string"}));
+    api.ok("POST", "/v1/objects", Some(object)).await;
+    // The script takes a second: the connections freeze while it runs, so the write-back's
+    // own store steps are the ones that fail.
+    let script = "var t = Date.now(); while (Date.now() - t < 1000) {}\n\
+                  write(JSON.stringify({id: data.changedEntities[0].id, synced_at: 'now'}));";
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({"id": "wbcut", "object": "item", "trigger": {"on_create": true},
+                    "request": {"url": format!("{}/in", sink.url)},
+                    "response_script": script, "writeback": {"key": {"from": "id", "to": "id"}}})),
+    )
+    .await;
+    create_items(&api, 0..1).await;
+    wait_until(Duration::from_secs(20), || async {
+        api.attempts("wbcut", "limit=1").await.first().is_some_and(|a| a["writeback"]["status"] == "pending")
+    })
+    .await;
+    proxy.freeze();
+    // While the connections heal the API may answer 503: read the record until it has it.
+    let written_back = || async {
+        let Ok(response) = reqwest::get(format!("{}/v1/objects/item/records/r0", node.url)).await else {
+            return false;
+        };
+        response.json::<Value>().await.is_ok_and(|record| record["fields"]["synced_at"] == "now")
+    };
+    wait_until(Duration::from_secs(60), written_back).await;
+    let attempt = &api.attempts("wbcut", "limit=1").await[0];
+    assert_eq!(attempt["writeback"]["status"], "done", "{attempt}");
+    assert_eq!(api.ok("GET", "/v1/webhooks/wbcut/writeback-failures", None).await, json!([]));
+    let retries = metric(&node.url, "hookline_writeback_retries_total{webhook=\"wbcut\"}").await.unwrap_or(0.0);
+    assert!(retries >= 1.0, "the write-back was never retried ({retries})");
+    assert_eq!(sink.hits().len(), 1, "one call, written back once");
+}
+
 /// A node started with another secret key cannot open a webhook's secrets: it says so in
 /// `/readyz` and a metric, and does not decide on that object's changes (they wait, not
 /// skipped); a node with the right key delivers them.

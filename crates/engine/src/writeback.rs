@@ -19,7 +19,7 @@ use hookline_model::{Fields, WebhookDef};
 use hookline_proto::WritebackJob;
 use hookline_script::{ResponseView, ScriptCall, ScriptKind, ScriptOutput};
 use hookline_store::queue::{Consumer, Lease};
-use hookline_store::{ClaimScan, Entry, QueueName, WritebackDone};
+use hookline_store::{ClaimScan, QueueName, WritebackDone};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -101,97 +101,269 @@ async fn run_worker(w: WorkerCtx) {
         if lease.is_empty() {
             continue;
         }
-        // Side by side, each finished as soon as it is done (a node that dies mid-lease
-        // repeats only the unfinished ones).
-        let sizes = vec![1; lease.len()];
-        let one_by_one = lease.split(&sizes).into_iter().map(|one| finish_one(&ctx, &id, &consumer, one));
-        futures_util::stream::iter(one_by_one).buffer_unordered(CONCURRENT).collect::<Vec<()>>().await;
+        finish_lease(&ctx, &id, &consumer, lease).await;
     }
 }
 
-/// Write-backs of one webhook run at once on a node, at most.
+/// Write-backs of one webhook that retry at once on a node, at most.
 const CONCURRENT: usize = 32;
 
-/// Runs the write-back of a one-entry lease and records its result.
-async fn finish_one(ctx: &EngineContext, id: &str, consumer: &Consumer<WritebackJob>, one: Lease<WritebackJob>) {
-    let Some(entry) = one.entries().first() else { return };
-    let done = write_back_entry(ctx, id, entry).await;
-    match ctx.store.finish_writebacks(id, &ctx.consumer, std::slice::from_ref(&done)).await {
-        Ok(finished) => {
-            if finished.iter().any(|f| !f) {
-                tracing::warn!(webhook_id = %id, "a write-back was taken over meanwhile; its result was not recorded here");
+/// One write-back on its way: its span, its response script's outputs and what is left.
+struct Work {
+    span: tracing::Span,
+    /// The trace context the written records' changes carry.
+    traceparent: String,
+    state: State,
+}
+
+enum State {
+    /// The outputs to write, and which of them are still to be written (all: `None`).
+    Write {
+        outputs: Vec<serde_json::Map<String, Value>>,
+        pending: Option<Vec<usize>>,
+        failure: Option<Failure>,
+    },
+    Finished(Result<(), Failure>),
+    /// The node cannot run it now (it is stopping): the entry goes back, to run again.
+    GiveBack,
+}
+
+/// Runs the write-backs of a lease side by side, with their store steps together: the
+/// response scripts at once, then one read and one write of every record they update, then
+/// one step recording them all. Those that failed for a passing reason go on alone, retried
+/// with backoff while their entries' lease is kept alive, each recorded as it ends.
+async fn finish_lease(ctx: &EngineContext, id: &str, consumer: &Consumer<WritebackJob>, lease: Lease<WritebackJob>) {
+    let wh = ctx.catalog.current().webhooks.get(id).cloned();
+    let mut work: Vec<Work> =
+        futures_util::future::join_all(lease.entries().iter().map(|entry| prepare(ctx, wh.as_deref(), &entry.value)))
+            .await;
+    if let Some(wh) = &wh {
+        write_outputs(ctx, wh, &mut work).await;
+    }
+    let sizes = vec![1; lease.len()];
+    let mut finished = Vec::new();
+    let mut again = Vec::new();
+    for (one, work) in lease.split(&sizes).into_iter().zip(work) {
+        match &work.state {
+            State::GiveBack => {
+                let _ = consumer.release(one).await;
             }
-            drop(one.into_entries());
+            State::Finished(_) => finished.push((one, work)),
+            State::Write { failure: Some(f), .. } if f.transient => again.push((one, work)),
+            State::Write { .. } => finished.push((one, settle(work))),
         }
-        Err(error) => {
-            tracing::warn!(webhook_id = %id, %error, "cannot record a write-back; it runs again");
-            let _ = consumer.release(one).await;
+    }
+    record(ctx, id, consumer, finished).await;
+    let retries = again.into_iter().map(|(one, work)| async move {
+        let work = retry(ctx, id, work).await;
+        record(ctx, id, consumer, vec![(one, work)]).await;
+    });
+    futures_util::stream::iter(retries).buffer_unordered(CONCURRENT).collect::<Vec<()>>().await;
+}
+
+/// A write that needs no retry is over: its outcome is its failure, if any.
+fn settle(work: Work) -> Work {
+    let state = match work.state {
+        State::Write { failure: Some(failure), .. } => State::Finished(Err(failure)),
+        State::Write { failure: None, .. } => State::Finished(Ok(())),
+        finished => finished,
+    };
+    Work { state, ..work }
+}
+
+/// Runs the response script of `job` and turns its output into the objects to write.
+async fn prepare(ctx: &EngineContext, wh: Option<&CompiledWebhook>, job: &WritebackJob) -> Work {
+    let span = tracing::info_span!(
+        "writeback",
+        webhook_id = %job.webhook_id,
+        job_id = %job.job_id,
+        attempt_id = %job.attempt_id,
+        trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
+    );
+    let traceparent = trace::resume(&span, &job.traceparent);
+    let state = match wh {
+        // A write-back of a deleted webhook has nothing to write.
+        None => State::Finished(Err(Failure::permanent("the webhook was deleted".into()))),
+        Some(wh) => match run_script(ctx, wh, job).instrument(span.clone()).await {
+            Ok(outputs) if outputs.is_empty() || wh.def.writeback.is_none() => State::Finished(Ok(())),
+            Ok(outputs) => State::Write { outputs, pending: None, failure: None },
+            Err(failure) if failure.transient => State::GiveBack,
+            Err(failure) => State::Finished(Err(failure)),
+        },
+    };
+    Work { span, traceparent, state }
+}
+
+/// Writes what every write-back of `work` still has to write, in one store step for all.
+async fn write_outputs(ctx: &EngineContext, wh: &CompiledWebhook, work: &mut [Work]) {
+    let Some(mapping) = &wh.def.writeback else { return };
+    let catalog = ctx.catalog.current();
+    let object_name = mapping.object.as_deref().unwrap_or(&wh.def.object);
+    let Some(object) = catalog.objects.get(object_name) else {
+        let failure = || Failure::permanent(format!("no data object named `{object_name}`"));
+        for w in work.iter_mut().filter(|w| matches!(w.state, State::Write { .. })) {
+            w.state = State::Finished(Err(failure()));
         }
+        return;
+    };
+    // (work index, output index, record id, fields) of every output to write.
+    let mut mapped = Vec::new();
+    let mut errors: Vec<Vec<String>> = vec![Vec::new(); work.len()];
+    for (w, item) in work.iter().enumerate() {
+        let State::Write { outputs, pending, .. } = &item.state else { continue };
+        for (i, out) in outputs.iter().enumerate() {
+            if pending.as_ref().is_some_and(|p| !p.contains(&i)) {
+                continue;
+            }
+            match map_output(&wh.def, out) {
+                Ok((id, fields)) => mapped.push((w, i, id, fields)),
+                Err(e) => errors[w].push(e),
+            }
+        }
+    }
+    let written = match ctx.store.definitions_version().await {
+        Ok(version) => {
+            let patches: Vec<records::Patch<'_>> = mapped
+                .iter()
+                .map(|(w, _, id, fields)| records::Patch { id, fields, traceparent: work[*w].traceparent.clone() })
+                .collect();
+            records::write_many(ctx.store.as_ref(), object, &patches, WriteMode::Update, Some(&wh.def.id), version)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut retry: Vec<Vec<usize>> = vec![Vec::new(); work.len()];
+    match written {
+        Ok(results) => {
+            for ((w, i, id, _), result) in mapped.iter().zip(results) {
+                match result {
+                    Ok(written) => work[*w].span.in_scope(|| {
+                        tracing::debug!(record_id = %id, version = written.record.version, changed = written.changed, "written back")
+                    }),
+                    Err(e) => {
+                        if transient(&e) {
+                            retry[*w].push(*i);
+                        }
+                        errors[*w].push(e.to_string());
+                    }
+                }
+            }
+        }
+        // Nothing was written: every write of every write-back is still to do.
+        Err(e) => {
+            for (w, i, _, _) in &mapped {
+                if e.is_transient() {
+                    retry[*w].push(*i);
+                }
+                errors[*w].push(e.to_string());
+            }
+        }
+    }
+    for ((item, errors), retry) in work.iter_mut().zip(errors).zip(retry) {
+        let State::Write { pending, failure, .. } = &mut item.state else { continue };
+        *failure = (!errors.is_empty()).then(|| {
+            // Try again only while every failure may pass; one that cannot fails the write-back.
+            let transient = !retry.is_empty() && retry.len() == errors.len();
+            Failure { message: errors.join("; "), transient }
+        });
+        *pending = Some(retry);
     }
 }
 
-/// Runs one write-back to its end (trying again after passing failures) and says how it went.
-async fn write_back_entry(ctx: &EngineContext, id: &str, entry: &Entry<WritebackJob>) -> WritebackDone {
-    let job = &entry.value;
+/// Writes a write-back's remaining outputs again, with backoff, until they are written, a
+/// failure will not pass, or [`GIVE_UP_AFTER`].
+async fn retry(ctx: &EngineContext, id: &str, mut work: Work) -> Work {
     let started = tokio::time::Instant::now();
     let mut wait = Duration::from_millis(100);
-    let mut pending: Option<Vec<usize>> = None;
-    let result = loop {
-        // The webhook as it is now (a write-back of a deleted webhook has nothing to write).
-        let Some(wh) = ctx.catalog.current().webhooks.get(id).cloned() else {
-            break Err(Failure::permanent("the webhook was deleted".into()));
+    loop {
+        let (message, transient) = match &work.state {
+            State::Write { failure: Some(f), .. } => (f.message.clone(), f.transient),
+            _ => return settle(work),
         };
-        match write_back(ctx, &wh, job, pending.as_deref()).await {
-            Ok(()) => break Ok(()),
-            Err(WriteBackError { failure, retry_outputs })
-                if failure.transient && started.elapsed() < GIVE_UP_AFTER =>
-            {
-                tracing::warn!(webhook_id = id, job_id = %job.job_id, error = %failure.message, "write-back failed for now; trying again");
-                ctx.metrics.writeback_retried(id);
-                pending = retry_outputs;
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-            Err(WriteBackError { failure, .. }) => break Err(failure),
+        if !transient || started.elapsed() >= GIVE_UP_AFTER {
+            return settle(work);
         }
-    };
-    let mut attempt = None;
-    for wait in [50u64, 200, 1000, 3000] {
-        match ctx.store.get_attempt(id, &job.attempt_id).await {
-            Ok(a) => {
-                attempt = a;
-                break;
+        work.span.in_scope(|| {
+            tracing::warn!(webhook_id = id, error = %message, "write-back failed for now; trying again");
+        });
+        ctx.metrics.writeback_retried(id);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+        // The webhook as it is now: it may have been changed or deleted meanwhile.
+        let Some(wh) = ctx.catalog.current().webhooks.get(id).cloned() else {
+            work.state = State::Finished(Err(Failure::permanent("the webhook was deleted".into())));
+            return work;
+        };
+        write_outputs(ctx, &wh, std::slice::from_mut(&mut work)).await;
+    }
+}
+
+/// Records finished write-backs in one store step and lets their entries go.
+async fn record(
+    ctx: &EngineContext,
+    id: &str,
+    consumer: &Consumer<WritebackJob>,
+    finished: Vec<(Lease<WritebackJob>, Work)>,
+) {
+    if finished.is_empty() {
+        return;
+    }
+    let mut dones = Vec::with_capacity(finished.len());
+    for (one, work) in &finished {
+        let Some(entry) = one.entries().first() else { continue };
+        let job = &entry.value;
+        let State::Finished(result) = &work.state else { continue };
+        let (status, error, failed) = match result {
+            Ok(()) => {
+                ctx.metrics.writeback_done(id);
+                ("done", String::new(), None)
+            }
+            Err(failure) => {
+                ctx.metrics.writeback_failed(id);
+                work.span.in_scope(|| {
+                    tracing::warn!(webhook_id = id, job_id = %job.job_id, error = %failure.message, "write-back failed; kept among the failed write-backs");
+                });
+                ("error", failure.message.clone(), Some((job.clone(), failure.message.clone())))
+            }
+        };
+        dones.push(WritebackDone {
+            entry: entry.id.clone(),
+            attempt_id: job.attempt_id.clone(),
+            status: status.into(),
+            error,
+            failed,
+        });
+    }
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..4 {
+        match ctx.store.finish_writebacks(id, &ctx.consumer, &dones).await {
+            Ok(results) => {
+                if results.iter().any(|done| !done) {
+                    tracing::warn!(webhook_id = %id, "a write-back was taken over meanwhile; its result was not recorded here");
+                }
+                for (one, _) in finished {
+                    drop(one.into_entries());
+                }
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                tracing::warn!(webhook_id = %id, %error, "cannot record write-backs yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
             }
             Err(error) => {
-                tracing::warn!(webhook_id = id, %error, "cannot read the attempt to note the write-back on; trying again");
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                tracing::warn!(webhook_id = %id, %error, "cannot record write-backs; they run again");
+                break;
             }
         }
     }
-    let failed = match result {
-        Ok(()) => {
-            ctx.metrics.writeback_done(id);
-            if let Some(a) = attempt.as_mut() {
-                a.writeback_status = "done".into();
-                a.writeback_error.clear();
-            }
-            None
-        }
-        Err(failure) => {
-            ctx.metrics.writeback_failed(id);
-            tracing::warn!(webhook_id = id, job_id = %job.job_id, error = %failure.message, "write-back failed; kept among the failed write-backs");
-            if let Some(a) = attempt.as_mut() {
-                a.writeback_status = "error".into();
-                a.writeback_error = failure.message.clone();
-            }
-            Some((job.clone(), failure.message))
-        }
-    };
-    WritebackDone { entry: entry.id.clone(), attempt, failed }
+    for (one, _) in finished {
+        let _ = consumer.release(one).await;
+    }
 }
 
 /// Why a write-back failed, and whether trying again may help.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Failure {
     message: String,
     transient: bool,
@@ -200,19 +372,6 @@ struct Failure {
 impl Failure {
     fn permanent(message: String) -> Self {
         Failure { message, transient: false }
-    }
-}
-
-#[derive(Debug)]
-struct WriteBackError {
-    failure: Failure,
-    /// The outputs (by index) still to write, when some were written already.
-    retry_outputs: Option<Vec<usize>>,
-}
-
-impl From<Failure> for WriteBackError {
-    fn from(failure: Failure) -> Self {
-        WriteBackError { failure, retry_outputs: None }
     }
 }
 
@@ -244,121 +403,50 @@ fn transient(e: &RecordError) -> bool {
     }
 }
 
-/// Runs the response script and writes its outputs (only those in `only`, when given).
-async fn write_back(
+/// Runs the response script of `job`: the objects its output holds (none when it wrote
+/// nothing).
+async fn run_script(
     ctx: &EngineContext,
     wh: &CompiledWebhook,
     job: &WritebackJob,
-    only: Option<&[usize]>,
-) -> Result<(), WriteBackError> {
-    let span = tracing::info_span!(
-        "writeback",
-        webhook_id = %wh.def.id,
-        job_id = %job.job_id,
-        attempt_id = %job.attempt_id,
-        trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
-    );
-    let traceparent = trace::resume(&span, &job.traceparent);
-    async move {
-        let Some(script) = wh.response_script.clone() else { return Ok(()) };
-        let entities: Value = serde_json::from_slice(&job.entities_json).unwrap_or(Value::Array(vec![]));
-        let response = (job.status != 0).then(|| ResponseView {
+) -> Result<Vec<serde_json::Map<String, Value>>, Failure> {
+    let Some(script) = wh.response_script.clone() else { return Ok(Vec::new()) };
+    let entities: Value = serde_json::from_slice(&job.entities_json).unwrap_or(Value::Array(vec![]));
+    let mut call = ScriptCall::new(ScriptKind::Response, script, entities)
+        .with_request_body(String::from_utf8_lossy(&job.request_body).into_owned());
+    if job.status != 0 {
+        call = call.with_response(ResponseView {
             status: job.status as u16,
             headers: job.response_headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
             body: String::from_utf8_lossy(&job.response_body).into_owned(),
         });
-        let mut call = ScriptCall::new(ScriptKind::Response, script, entities)
-            .with_request_body(String::from_utf8_lossy(&job.request_body).into_owned());
-        if let Some(r) = response {
-            call = call.with_response(r);
-        }
-        let written = match ctx.scripts.run(call).instrument(tracing::info_span!("script", kind = "response")).await {
-            Ok(ScriptOutput::Written(text)) => text,
-            Ok(ScriptOutput::Headers(_)) => String::new(),
-            Err(hookline_script::ScriptError::PoolClosed) => {
-                return Err(Failure { message: "the script pool is stopping".into(), transient: true }.into());
-            }
-            Err(e) => {
-                ctx.metrics.script_error(&wh.def.id);
-                return Err(Failure::permanent(format!("response script: {e}")).into());
-            }
-        };
-        let Some(mapping) = &wh.def.writeback else { return Ok(()) };
-        if written.trim().is_empty() {
-            return Ok(());
-        }
-        let outputs = match serde_json::from_str::<Value>(&written) {
-            Ok(Value::Object(o)) => vec![o],
-            Ok(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::Object(o) => Ok(o),
-                    _ => Err(Failure::permanent("response script output array must hold objects".to_string())),
-                })
-                .collect::<Result<_, _>>()?,
-            Ok(_) => {
-                return Err(Failure::permanent(
-                    "response script output must be a JSON object or an array of objects".into(),
-                )
-                .into());
-            }
-            Err(e) => return Err(Failure::permanent(format!("response script output is not JSON: {e}")).into()),
-        };
-        let catalog = ctx.catalog.current();
-        let object_name = mapping.object.as_deref().unwrap_or(&wh.def.object);
-        let Some(object) = catalog.objects.get(object_name) else {
-            return Err(Failure::permanent(format!("no data object named `{object_name}`")).into());
-        };
-        let version = ctx
-            .store
-            .definitions_version()
-            .await
-            .map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
-        let mut errors = Vec::new();
-        let mut retry = Vec::new();
-        let mut any_transient = false;
-        let mut mapped = Vec::new();
-        for (i, out) in outputs.iter().enumerate() {
-            if only.is_some_and(|o| !o.contains(&i)) {
-                continue;
-            }
-            match map_output(&wh.def, out) {
-                Ok((id, fields)) => mapped.push((i, id, fields)),
-                Err(e) => errors.push(e),
-            }
-        }
-        // Every record of the output in one store step (a bulk call's write-back too).
-        let patches: Vec<records::Patch<'_>> = mapped
-            .iter()
-            .map(|(_, id, fields)| records::Patch { id, fields, traceparent: traceparent.clone() })
-            .collect();
-        let written =
-            records::write_many(ctx.store.as_ref(), object, &patches, WriteMode::Update, Some(&wh.def.id), version)
-                .await
-                .map_err(|e| Failure { message: e.to_string(), transient: e.is_transient() })?;
-        for ((i, id, _), result) in mapped.iter().zip(written) {
-            match result {
-                Ok(w) => {
-                    tracing::info!(record_id = %id, version = w.record.version, changed = w.changed, "written back")
-                }
-                Err(e) => {
-                    if transient(&e) {
-                        any_transient = true;
-                        retry.push(*i);
-                    }
-                    errors.push(e.to_string());
-                }
-            }
-        }
-        if errors.is_empty() {
-            return Ok(());
-        }
-        // Try again only while every failure may pass; one that cannot fails the write-back.
-        let transient = any_transient && retry.len() == errors.len();
-        Err(WriteBackError { failure: Failure { message: errors.join("; "), transient }, retry_outputs: Some(retry) })
     }
-    .instrument(span)
-    .await
+    let written = match ctx.scripts.run(call).instrument(tracing::info_span!("script", kind = "response")).await {
+        Ok(ScriptOutput::Written(text)) => text,
+        Ok(ScriptOutput::Headers(_)) => String::new(),
+        Err(hookline_script::ScriptError::PoolClosed) => {
+            return Err(Failure { message: "the script pool is stopping".into(), transient: true });
+        }
+        Err(e) => {
+            ctx.metrics.script_error(&wh.def.id);
+            return Err(Failure::permanent(format!("response script: {e}")));
+        }
+    };
+    if written.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str::<Value>(&written) {
+        Ok(Value::Object(o)) => Ok(vec![o]),
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Object(o) => Ok(o),
+                _ => Err(Failure::permanent("response script output array must hold objects".to_string())),
+            })
+            .collect(),
+        Ok(_) => Err(Failure::permanent("response script output must be a JSON object or an array of objects".into())),
+        Err(e) => Err(Failure::permanent(format!("response script output is not JSON: {e}"))),
+    }
 }
 
 #[cfg(test)]

@@ -160,6 +160,23 @@ pub struct Attempt {
     pub traceparent: String,
 }
 
+impl Attempt {
+    /// Field numbers of `writeback_status` and `writeback_error`.
+    const WRITEBACK_STATUS_TAG: u32 = 15;
+    const WRITEBACK_ERROR_TAG: u32 = 16;
+
+    /// The bytes that set `writeback_status` and `writeback_error` when appended to an
+    /// encoded attempt: in protobuf the last occurrence of a singular field wins, so a
+    /// store can note a write-back's result on a stored attempt without decoding it. Both
+    /// fields are written even when empty, so an earlier error is cleared.
+    pub fn writeback_patch(status: &str, error: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(status.len() + error.len() + 4);
+        prost::encoding::string::encode(Self::WRITEBACK_STATUS_TAG, &status.to_owned(), &mut out);
+        prost::encoding::string::encode(Self::WRITEBACK_ERROR_TAG, &error.to_owned(), &mut out);
+        out
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WritebackJob {
     #[prost(string, tag = "1")]
@@ -189,6 +206,20 @@ pub struct WritebackJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writeback_patch_appended_to_an_attempt_sets_its_result() {
+        let attempt = Attempt {
+            attempt_id: "a1".into(),
+            writeback_status: "error".into(),
+            writeback_error: "record r1 does not exist".into(),
+            ..Default::default()
+        };
+        let mut bytes = attempt.encode_to_vec();
+        bytes.extend(Attempt::writeback_patch("done", ""));
+        let patched = Attempt::decode(bytes.as_slice()).unwrap();
+        assert_eq!(patched, Attempt { writeback_status: "done".into(), writeback_error: String::new(), ..attempt });
+    }
 
     #[test]
     fn job_round_trips_and_keeps_its_field_numbers() {

@@ -707,15 +707,12 @@ pub async fn writebacks(store: &dyn Store, prefix: &str) {
     assert_eq!(got, want);
     assert!(store.read(&q, "x", 10, NO_BLOCK).await.expect("read").is_empty(), "handed out once");
 
-    let done = |i: usize, failed: Option<&str>| {
-        let mut a = attempts[i].clone();
-        a.writeback_status = if failed.is_some() { "error" } else { "done" }.into();
-        a.writeback_error = failed.unwrap_or_default().into();
-        WritebackDone {
-            entry: wbs[i].id.clone(),
-            attempt: Some(a),
-            failed: failed.map(|why| (decode::<WritebackJob>(&wbs[i]), why.to_string())),
-        }
+    let done = |i: usize, failed: Option<&str>| WritebackDone {
+        entry: wbs[i].id.clone(),
+        attempt_id: attempts[i].attempt_id.clone(),
+        status: if failed.is_some() { "error" } else { "done" }.into(),
+        error: failed.unwrap_or_default().into(),
+        failed: failed.map(|why| (decode::<WritebackJob>(&wbs[i]), why.to_string())),
     };
     let refused = store.finish_writebacks(&wh, "x", &[done(0, None)]).await.expect("finish_writebacks");
     assert_eq!(refused, [false], "x does not hold it");
@@ -726,6 +723,10 @@ pub async fn writebacks(store: &dyn Store, prefix: &str) {
     assert_eq!((a0.writeback_status.as_str(), a0.writeback_error.as_str()), ("done", ""));
     let a1 = store.get_attempt(&wh, &attempts[1].attempt_id).await.expect("get_attempt").expect("attempt 1");
     assert_eq!((a1.writeback_status.as_str(), a1.writeback_error.as_str()), ("error", "no record S9"));
+    assert_eq!(
+        a1,
+        Attempt { writeback_status: "error".into(), writeback_error: "no record S9".into(), ..attempts[1].clone() }
+    );
     let scan = ClaimScan { min_idle: Duration::ZERO, cursor: String::new() };
     assert!(store.claim(&q, "x", &scan, 10).await.expect("claim").0.is_empty(), "acknowledged");
 
@@ -743,6 +744,17 @@ pub async fn writebacks(store: &dyn Store, prefix: &str) {
         [attempts[1].attempt_id.clone()]
     );
     assert_eq!(store.redrive_writebacks(&wh).await.expect("redrive_writebacks"), 0);
+    // Redriven and done at last: the attempt says so, its earlier error gone.
+    let redone = WritebackDone {
+        entry: again[0].id.clone(),
+        attempt_id: attempts[1].attempt_id.clone(),
+        status: "done".into(),
+        error: String::new(),
+        failed: None,
+    };
+    assert_eq!(store.finish_writebacks(&wh, "w", &[redone]).await.expect("finish"), [true]);
+    let a1 = store.get_attempt(&wh, &attempts[1].attempt_id).await.expect("get_attempt").expect("attempt 1");
+    assert_eq!((a1.writeback_status.as_str(), a1.writeback_error.as_str()), ("done", ""));
 }
 
 /// The attempt log: newest first, filtered by record, outcome and time, limited; attempts

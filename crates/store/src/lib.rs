@@ -279,12 +279,16 @@ pub struct Renewed {
     pub lost_entries: Vec<String>,
 }
 
-/// A write-back finished: its entry, the attempt to store with the write-back's result, and,
-/// when it failed, the job to keep among the failed write-backs with the reason.
+/// A write-back finished: its entry, its result to note on its attempt (`writeback_status`
+/// and `writeback_error`, if the attempt is still kept) and, when it failed, the job to keep
+/// among the failed write-backs with the reason.
 #[derive(Debug, Clone)]
 pub struct WritebackDone {
     pub entry: String,
-    pub attempt: Option<Attempt>,
+    pub attempt_id: String,
+    /// `done` or `error`.
+    pub status: String,
+    pub error: String,
     pub failed: Option<(WritebackJob, String)>,
 }
 
@@ -460,9 +464,9 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_depth(&self, webhook: &str) -> Result<u64>;
 
     // --- write-backs ---
-    /// Finishes write-backs `consumer` still owns: stores each attempt as given, keeps the
-    /// failed ones among the failed write-backs, acknowledges the entries, atomically per
-    /// item. Says for each whether it took effect.
+    /// Finishes write-backs `consumer` still owns: notes each result on its attempt, keeps
+    /// the failed ones among the failed write-backs, acknowledges the entries, atomically per
+    /// item, all in one store step. Says for each whether it took effect.
     async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>>;
     /// Failed write-backs, oldest first.
     async fn failed_writebacks(&self, webhook: &str, limit: usize) -> Result<Vec<FailedWriteback>>;

@@ -1216,13 +1216,13 @@ impl Store for RedisStore {
         let mut inv = invocation(&self.scripts.finish_writebacks, &self.keys.finish_writebacks_keys(webhook));
         inv.arg(WRITEBACK_GROUP).arg(consumer);
         for item in items {
-            let (attempt_id, attempt) = match &item.attempt {
-                Some(a) => (a.attempt_id.as_str(), a.encode_to_vec()),
-                None => ("", Vec::new()),
-            };
             let (failed, reason) =
                 item.failed.as_ref().map(|(job, why)| (job.encode_to_vec(), why.as_str())).unwrap_or_default();
-            inv.arg(&item.entry).arg(attempt_id).arg(attempt).arg(failed).arg(reason);
+            inv.arg(&item.entry)
+                .arg(&item.attempt_id)
+                .arg(Attempt::writeback_patch(&item.status, &item.error))
+                .arg(failed)
+                .arg(reason);
         }
         let done: Vec<i64> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
         Ok(done.into_iter().map(|d| d == 1).collect())

@@ -1010,7 +1010,9 @@ fn trim_attempts(txn: &WriteTransaction, webhook: &str, cutoff_ms: i64) -> Resul
 /// One write-back's result.
 pub(super) struct WritebackItem {
     pub entry: Id,
-    pub attempt: Option<Attempt>,
+    pub attempt_id: String,
+    pub status: String,
+    pub error: String,
     pub failed: Option<(Vec<u8>, String)>,
 }
 
@@ -1030,15 +1032,16 @@ pub(super) fn finish_writebacks(
             done.push(false);
             continue;
         }
-        if let Some(attempt) = &item.attempt {
-            let kept = txn
-                .open_table(ATTEMPTS)
-                .map_err(db)?
-                .get((webhook, attempt.attempt_id.as_str()))
-                .map_err(db)?
-                .is_some();
-            if kept {
-                put_attempt(txn, webhook, attempt)?;
+        if !item.attempt_id.is_empty() {
+            let mut attempts = txn.open_table(ATTEMPTS).map_err(db)?;
+            let key = (webhook, item.attempt_id.as_str());
+            let kept = attempts.get(key).map_err(db)?.map(|bytes| {
+                let mut bytes = bytes.value().to_vec();
+                bytes.extend(Attempt::writeback_patch(&item.status, &item.error));
+                bytes
+            });
+            if let Some(bytes) = kept {
+                attempts.insert(key, bytes.as_slice()).map_err(db)?;
             }
         }
         if let Some((job, reason)) = &item.failed {

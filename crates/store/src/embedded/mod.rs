@@ -652,7 +652,9 @@ impl Store for EmbeddedStore {
             .map(|w| {
                 Ok(WritebackItem {
                     entry: Id::parse(&w.entry)?,
-                    attempt: w.attempt.clone(),
+                    attempt_id: w.attempt_id.clone(),
+                    status: w.status.clone(),
+                    error: w.error.clone(),
                     failed: w.failed.as_ref().map(|(j, r)| (j.encode_to_vec(), r.clone())),
                 })
             })

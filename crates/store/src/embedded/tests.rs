@@ -272,7 +272,13 @@ async fn corrupt_values_are_errors_not_panics() {
     // A write on top of a corrupt value still works when it does not need to read it.
     let w = store.write_record("survey", "S1", 1, &fields("Open"), &change(2)).await.unwrap();
     assert_eq!(w, WriteResult::Written { version: 2 });
-    let bad = crate::WritebackDone { entry: "not-an-id".into(), attempt: None, failed: None };
+    let bad = crate::WritebackDone {
+        entry: "not-an-id".into(),
+        attempt_id: String::new(),
+        status: "done".into(),
+        error: String::new(),
+        failed: None,
+    };
     assert!(matches!(store.finish_writebacks("wh", "w", &[bad]).await, Err(StoreError::Backend(_))));
 }
 

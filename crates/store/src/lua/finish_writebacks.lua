@@ -1,16 +1,20 @@
 -- Finishes write-backs, each atomically and only if the consumer still owns its entry:
--- stores the attempt with the write-back's result (if the attempt is still kept), keeps a
--- failed one among the failed write-backs, then acknowledges the entry.
+-- notes the result on the attempt (if the attempt is still kept) by appending the encoded
+-- result fields to it (in protobuf the last occurrence of a field wins), keeps a failed one
+-- among the failed write-backs, then acknowledges the entry.
 -- KEYS[1] write-back stream, KEYS[2] attempts hash, KEYS[3] failed write-backs stream
 -- ARGV[1] group, ARGV[2] consumer, then per write-back 5 values: entry id, attempt id
--- ('' = none), attempt protobuf, failed WritebackJob ('' = none), its reason
+-- ('' = none), the encoded result fields, failed WritebackJob ('' = none), its reason
 -- Returns one 1 (done) or 0 (not this consumer's) per write-back.
 local results = {}
 for base = 3, #ARGV, 5 do
   local id = ARGV[base]
   if owns(KEYS[1], ARGV[1], ARGV[2], id) then
-    if ARGV[base + 1] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[base + 1]) == 1 then
-      redis.call('HSET', KEYS[2], ARGV[base + 1], ARGV[base + 2])
+    if ARGV[base + 1] ~= '' then
+      local attempt = redis.call('HGET', KEYS[2], ARGV[base + 1])
+      if attempt then
+        redis.call('HSET', KEYS[2], ARGV[base + 1], attempt .. ARGV[base + 2])
+      end
     end
     if ARGV[base + 3] ~= '' then
       redis.call('XADD', KEYS[3], '*', 'w', ARGV[base + 3], 'r', ARGV[base + 4])
