@@ -22,7 +22,8 @@
 //!   (`cpu.cfs_quota_us`), draining one queue.
 //!
 //! Options: `--jobs N` (default 20000), `--quota CORES` (0.2), `--redis URL`, `--quick`
-//! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks during `drain`).
+//! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks while each
+//! queue drains), `--redis-stats` (prints Redis's busiest commands while each queue drains).
 
 #[path = "../tests/procs.rs"]
 mod procs;
@@ -47,6 +48,8 @@ struct Options {
     redis: String,
     quick: bool,
     perf: Option<String>,
+    /// Print Redis's busiest commands during each drain (`--redis-stats`).
+    redis_stats: bool,
 }
 
 const ALL: [&str; 9] = ["drain", "scripts", "batch", "embedded", "ingest", "api", "latency", "million", "scale"];
@@ -59,6 +62,7 @@ fn options() -> Options {
         redis: support::redis_url(),
         quick: false,
         perf: None,
+        redis_stats: false,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut i = 0;
@@ -72,6 +76,11 @@ fn options() -> Options {
             "--perf" => o.perf = Some(v),
             "--quick" => {
                 o.quick = true;
+                i += 1;
+                continue;
+            }
+            "--redis-stats" => {
+                o.redis_stats = true;
                 i += 1;
                 continue;
             }
@@ -219,6 +228,24 @@ async fn redis_cpu(url: &str) -> f64 {
         .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// Redis's busiest commands since the stats were reset: (command, calls, total µs), most
+/// time first (a script's time includes the commands it ran, which are listed too).
+async fn redis_command_stats(url: &str) -> Vec<(String, u64, u64)> {
+    let info: String =
+        redis::cmd("INFO").arg("commandstats").query_async(&mut redis_conn(url).await).await.unwrap_or_default();
+    let mut stats: Vec<(String, u64, u64)> = info
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let field = |key: &str| rest.split(',').find_map(|kv| kv.strip_prefix(key)?.parse::<u64>().ok());
+            Some((name.to_string(), field("calls=")?, field("usec=")?))
+        })
+        .collect();
+    stats.sort_by_key(|s| std::cmp::Reverse(s.2));
+    stats
 }
 
 /// Redis's `used_memory`, bytes.
@@ -446,6 +473,13 @@ impl Bench {
         let pid = proc.child.id();
         let (cpu0, redis0) = (process_cpu(pid), if embedded { 0.0 } else { redis_cpu(&self.o.redis).await });
         let perf = profile(&self.o.perf, pid);
+        if self.o.redis_stats && !embedded {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut redis_conn(&self.o.redis).await)
+                .await
+                .unwrap_or(());
+        }
         let start = Instant::now();
         api.ok("POST", "/v1/webhooks/bench/resume", None).await;
         let done = until(Duration::from_secs(900), || async { self.sink.records() >= jobs }).await;
@@ -463,6 +497,12 @@ impl Bench {
         let cpu = process_cpu(pid) - cpu0;
         let redis_cores = if embedded { 0.0 } else { (redis_cpu(&self.o.redis).await - redis0) / took };
         let (_, peak) = rss_mb(pid);
+        if self.o.redis_stats && !embedded {
+            eprintln!("{case}: Redis commands while draining (calls, µs per delivery):");
+            for (name, calls, usec) in redis_command_stats(&self.o.redis).await.into_iter().take(16) {
+                eprintln!("  {name:<24} {calls:>8} {:>8.2}", usec as f64 / jobs as f64);
+            }
+        }
         drop(proc);
         if !embedded {
             drop_namespace(&self.o.redis, &ns).await;

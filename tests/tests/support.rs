@@ -19,9 +19,55 @@ pub fn redis_url() -> String {
 /// The secret key every test node shares (nodes of one namespace must agree on it).
 pub const TEST_SECRET_KEY: &str = "aG9va2xpbmUtdGVzdHMtc2VjcmV0LWtleS0zMmJ5dGU=";
 
+/// A key namespace no other test shares; its keys are deleted from Redis when it is
+/// dropped (declare it first in a test, so the nodes using it are gone by then).
+pub struct Namespace(String);
+
 /// A namespace no other test shares.
-pub fn namespace() -> String {
-    format!("hl-test-{}", uuid::Uuid::new_v4().simple())
+pub fn namespace() -> Namespace {
+    Namespace(format!("hl-test-{}", uuid::Uuid::new_v4().simple()))
+}
+
+impl Namespace {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Namespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Best effort, on a plain connection: a test's leftovers must not pile up in a Redis
+        // that outlives the run.
+        let Ok(client) = redis::Client::open(redis_url()) else { return };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else { return };
+        let pattern = format!("{}:*", self.0);
+        let mut cursor = 0u64;
+        loop {
+            let scanned: redis::RedisResult<(u64, Vec<String>)> =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(&mut conn);
+            let Ok((next, keys)) = scanned else { return };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
 }
 
 /// A running node; dropping the stop sender stops it.

@@ -220,6 +220,9 @@ pub struct Take<'a> {
     /// Permits the consumer holds and has free for this step's calls: only those the store
     /// still holds for it carry calls (and they are renewed).
     pub free: &'a [String],
+    /// More free permits the consumer knows the store holds for it (renewed recently enough
+    /// that their lease cannot have run out): they carry calls without being looked at.
+    pub known_free: u32,
     /// More permits it would like (granted only within the limit and its fair share).
     pub want: u32,
     /// Permits it gives back first.

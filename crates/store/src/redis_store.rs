@@ -644,6 +644,38 @@ impl RedisStore {
     }
 }
 
+/// The lowest and highest of job entry ids, per stream: `[fresh lo, fresh hi, solo lo, solo
+/// hi]` (`s:<id>` names a solo entry; `''` where a stream has none). The queue scripts look at
+/// a consumer's pending entries in these ranges once, rather than at each entry: working the
+/// bounds out here costs less than in Lua. Ids that are not stream ids are left out (such an
+/// entry is never found pending, so never counts as owned).
+fn id_bounds<'a>(ids: impl IntoIterator<Item = &'a str>) -> [String; 4] {
+    type Id = (u64, u64);
+    fn parse(id: &str) -> Option<Id> {
+        let (ms, seq) = id.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    }
+    let mut bounds: [Option<(Id, Id)>; 2] = [None, None];
+    for full in ids {
+        let (slot, id) = match full.strip_prefix("s:") {
+            Some(id) => (1, id),
+            None => (0, full),
+        };
+        let Some(key) = parse(id) else { continue };
+        bounds[slot] = Some(match bounds[slot] {
+            Some((lo, hi)) => (lo.min(key), hi.max(key)),
+            None => (key, key),
+        });
+    }
+    let text = |b: Option<(Id, Id)>| match b {
+        Some((lo, hi)) => [format!("{}-{}", lo.0, lo.1), format!("{}-{}", hi.0, hi.1)],
+        None => [String::new(), String::new()],
+    };
+    let [fresh_lo, fresh_hi] = text(bounds[0]);
+    let [solo_lo, solo_hi] = text(bounds[1]);
+    [fresh_lo, fresh_hi, solo_lo, solo_hi]
+}
+
 /// Entries of one stream as `XREADGROUP` returned them.
 fn stream_entries(ids: Vec<redis::streams::StreamId>, field: &str) -> Vec<RawEntry> {
     ids.into_iter()
@@ -994,7 +1026,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut inv = self.queue_invocation(&self.scripts.touch, queue, consumer);
-        inv.arg(ids);
+        inv.arg(&id_bounds(ids.iter().map(String::as_str))).arg(ids);
         inv.invoke_async(&mut self.conn()).await.map_err(map_err)
     }
 
@@ -1003,7 +1035,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut inv = self.queue_invocation(&self.scripts.ack, queue, consumer);
-        inv.arg(ids);
+        inv.arg(&id_bounds(ids.iter().map(String::as_str))).arg(ids);
         inv.invoke_async(&mut self.conn()).await.map_err(map_err)
     }
 
@@ -1012,7 +1044,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let mut inv = self.queue_invocation(&self.scripts.release, queue, consumer);
-        inv.arg(ids);
+        inv.arg(&id_bounds(ids.iter().map(String::as_str))).arg(ids);
         inv.invoke_async::<i64>(&mut self.conn()).await.map_err(map_err)?;
         Ok(())
     }
@@ -1065,7 +1097,7 @@ impl Store for RedisStore {
             Some(scan) => inv.arg(scan.min_idle.as_millis() as u64).arg(&scan.cursor),
             None => inv.arg("").arg(""),
         };
-        inv.arg(PROMOTE_MAX).arg(t.free).arg(t.release);
+        inv.arg(PROMOTE_MAX).arg(t.known_free).arg(t.free).arg(t.release);
         let (granted, fair_share, entries, cursor, next_due, rate_wait, mark): (
             Vec<String>,
             u32,
@@ -1111,6 +1143,7 @@ impl Store for RedisStore {
             .arg(if r.contending { "1" } else { "0" })
             .arg(r.permits.len())
             .arg(r.permits)
+            .arg(&id_bounds(r.entries.iter().map(String::as_str)))
             .arg(r.entries);
         let (lost_permits, fair_share, lost_entries): (Vec<String>, u32, Vec<String>) =
             inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
@@ -1153,6 +1186,7 @@ impl Store for RedisStore {
         let cutoff = now_ms() - ATTEMPT_RETENTION.as_millis() as i64;
         let mut inv = invocation(&self.scripts.complete, &self.keys.complete_keys(webhook));
         inv.arg(DISPATCH_GROUP).arg(consumer).arg(cutoff);
+        inv.arg(&id_bounds(items.iter().flat_map(|c| c.entries.iter().map(String::as_str))));
         for c in items {
             let f = &c.follow_up;
             let (retry, due) = f.retry.as_ref().map(|(j, due)| (j.encode_to_vec(), *due)).unwrap_or_default();
@@ -1215,6 +1249,7 @@ impl Store for RedisStore {
         }
         let mut inv = invocation(&self.scripts.finish_writebacks, &self.keys.finish_writebacks_keys(webhook));
         inv.arg(WRITEBACK_GROUP).arg(consumer);
+        inv.arg(&id_bounds(items.iter().map(|i| i.entry.as_str())));
         for item in items {
             let (failed, reason) =
                 item.failed.as_ref().map(|(job, why)| (job.encode_to_vec(), why.as_str())).unwrap_or_default();
@@ -1429,6 +1464,14 @@ pub(crate) mod tests {
         );
         assert!(cluster_nodes("redis+cluster://a:7000,,b:7001").is_err());
         assert!(cluster_nodes("redis://a:7000,b:7001").is_err(), "a list of nodes needs a scheme on each");
+    }
+
+    #[test]
+    fn id_bounds_per_stream() {
+        let ids = ["5-10", "s:7-1", "5-9", "12-0", "s:3-4", "not-an-id", "s:bad"];
+        assert_eq!(id_bounds(ids), ["5-9", "12-0", "3-4", "7-1"].map(String::from));
+        assert_eq!(id_bounds(["10-0", "9-99"]), ["9-99", "10-0", "", ""].map(String::from), "numeric, not text order");
+        assert_eq!(id_bounds([]), ["", "", "", ""].map(String::from));
     }
 
     #[test]

@@ -142,8 +142,8 @@ async fn run_worker(w: WorkerCtx) {
         let (limit, batch) = (s.max_concurrency, s.max_batch_size.max(1));
         // What goes back first, so it is not counted as free for this step's calls.
         let release = pool.to_release(limit);
-        let (free, want) = (pool.free_names(), pool.wanted(limit));
-        if free.is_empty() && want == 0 && release.is_empty() {
+        let ((known_free, free), want) = (pool.free_for_take(), pool.wanted(limit));
+        if known_free == 0 && free.is_empty() && want == 0 && release.is_empty() {
             // Every permit this worker may hold carries a call: wait for one to end.
             tokio::select! {
                 _ = pool.freed() => {}
@@ -160,6 +160,7 @@ async fn run_worker(w: WorkerCtx) {
             lease: ctx.lease,
             limit,
             free: &free,
+            known_free,
             want,
             release: &release,
             batch,

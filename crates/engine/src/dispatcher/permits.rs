@@ -107,6 +107,28 @@ impl PermitPool {
         s.held.keys().filter(|n| !s.busy.contains(*n)).cloned().collect()
     }
 
+    /// The free permits, split for a take: those renewed so recently that their lease cannot
+    /// have run out in the store before the take arrives (counted there without a look), and
+    /// the others, named so the store checks and renews them.
+    pub fn free_for_take(&self) -> (u32, Vec<String>) {
+        let mut s = self.lock();
+        self.expire(&mut s);
+        let fresh_until = Instant::now() + self.lease / 2;
+        let mut known = 0;
+        let mut named = Vec::new();
+        for (name, until) in &s.held {
+            if s.busy.contains(name) {
+                continue;
+            }
+            if *until >= fresh_until {
+                known += 1;
+            } else {
+                named.push(name.clone());
+            }
+        }
+        (known, named)
+    }
+
     /// Permits carrying a call now.
     pub fn busy(&self) -> usize {
         self.lock().busy.len()

@@ -108,7 +108,8 @@ pub(super) struct Permits {
 pub(super) struct Granted {
     pub names: Vec<String>,
     pub share: u32,
-    /// How many of the free permits given are still held (each renewed).
+    /// How many free permits carry calls: those known held, and those given that are still
+    /// held (each renewed).
     pub free: u32,
 }
 
@@ -117,12 +118,12 @@ impl Permits {
     /// limit and the consumer's fair share, counting it as a contender when it wants or holds
     /// any.
     pub(super) fn take(&self, t: &crate::Take<'_>) -> Granted {
-        let crate::Take { webhook, consumer, release, free, want, limit, lease, .. } = *t;
+        let crate::Take { webhook, consumer, release, free, known_free, want, limit, lease, .. } = *t;
         let now = Instant::now();
         let mut map = lock(&self.map);
         let p = map.entry(webhook.to_string()).or_default();
         p.expire(now);
-        let mut still = 0;
+        let mut still = known_free;
         for name in free {
             if let Some(until) = p.held.get_mut(name) {
                 *until = now + lease;
@@ -303,6 +304,7 @@ mod tests {
             lease,
             limit,
             free: &[],
+            known_free: 0,
             want,
             release,
             batch: 1,

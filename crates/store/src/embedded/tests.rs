@@ -27,6 +27,7 @@ async fn take_jobs(store: &EmbeddedStore, webhook: &str, consumer: &str, n: u32)
         lease: Duration::from_secs(60),
         limit: 1000,
         free: &[],
+        known_free: 0,
         want: n,
         release: &[],
         batch: 1,

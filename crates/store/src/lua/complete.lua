@@ -6,56 +6,24 @@
 -- a time.
 -- KEYS[1] fresh jobs stream, KEYS[2] solo stream, KEYS[3] attempts hash, KEYS[4] attempts
 -- zset, KEYS[5] delayed zset, KEYS[6] dead-letter stream, KEYS[7] write-back stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] retention cutoff (ms), then per call 9 values:
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] retention cutoff (ms), ARGV[4..7] the bounds of
+-- every call's entry ids (see owned_sets), then per call 9 values:
 -- entry ids (space-separated), attempt id, attempt protobuf, attempt time (ms), retry job
 -- ('' = none), retry due (ms), dead-letter job ('' = none), its reason, write-back job ('' = none)
 -- Returns one 1 (done) or 0 (not this consumer's) per call.
 local group, consumer = ARGV[1], ARGV[2]
 
--- Which of every call's entries the consumer owns: one pending-list range per stream (from
--- the lowest id to the highest, this consumer's only), not one look per entry.
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
-local wanted = {[KEYS[1]] = {}, [KEYS[2]] = {}}
-for base = 4, #ARGV, 9 do
-  for full in string.gmatch(ARGV[base], '%S+') do
-    local stream, id = job_stream(full, KEYS[1], KEYS[2])
-    table.insert(wanted[stream], id)
-  end
-end
-local mine = {}
-for _, stream in ipairs({KEYS[1], KEYS[2]}) do
-  local ids = wanted[stream]
-  if #ids > 0 then
-    local lo, hi = ids[1], ids[1]
-    for _, id in ipairs(ids) do
-      if less(id, lo) then lo = id end
-      if less(hi, id) then hi = id end
-    end
-    local pending = redis.pcall('XPENDING', stream, group, lo, hi, 100000, consumer)
-    if type(pending) == 'table' and not pending.err then
-      for _, p in ipairs(pending) do
-        mine[stream .. ' ' .. p[1]] = true
-      end
-    end
-  end
-end
+-- Which of every call's entries the consumer owns: one look per stream.
+local mine = owned_sets(KEYS[1], KEYS[2], group, consumer, 4)
 
 local results = {}
 local acks = {[KEYS[1]] = {}, [KEYS[2]] = {}}
-for base = 4, #ARGV, 9 do
+for base = 8, #ARGV, 9 do
   local ids, owned = {}, {}
   for full in string.gmatch(ARGV[base], '%S+') do
     local stream, id = job_stream(full, KEYS[1], KEYS[2])
     ids[#ids + 1] = id
-    if mine[stream .. ' ' .. id] then
+    if mine[stream][id] then
       owned[#owned + 1] = {stream, id}
     end
   end
@@ -74,7 +42,7 @@ for base = 4, #ARGV, 9 do
     for _, o in ipairs(owned) do
       table.insert(acks[o[1]], o[2])
       -- Owned once: a second call naming it (there is none) would not ack it again.
-      mine[o[1] .. ' ' .. o[2]] = nil
+      mine[o[1]][o[2]] = nil
     end
     results[#results + 1] = 1
   else
@@ -83,11 +51,8 @@ for base = 4, #ARGV, 9 do
 end
 -- Acknowledged and removed in bulk, a few thousand ids per command at most.
 for stream, ids in pairs(acks) do
-  for i = 1, #ids, 4000 do
-    local part = {unpack(ids, i, math.min(i + 3999, #ids))}
-    redis.call('XACK', stream, group, unpack(part))
-    redis.call('XDEL', stream, unpack(part))
-  end
+  in_chunks('XACK', stream, {group}, ids)
+  in_chunks('XDEL', stream, {}, ids)
 end
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[3], 'LIMIT', 0, 100)
 if #old > 0 then

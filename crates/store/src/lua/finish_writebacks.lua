@@ -3,13 +3,16 @@
 -- result fields to it (in protobuf the last occurrence of a field wins), keeps a failed one
 -- among the failed write-backs, then acknowledges the entry.
 -- KEYS[1] write-back stream, KEYS[2] attempts hash, KEYS[3] failed write-backs stream
--- ARGV[1] group, ARGV[2] consumer, then per write-back 5 values: entry id, attempt id
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3..6] the entry ids' bounds (see owned_sets), then
+-- per write-back 5 values: entry id, attempt id
 -- ('' = none), the encoded result fields, failed WritebackJob ('' = none), its reason
 -- Returns one 1 (done) or 0 (not this consumer's) per write-back.
+local mine = owned_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local results = {}
-for base = 3, #ARGV, 5 do
+for base = 7, #ARGV, 5 do
   local id = ARGV[base]
-  if owns(KEYS[1], ARGV[1], ARGV[2], id) then
+  if mine[id] then
+    mine[id] = nil
     if ARGV[base + 1] ~= '' then
       local attempt = redis.call('HGET', KEYS[2], ARGV[base + 1])
       if attempt then

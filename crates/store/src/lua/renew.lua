@@ -4,7 +4,8 @@
 -- KEYS[1] fresh jobs stream, KEYS[2] solo stream, KEYS[3] permits, KEYS[4] holders,
 -- KEYS[5] contenders, KEYS[6] permit sequence
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] lease (ms), ARGV[4] limit, ARGV[5] contending
--- ('1'/'0'), ARGV[6] number of permits n, ARGV[7..6+n] permits, then entry ids
+-- ('1'/'0'), ARGV[6] number of permits n, ARGV[7..6+n] permits, then the entry ids' bounds
+-- (4 values, see owned_sets), then entry ids
 -- Returns {lost permits, fair share, entries another consumer holds now}.
 local fresh, solo, permits, holders, contenders, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
@@ -28,14 +29,5 @@ end
 keep_alive({permits, holders, contenders, seq}, lease)
 local share = fair_share(contenders, limit)
 
-local lost_entries = {}
-for i = 7 + n, #ARGV do
-  local stream, id = job_stream(ARGV[i], fresh, solo)
-  local holder = owner(stream, group, id)
-  if holder == consumer then
-    redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
-  elseif holder then
-    lost_entries[#lost_entries + 1] = ARGV[i]
-  end
-end
+local lost_entries = touch_entries(argv_from(11 + n), fresh, solo, group, consumer, 7 + n)
 return {lost_permits, share, lost_entries}

@@ -9,8 +9,9 @@
 -- permits f, ARGV[6] permits wanted, ARGV[7] batch, ARGV[8] max entries, ARGV[9] rate
 -- interval (µs, '' = none), ARGV[10] rate burst (µs), ARGV[11] claim min idle (ms, '' = no
 -- claim), ARGV[12] claim cursor ('<fresh>|<solo>'), ARGV[13] retries to promote at most,
--- ARGV[14..13+f] the free permits (only those still held count, and they are renewed),
--- then the permits to release
+-- ARGV[14] free permits known to be held (counted without a look), ARGV[15..14+f] the other
+-- free permits (only those still held count, and they are renewed), then the permits to
+-- release
 -- Returns {granted permits, fair share, entries ({id, payload, deliveries, redriven, solo}
 -- each), claim cursor ('' = came round; '-' = no scan ran), next due (ms) or -1, rate wait
 -- (µs) or -1, mark}.
@@ -25,14 +26,14 @@ local now = math.floor(us / 1000)
 
 -- Permits: only free permits still held carry calls (renewed, as they are in use now).
 expire_permits(permits, holders, contenders, now)
-local free = 0
-for i = 14, 13 + nfree do
+local free = tonumber(ARGV[14])
+for i = 15, 14 + nfree do
   if redis.call('ZSCORE', permits, ARGV[i]) then
     redis.call('ZADD', permits, 'XX', now + lease, ARGV[i])
     free = free + 1
   end
 end
-for i = 14 + nfree, #ARGV do
+for i = 15 + nfree, #ARGV do
   drop_permit(permits, holders, ARGV[i])
 end
 local mine = tonumber(redis.call('HGET', holders, consumer) or '0')
