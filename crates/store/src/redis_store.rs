@@ -354,18 +354,28 @@ pub(crate) fn is_solo(job: &Job) -> bool {
 }
 
 /// Entries as the queue scripts return them: `{id, payload, deliveries, redriven, solo}`.
+/// Entries as the take and claim scripts return them, flat to keep the reply small: three
+/// values each, the id (`s:<id>` on the solo stream), the payload, and the delivery count
+/// times two plus one if the entry was redriven.
 fn script_entries(what: &str, v: Value) -> Result<Vec<RawEntry>> {
-    let rows: Vec<(String, Vec<u8>, u32, String, String)> = reply(what, v)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, payload, deliveries, redriven, solo)| RawEntry {
+    let flat: Vec<Value> = reply(what, v)?;
+    let mut entries = Vec::with_capacity(flat.len() / 3);
+    let mut values = flat.into_iter();
+    while let Some(id) = values.next() {
+        let (Some(payload), Some(counts)) = (values.next(), values.next()) else {
+            return Err(StoreError::Corrupt { key: what.to_string(), reason: "a partial entry".into() });
+        };
+        let (id, payload, counts): (String, Vec<u8>, u64) =
+            (reply(what, id)?, reply(what, payload)?, reply(what, counts)?);
+        entries.push(RawEntry {
+            solo: id.starts_with("s:"),
             id,
             payload,
-            deliveries: deliveries.max(1),
-            redriven: redriven == "1",
-            solo: solo == "1",
-        })
-        .collect())
+            deliveries: u32::try_from(counts / 2).unwrap_or(u32::MAX).max(1),
+            redriven: counts % 2 == 1,
+        });
+    }
+    Ok(entries)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -1189,19 +1199,22 @@ impl Store for RedisStore {
         inv.arg(&id_bounds(items.iter().flat_map(|c| c.entries.iter().map(String::as_str))));
         for c in items {
             let f = &c.follow_up;
-            let (retry, due) = f.retry.as_ref().map(|(j, due)| (j.encode_to_vec(), *due)).unwrap_or_default();
-            let (dead, reason) =
-                f.dead_letter.as_ref().map(|(j, r)| (j.encode_to_vec(), r.as_str())).unwrap_or_default();
-            let writeback = f.writeback.as_ref().map(|w| w.encode_to_vec()).unwrap_or_default();
+            let follow = [(f.retry.is_some(), 'r'), (f.dead_letter.is_some(), 'd'), (f.writeback.is_some(), 'w')];
+            let follow: String = follow.iter().filter(|(on, _)| *on).map(|(_, c)| *c).collect();
             inv.arg(c.entries.join(" "))
                 .arg(&c.attempt.attempt_id)
                 .arg(c.attempt.encode_to_vec())
                 .arg(c.attempt.started_at_ms)
-                .arg(retry)
-                .arg(due)
-                .arg(dead)
-                .arg(reason)
-                .arg(writeback);
+                .arg(follow);
+            if let Some((job, due)) = &f.retry {
+                inv.arg(job.encode_to_vec()).arg(*due);
+            }
+            if let Some((job, reason)) = &f.dead_letter {
+                inv.arg(job.encode_to_vec()).arg(reason.as_str());
+            }
+            if let Some(w) = &f.writeback {
+                inv.arg(w.encode_to_vec());
+            }
         }
         let done: Vec<i64> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
         Ok(done.into_iter().map(|d| d == 1).collect())

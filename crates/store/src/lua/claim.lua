@@ -3,7 +3,8 @@
 -- KEYS[1] stream, KEYS[2] solo stream of a job queue (absent for other queues)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] min idle (ms), ARGV[4] cursor ('<KEYS[1]>|<KEYS[2]>'),
 -- ARGV[5] count
--- Returns {entries ({id, payload, deliveries, redriven, solo} each), next cursor ('' = done)}.
+-- Returns {entries (flat: id, payload, deliveries * 2 + redriven for each; a solo entry's id
+-- is `s:<id>`), next cursor ('' = done)}.
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[5])
 local cursors = {}
 for c in string.gmatch(ARGV[4] .. '|', '([^|]*)|') do
@@ -12,7 +13,7 @@ end
 local out, next_cursors, done = {}, {}, true
 for k, stream in ipairs(KEYS) do
   local from = cursors[k] or '0-0'
-  local left = count - #out
+  local left = count - #out / 3
   if left > 0 then
     local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, ARGV[3], from, 'COUNT', left)
     if type(r) == 'table' and not r.err then
@@ -31,11 +32,13 @@ for k, stream in ipairs(KEYS) do
         if p[1] then
           deliveries = p[1][4]
         end
-        local id, solo = e[1], '0'
+        local id = e[1]
         if k == 2 then
-          id, solo = 's:' .. e[1], '1'
+          id = 's:' .. e[1]
         end
-        out[#out + 1] = {id, payload, deliveries, redriven, solo}
+        out[#out + 1] = id
+        out[#out + 1] = payload
+        out[#out + 1] = tonumber(deliveries) * 2 + tonumber(redriven)
       end
     else
       redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')

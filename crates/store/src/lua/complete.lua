@@ -7,37 +7,56 @@
 -- KEYS[1] fresh jobs stream, KEYS[2] solo stream, KEYS[3] attempts hash, KEYS[4] attempts
 -- zset, KEYS[5] delayed zset, KEYS[6] dead-letter stream, KEYS[7] write-back stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] retention cutoff (ms), ARGV[4..7] the bounds of
--- every call's entry ids (see owned_sets), then per call 9 values:
--- entry ids (space-separated), attempt id, attempt protobuf, attempt time (ms), retry job
--- ('' = none), retry due (ms), dead-letter job ('' = none), its reason, write-back job ('' = none)
+-- every call's entry ids (see owned_sets), then per call: entry ids (space-separated),
+-- attempt id, attempt protobuf, attempt time (ms), its follow-ups ('r' a retry, 'd' a dead
+-- letter, 'w' a write-back, in that order, '' none), then for a retry the job and when it is
+-- due (ms), for a dead letter the job and the reason, for a write-back its job.
 -- Returns one 1 (done) or 0 (not this consumer's) per call.
 local group, consumer = ARGV[1], ARGV[2]
+local fresh, solo = KEYS[1], KEYS[2]
 
 -- Which of every call's entries the consumer owns: one look per stream.
-local mine = owned_sets(KEYS[1], KEYS[2], group, consumer, 4)
+local mine = owned_sets(fresh, solo, group, consumer, 4)
 
 local results = {}
-local acks = {[KEYS[1]] = {}, [KEYS[2]] = {}}
-for base = 8, #ARGV, 9 do
-  local ids, owned = {}, {}
-  for full in string.gmatch(ARGV[base], '%S+') do
-    local stream, id = job_stream(full, KEYS[1], KEYS[2])
-    ids[#ids + 1] = id
+local acks = {[fresh] = {}, [solo] = {}}
+local i = 8
+while i <= #ARGV do
+  local ids, attempt_id, attempt, at, follow = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local retry, due, dead, reason, writeback
+  if string.find(follow, 'r', 1, true) then
+    retry, due = ARGV[i], ARGV[i + 1]
+    i = i + 2
+  end
+  if string.find(follow, 'd', 1, true) then
+    dead, reason = ARGV[i], ARGV[i + 1]
+    i = i + 2
+  end
+  if string.find(follow, 'w', 1, true) then
+    writeback = ARGV[i]
+    i = i + 1
+  end
+
+  local named, owned = 0, {}
+  for full in string.gmatch(ids, '%S+') do
+    local stream, id = job_stream(full, fresh, solo)
+    named = named + 1
     if mine[stream][id] then
       owned[#owned + 1] = {stream, id}
     end
   end
-  if #owned > 0 or #ids == 0 then
-    redis.call('HSET', KEYS[3], ARGV[base + 1], ARGV[base + 2])
-    redis.call('ZADD', KEYS[4], ARGV[base + 3], ARGV[base + 1])
-    if ARGV[base + 4] ~= '' then
-      redis.call('ZADD', KEYS[5], ARGV[base + 5], ARGV[base + 4])
+  if #owned > 0 or named == 0 then
+    redis.call('HSET', KEYS[3], attempt_id, attempt)
+    redis.call('ZADD', KEYS[4], at, attempt_id)
+    if retry then
+      redis.call('ZADD', KEYS[5], due, retry)
     end
-    if ARGV[base + 6] ~= '' then
-      redis.call('XADD', KEYS[6], '*', 'j', ARGV[base + 6], 'r', ARGV[base + 7])
+    if dead then
+      redis.call('XADD', KEYS[6], '*', 'j', dead, 'r', reason)
     end
-    if ARGV[base + 8] ~= '' then
-      redis.call('XADD', KEYS[7], '*', 'w', ARGV[base + 8])
+    if writeback then
+      redis.call('XADD', KEYS[7], '*', 'w', writeback)
     end
     for _, o in ipairs(owned) do
       table.insert(acks[o[1]], o[2])

@@ -12,8 +12,8 @@
 -- ARGV[14] free permits known to be held (counted without a look), ARGV[15..14+f] the other
 -- free permits (only those still held count, and they are renewed), then the permits to
 -- release
--- Returns {granted permits, fair share, entries ({id, payload, deliveries, redriven, solo}
--- each), claim cursor ('' = came round; '-' = no scan ran), next due (ms) or -1, rate wait
+-- Returns {granted permits, fair share, entries (flat: id, payload, deliveries * 2 + redriven
+-- for each; a solo entry's id is `s:<id>`), claim cursor ('' = came round; '-' = no scan ran), next due (ms) or -1, rate wait
 -- (µs) or -1, mark}.
 local fresh, solo, delayed = KEYS[1], KEYS[2], KEYS[3]
 local permits, holders, contenders, seq, rate = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -120,11 +120,13 @@ local function add(stream_entries, is_solo, deliveries)
     else
       fresh_n = fresh_n + 1
     end
-    entries[#entries + 1] = {id, payload or '', count, redriven, is_solo and '1' or '0'}
+    entries[#entries + 1] = id
+    entries[#entries + 1] = payload or ''
+    entries[#entries + 1] = tonumber(count) * 2 + tonumber(redriven)
   end
 end
 local function room_for_fresh()
-  return math.min((calls - solos) * batch - fresh_n, max_entries - #entries)
+  return math.min((calls - solos) * batch - fresh_n, max_entries - (solos + fresh_n))
 end
 
 -- Take-over of entries whose consumer stopped heartbeating, within the same capacity (none
@@ -172,7 +174,7 @@ local function read(stream, count)
   end
   return {}
 end
-local room = math.min(calls - solos, max_entries - #entries)
+local room = math.min(calls - solos, max_entries - (solos + fresh_n))
 if room > 0 then
   add(read(solo, room), true, false)
 end
