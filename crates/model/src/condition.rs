@@ -1218,6 +1218,12 @@ impl Checker<'_> {
 
     fn compare(&self, left: RawOperand, op: CmpOp, op_at: usize, right: RawOperand) -> Result<Pred, Failure> {
         let (left_field, right_field) = (self.field_of(&left)?, self.field_of(&right)?);
+        // The field compared with a literal, and the literal, if that is the comparison.
+        let literal = match (&left_field, &right_field) {
+            (Some((_, def)), None) => Some((*def, &right)),
+            (None, Some((_, def))) => Some((*def, &left)),
+            _ => None,
+        };
         let (l, r, ty) = match (left_field, right_field) {
             (Some((l, ld)), Some((r, rd))) => (l, r, common_type(ld.ty, rd.ty)),
             (Some((l, def)), None) => (l, self.value_for(def, &right)?, def.ty),
@@ -1231,6 +1237,22 @@ impl Checker<'_> {
             }
         };
         if op.is_ordering() {
+            // A string field ordered against a number would compare text (`"10" < "9"`).
+            if let Some((def, raw)) = literal
+                && def.ty == FieldType::String
+                && matches!(raw.term, Term::Number)
+            {
+                return Err(fail(
+                    raw.at,
+                    format!(
+                        "{} is a string field, so `{}` would compare text (\"10\" < \"9\"); quote the value \
+                         ('{}') to compare text, or make the field a number",
+                        display_name(def),
+                        op.symbol(),
+                        raw.text
+                    ),
+                ));
+            }
             if l.is_null_const() || r.is_null_const() {
                 return Err(fail(
                     op_at,
@@ -1545,6 +1567,8 @@ mod tests {
         ("Due Date > tomorrow", 12, "is not an RFC 3339 datetime"),
         ("Transactional Satisfaction contains 5", 28, "`contains` applies to string and json fields"),
         ("Status < null", 8, "cannot compare with null"),
+        ("Status > 5", 10, "Status is a string field, so `>` would compare text"),
+        ("5 <= Status", 1, "so `<=` would compare text"),
         // Syntax.
         ("Status =", 9, "expected a value after `=`"),
         ("Status = ", 10, "expected a value after `=`"),
