@@ -14,12 +14,12 @@ use rquickjs::{
     CatchResultExt, Coerced, Context, Ctx, Exception, Function, IntoJs, Object, Persistent, Runtime, Value,
 };
 
-use crate::error::{Phase, SCRIPT_FILE, ScriptError, classify};
+use crate::error::{Phase, SCRIPT_FILE, ScriptError, UNPRINTABLE, classify};
 use crate::{PoolConfig, ResponseView, ScriptCall, ScriptKind, ScriptOutput};
 
 /// Opening of the wrapper; it stays on the script's first line so line numbers match. The
 /// call's values come in as parameters, so they never touch the realm's global object.
-const WRAP_OPEN: &str = "(function(data, http, write){";
+const WRAP_OPEN: &str = "(function(data, http, write, secrets){";
 /// Closing of the wrapper, on its own line so a trailing `// comment` cannot swallow it.
 const WRAP_CLOSE: &str = "\n})";
 
@@ -258,20 +258,23 @@ struct Realm {
     freeze: Persistent<Function<'static>>,
     http: Persistent<Object<'static>>,
     write: Persistent<Function<'static>>,
+    /// The frozen empty `secrets` of calls that carry none.
+    no_secrets: Persistent<Object<'static>>,
     context: Context,
 }
 
 impl Realm {
     fn new(runtime: &Runtime, state: &Rc<CallState>, cache: usize) -> Result<Self, ScriptError> {
         let context = Context::full(runtime).map_err(|_| ScriptError::OutOfMemory)?;
-        let (reset, freeze, http, write) = context.with(|ctx| {
+        let (reset, freeze, http, write, no_secrets) = context.with(|ctx| {
             let run_error = |e| classify(&ctx, e, Phase::Run);
             let tools: Object = ctx.eval(REALM_SETUP_JS).catch(&ctx).map_err(run_error)?;
             let reset: Function = tools.get("reset").catch(&ctx).map_err(run_error)?;
             let freeze: Function = tools.get("freeze").catch(&ctx).map_err(run_error)?;
             let http = http_object(&ctx, state).catch(&ctx).map_err(run_error)?;
             let write = write_function(&ctx, state).catch(&ctx).map_err(run_error)?;
-            for object in [http.clone().into_value(), write.clone().into_value()] {
+            let no_secrets = Object::new(ctx.clone()).catch(&ctx).map_err(run_error)?;
+            for object in [http.clone().into_value(), write.clone().into_value(), no_secrets.clone().into_value()] {
                 freeze.call::<_, ()>((object,)).catch(&ctx).map_err(run_error)?;
             }
             Ok::<_, ScriptError>((
@@ -279,9 +282,10 @@ impl Realm {
                 Persistent::save(&ctx, freeze),
                 Persistent::save(&ctx, http),
                 Persistent::save(&ctx, write),
+                Persistent::save(&ctx, no_secrets),
             ))
         })?;
-        Ok(Self { cache: ScriptCache::new(cache), reset, freeze, http, write, context })
+        Ok(Self { cache: ScriptCache::new(cache), reset, freeze, http, write, no_secrets, context })
     }
 
     /// Compiles `source` into a frozen wrapper function. Returns it, or the error, and
@@ -416,6 +420,13 @@ impl Engine {
         }
         match result {
             Err(ScriptError::OutOfMemory) => (Err(ScriptError::OutOfMemory), Health::Discard),
+            // Out of memory, QuickJS throws a bare `null` when it cannot even allocate the
+            // error: from a script that throws nothing itself, that is the memory limit.
+            Err(ScriptError::Runtime { line: None, message })
+                if message.ends_with(UNPRINTABLE) && !call.source.contains("throw") =>
+            {
+                (Err(ScriptError::OutOfMemory), Health::Discard)
+            }
             other => (other, Health::Good),
         }
     }
@@ -436,7 +447,7 @@ impl Engine {
         }
         let result = result.map(|output| match output {
             ScriptOutput::Written(_) => ScriptOutput::Written(written),
-            headers => headers,
+            returned => returned,
         });
         if self.state.overflow.get() && !matches!(result, Err(ScriptError::OutOfMemory)) {
             return Err(ScriptError::OutputTooLarge(self.limits.max_output));
@@ -588,18 +599,24 @@ fn call_in_realm<'js>(
             function.clone().restore(ctx)?,
             realm.http.clone().restore(ctx)?,
             realm.write.clone().restore(ctx)?,
+            realm.no_secrets.clone().restore(ctx)?,
         ))
     })();
-    let (function, http, write) = match restored {
+    let (function, http, write, no_secrets) = match restored {
         Ok(restored) => restored,
         Err(e) => return (Err(ScriptError::internal(e)), false),
     };
     let result = data_value(ctx, call)
         .and_then(|data| {
-            function.call::<_, Value>((data, http, write)).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
+            let secrets = match call.secrets.0.is_empty() {
+                true => no_secrets.into_value(),
+                false => secrets_value(ctx, call)?,
+            };
+            function.call::<_, Value>((data, http, write, secrets)).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
         })
         .and_then(|value| match call.kind {
             ScriptKind::Header => headers_from(ctx, value).map(ScriptOutput::Headers),
+            ScriptKind::Url => url_from(value).map(ScriptOutput::Url),
             ScriptKind::Body | ScriptKind::Response => Ok(ScriptOutput::Written(String::new())),
         });
     // Promise jobs: run them all, within the deadline. Jobs left over would run later in
@@ -625,6 +642,31 @@ fn data_value<'js>(ctx: &Ctx<'js>, call: &ScriptCall) -> Result<Value<'js>, Scri
         .map_err(|e| ScriptError::internal(format!("changed entities: {e}")))?;
     json.push(b'}');
     ctx.json_parse(json).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
+}
+
+/// The webhook's `secrets` map as a new frozen object (an empty one when it has none).
+fn secrets_value<'js>(ctx: &Ctx<'js>, call: &ScriptCall) -> Result<Value<'js>, ScriptError> {
+    let object = Object::new(ctx.clone()).map_err(ScriptError::internal)?;
+    for (name, value) in call.secrets.iter() {
+        object.set(name.as_str(), value.as_str()).map_err(ScriptError::internal)?;
+    }
+    let freeze: Function =
+        ctx.globals().get::<_, Object>("Object").and_then(|o| o.get("freeze")).map_err(ScriptError::internal)?;
+    freeze.call::<_, Value>((object,)).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))
+}
+
+/// Reads a URL script's return value: a string.
+fn url_from(value: Value<'_>) -> Result<String, ScriptError> {
+    match value.as_string() {
+        Some(s) => s.to_string().map_err(ScriptError::internal),
+        None => Err(ScriptError::BadReturn(format!(
+            "a URL script must `return` the URL as a string, got {}",
+            match value.type_of() {
+                rquickjs::Type::Undefined => "undefined",
+                other => other.as_str(),
+            }
+        ))),
+    }
 }
 
 fn write_function<'js>(ctx: &Ctx<'js>, state: &Rc<CallState>) -> rquickjs::Result<Function<'js>> {

@@ -64,6 +64,9 @@ pub(crate) enum Phase {
     Run,
 }
 
+/// Shown for a thrown value that cannot be turned into text.
+pub(crate) const UNPRINTABLE: &str = "(unprintable value)";
+
 /// Turns a caught QuickJS error into a [`ScriptError`]. Reading the exception's properties
 /// never leaves an exception pending on the context.
 pub(crate) fn classify<'js>(ctx: &Ctx<'js>, error: CaughtError<'js>, phase: Phase) -> ScriptError {
@@ -72,7 +75,7 @@ pub(crate) fn classify<'js>(ctx: &Ctx<'js>, error: CaughtError<'js>, phase: Phas
         CaughtError::Error(other) => ScriptError::internal(other),
         CaughtError::Exception(exception) => from_exception(ctx, &exception, phase),
         CaughtError::Value(value) => {
-            let text = string_of(ctx, value).unwrap_or_else(|| "(unprintable value)".to_owned());
+            let text = string_of(ctx, value).unwrap_or_else(|| UNPRINTABLE.to_owned());
             ScriptError::Runtime { message: format!("uncaught exception: {text}"), line: None }
         }
     }

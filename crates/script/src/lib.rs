@@ -17,7 +17,7 @@
 //!
 //! # What a script sees
 //!
-//! Three names are in scope (they are the parameters of the function the script runs in,
+//! Four names are in scope (they are the parameters of the function the script runs in,
 //! not properties of the global object):
 //!
 //! * `data` — `{ changedEntities: <ScriptCall::changed_entities> }`, new for every call.
@@ -31,6 +31,11 @@
 //!   new object, name → value, repeated names joined the same way). It exists for every kind;
 //!   for body and header scripts it simply reports what the [`ScriptCall`] carries (normally
 //!   no request body and no response).
+//! * `secrets` — the webhook's named secrets (`secrets.API_KEY`), a frozen object, empty when
+//!   the call carries none ([`ScriptCall::with_secrets`]).
+//!
+//! **URL** scripts ([`ScriptKind::Url`]) end with `return "https://…"`; anything but a string
+//! is [`ScriptError::BadReturn`]. Result: [`ScriptOutput::Url`].
 //!
 //! Everything else is plain ECMAScript as QuickJS-ng implements it (JSON, Math, Date, RegExp,
 //! typed arrays, Promise, `btoa`/`atob`, …). Promise jobs queued by a script are run after
@@ -155,6 +160,25 @@ pub enum ScriptKind {
     Header,
     /// Reads the exchange through `http` and writes a result with `write()`.
     Response,
+    /// Returns the request URL as a string. Result: [`ScriptOutput::Written`].
+    Url,
+}
+
+/// Named secret values a script reads as `secrets.NAME` (a frozen object). `Debug` shows
+/// the names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct ScriptSecrets(pub Arc<std::collections::BTreeMap<String, String>>);
+
+impl ScriptSecrets {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for ScriptSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "***"))).finish()
+    }
 }
 
 /// One script invocation.
@@ -171,12 +195,27 @@ pub struct ScriptCall {
     /// The response that came back, for response scripts; `None` when there was none
     /// (status `0`, empty body, no headers).
     pub response: Option<ResponseView>,
+    /// The webhook's secrets, seen as `secrets`.
+    pub secrets: ScriptSecrets,
 }
 
 impl ScriptCall {
     /// A call without request body or response.
     pub fn new(kind: ScriptKind, source: impl Into<Arc<str>>, changed_entities: serde_json::Value) -> Self {
-        Self { kind, source: source.into(), changed_entities, request_body: None, response: None }
+        Self {
+            kind,
+            source: source.into(),
+            changed_entities,
+            request_body: None,
+            response: None,
+            secrets: ScriptSecrets::default(),
+        }
+    }
+
+    /// Sets the secrets seen as `secrets`.
+    pub fn with_secrets(mut self, secrets: ScriptSecrets) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Sets the request body seen by `http.getRequestBodyUtf8()`.
@@ -210,6 +249,8 @@ pub enum ScriptOutput {
     Written(String),
     /// The header script's returned object, in property order.
     Headers(Vec<(String, String)>),
+    /// The URL script's returned string.
+    Url(String),
 }
 
 /// Syntax-checks a script at save time without running it.

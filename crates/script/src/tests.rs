@@ -499,3 +499,27 @@ async fn dropping_the_last_pool_ends_its_threads() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn url_scripts_return_a_string_and_see_secrets() {
+    let pool = pool();
+    let secrets = crate::ScriptSecrets(std::sync::Arc::new([("KEY".to_string(), "s3cr3t".to_string())].into()));
+    let call = ScriptCall::new(
+        ScriptKind::Url,
+        "return 'https://h/' + data.changedEntities[0].id + '?k=' + secrets.KEY;",
+        json!([{"id": "r1"}]),
+    )
+    .with_secrets(secrets.clone());
+    assert_eq!(pool.run(call.clone()).await, Ok(ScriptOutput::Url("https://h/r1?k=s3cr3t".into())));
+    assert!(!format!("{call:?}").contains("s3cr3t"), "Debug shows secret names only");
+
+    let bad = pool.run(ScriptCall::new(ScriptKind::Url, "return 42;", json!([]))).await;
+    assert!(matches!(&bad, Err(ScriptError::BadReturn(m)) if m.contains("as a string")), "{bad:?}");
+
+    // The map is frozen, and absent secrets are just undefined.
+    let frozen = "secrets.KEY = 'x'; secrets.NEW = 1; write(String(secrets.KEY) + ',' + secrets.NEW);";
+    let out = written(pool.run(body(frozen, json!([])).with_secrets(secrets)).await);
+    assert_eq!(out, "s3cr3t,undefined");
+    let none = written(pool.run(body("write(String(secrets.KEY));", json!([]))).await);
+    assert_eq!(none, "undefined");
+}
