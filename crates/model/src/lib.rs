@@ -7,6 +7,7 @@ pub mod condition;
 pub mod object;
 pub mod schedule;
 pub mod trigger;
+pub mod url;
 pub mod webhook;
 
 pub use object::{DataObject, FieldDef, FieldError, FieldType, Fields, Record};
