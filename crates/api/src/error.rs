@@ -12,6 +12,9 @@ pub enum ApiError {
     /// The body is not valid JSON or not of the expected shape (serde names the position).
     #[error("{0}")]
     BadJson(String),
+    /// The body is JSON, but a value in it is not of the expected type; `field` names it.
+    #[error("{}", .0.message)]
+    BadShape(FieldError),
     /// A value, definition or parameter is refused; `field` names it.
     #[error(transparent)]
     Invalid(#[from] FieldError),
@@ -54,7 +57,7 @@ impl From<RecordError> for ApiError {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            ApiError::BadJson(_) => "bad_json",
+            ApiError::BadJson(_) | ApiError::BadShape(_) => "bad_json",
             ApiError::Invalid(_) => "invalid",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -69,7 +72,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadJson(_) | ApiError::BadShape(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InUse(_) => StatusCode::CONFLICT,
@@ -81,7 +84,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut error = json!({"code": self.code(), "message": self.to_string()});
-        if let ApiError::Invalid(f) | ApiError::InUse(f) = self {
+        if let ApiError::Invalid(f) | ApiError::InUse(f) | ApiError::BadShape(f) = self {
             error["field"] = json!(f.field);
             error["message"] = json!(f.message);
         }

@@ -16,6 +16,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::web;
+use hookline_model::FieldError;
 use hookline_script::ScriptPool;
 use hookline_store::Store;
 
@@ -39,9 +40,25 @@ pub struct ApiState {
     pub catalog: Option<hookline_engine::catalog::CatalogView>,
 }
 
-/// Parses a JSON body; serde's message names the line, column and field at fault.
+/// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and
+/// serde's message the line and column.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+    from_json(body).map_err(|(field, message)| match field {
+        Some(field) => ApiError::BadShape(FieldError::new(field, format!("invalid request body: {message}"))),
+        None => ApiError::BadJson(format!("invalid request body: {message}")),
+    })
+}
+
+/// Parses JSON, telling the path of the value at fault (None: the document as a whole).
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (Option<String>, String)> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        (field, e.into_inner().to_string())
+    })?;
+    de.end().map_err(|e| (None, e.to_string()))?;
+    Ok(value)
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -74,6 +91,16 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
     move |cfg| {
         cfg.app_data(web::Data::new(state))
             .app_data(web::PayloadConfig::new(MAX_BODY))
+            // A bad query parameter answers like every other refusal, naming it.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                let message = e.to_string();
+                let field = message
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| message.contains("unknown field"))
+                    .map_or_else(|| "query".to_string(), str::to_string);
+                ApiError::Invalid(FieldError::new(field, message)).into()
+            }))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));

@@ -83,9 +83,41 @@ pub async fn list(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().json(all))
 }
 
-pub async fn get(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// `scripts`: show the header scripts' sources (sealed and shown as `***` otherwise).
+    reveal: Option<String>,
+}
+
+pub async fn get(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<GetQuery>,
+) -> Result<HttpResponse, ApiError> {
     let stored = load(&state, &path).await?;
     let mut out = view(&stored);
+    match query.reveal.as_deref() {
+        None => {}
+        // Only a reader holding the API token (checked before this handler) may.
+        Some("scripts") if state.api_token.is_some() => {
+            let def = &stored.definition;
+            if let hookline_model::AuthDef::Script { script } = &def.auth {
+                out["auth"]["script"] = json!(script);
+            }
+            if let Some(script) = &def.request.headers_script {
+                out["request"]["headers_script"] = json!(script);
+            }
+        }
+        Some("scripts") => {
+            return Err(FieldError::new(
+                "reveal",
+                "script sources are shown only to holders of the API token: start the node with --api-token",
+            )
+            .into());
+        }
+        Some(other) => return Err(FieldError::new("reveal", format!("`{other}` is not `scripts`")).into()),
+    }
     let (def, t) = (&stored.definition, &stored.definition.trigger);
     if let Some(expr) = &t.schedule
         && let Ok(schedule) = Schedule::parse(expr, t.time_zone.as_deref(), t.select.unwrap_or_default())
@@ -206,8 +238,9 @@ pub async fn test(
                     .into_iter()
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect();
+            let body = hookline_engine::attempt::scrub(r.body.clone(), &r.secret_values);
             json!({"method": r.method, "url": display_url(&r.url), "headers": headers,
-                   "body": String::from_utf8_lossy(&r.body)})
+                   "body": String::from_utf8_lossy(&body)})
         }
         Err(e) => json!({"error": e.to_string()}),
     };

@@ -20,9 +20,11 @@ pub fn cut(body: &[u8]) -> (Vec<u8>, bool) {
     if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
 }
 
-/// The request `req` as recorded: URL without userinfo, secret headers masked.
+/// The request `req` as recorded: URL without userinfo or credential parameters, secret
+/// headers masked, secret values (a script may put one in the body) replaced by `***`.
 pub fn request_record(req: &BuiltRequest) -> HttpRequest {
     let (body, body_truncated) = cut(&req.body);
+    let body = scrub(body, &req.secret_values);
     HttpRequest {
         method: req.method.clone(),
         url: display_url(&req.url),
@@ -32,15 +34,40 @@ pub fn request_record(req: &BuiltRequest) -> HttpRequest {
     }
 }
 
-/// The response to `req` as recorded, with what `req` holds secret masked in its headers.
+/// The response to `req` as recorded: every secret value `req` carried masked in its headers
+/// and replaced by `***` in its body (a target that echoes the request shows them).
 pub fn response_record(resp: &OutboundResponse, req: &BuiltRequest) -> HttpResponse {
     let (body, truncated) = cut(&resp.body);
+    let body = scrub(body, &req.secret_values);
     HttpResponse {
         status: u32::from(resp.status),
         headers: masked(&resp.headers, req),
         body,
         body_truncated: truncated || resp.body_truncated,
     }
+}
+
+/// `body` with every occurrence of each of `secrets` (longest first) replaced by `***`.
+pub fn scrub(body: Vec<u8>, secrets: &[String]) -> Vec<u8> {
+    let mut body = body;
+    for secret in secrets.iter().map(String::as_bytes).filter(|s| !s.is_empty()) {
+        if !body.windows(secret.len()).any(|w| w == secret) {
+            continue;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut i = 0;
+        while i < body.len() {
+            if body[i..].starts_with(secret) {
+                out.extend_from_slice(b"***");
+                i += secret.len();
+            } else {
+                out.push(body[i]);
+                i += 1;
+            }
+        }
+        body = out;
+    }
+    body
 }
 
 fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
@@ -51,7 +78,14 @@ fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_RECORDED_BODY, cut};
+    use super::{MAX_RECORDED_BODY, cut, scrub};
+
+    #[test]
+    fn secrets_are_scrubbed_from_bodies() {
+        let secrets = vec!["dG9rZW4=".to_string(), "tok".to_string()];
+        let body = br#"{"auth":"Basic dG9rZW4=","t":"tok tok","x":"to"}"#.to_vec();
+        assert_eq!(scrub(body, &secrets), br#"{"auth":"Basic ***","t":"*** ***","x":"to"}"#.to_vec());
+    }
 
     #[test]
     fn recorded_bodies_are_cut() {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hookline_model::url::{VALUE_END, VALUE_START};
 use hookline_model::webhook::Backoff as DefBackoff;
 use hookline_model::{AuthDef, DataObject, FieldError, StoredWebhook, TriggerPlan, WebhookDef};
 use hookline_outbound::{Backoff, RetryPolicy};
@@ -21,8 +22,8 @@ pub(crate) fn header_template(name: &str) -> String {
     format!("header:{name}")
 }
 
-/// A webhook ready to run: validated, templates parsed, scripts syntax-checked.
-#[derive(Debug)]
+/// A webhook ready to run: validated, templates parsed, scripts syntax-checked. `Debug`
+/// names it only: it holds secrets and script sources.
 pub struct CompiledWebhook {
     pub def: WebhookDef,
     pub version: u64,
@@ -35,12 +36,26 @@ pub struct CompiledWebhook {
     /// (or writes more than a little) is rendered again on the pool.
     pub(crate) quick: minijinja::Environment<'static>,
     pub body_script: Option<Arc<str>>,
+    /// `auth.script`: headers that authenticate.
     pub header_script: Option<Arc<str>>,
+    /// `request.headers_script`: other computed headers.
+    pub headers_script: Option<Arc<str>>,
+    pub url_script: Option<Arc<str>>,
+    /// The `secrets` map scripts see.
+    pub script_secrets: hookline_script::ScriptSecrets,
+    /// Every secret value a request of this webhook may carry, for redaction.
+    pub secret_values: Vec<String>,
     pub response_script: Option<Arc<str>>,
     /// Standard Webhooks signing secrets (empty: unsigned).
     pub signing: Vec<hookline_outbound::SigningSecret>,
     /// Calls per period across the cluster, if limited.
     pub rate: Option<hookline_model::webhook::RateLimit>,
+}
+
+impl std::fmt::Debug for CompiledWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledWebhook").field("id", &self.def.id).field("version", &self.version).finish()
+    }
 }
 
 impl CompiledWebhook {
@@ -63,6 +78,16 @@ fn environment(def: &WebhookDef, fuel: u64) -> Result<minijinja::Environment<'st
     let mut templates = minijinja::Environment::new();
     templates.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
     templates.set_fuel(Some(fuel));
+    // Values rendered into the URL are marked, so the URL's structure is read from the
+    // template's own text and each value encoded for its part (`hookline_model::url`).
+    templates.set_formatter(|out, state, value| {
+        if state.name() != URL_TEMPLATE {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        let text = if value.is_undefined() || value.is_none() { String::new() } else { value.to_string() };
+        let clean: String = text.chars().filter(|c| !matches!(*c, VALUE_START | VALUE_END)).collect();
+        write!(out, "{VALUE_START}{clean}{VALUE_END}").map_err(minijinja::Error::from)
+    });
     let template_err = |field: String, e: minijinja::Error| {
         FieldError::new(field, format!("template error: {}", e.detail().unwrap_or(&e.to_string())))
     };
@@ -124,6 +149,10 @@ pub fn compile<'a>(
         quick,
         body_script: def.request.body_script.as_deref().map(Arc::from),
         header_script,
+        headers_script: def.request.headers_script.as_deref().map(Arc::from),
+        url_script: def.request.url_script.as_deref().map(Arc::from),
+        script_secrets: hookline_script::ScriptSecrets(Arc::new(def.secrets.clone())),
+        secret_values: def.secret_values(),
         response_script: def.response_script.as_deref().map(Arc::from),
         signing,
         // validate() checked the text already.

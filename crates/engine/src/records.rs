@@ -89,10 +89,24 @@ pub async fn write(
     traceparent: &str,
     definitions_version: u64,
 ) -> Result<Written, RecordError> {
+    let patch = Patch { id, fields: patch, traceparent: traceparent.to_string(), hops: 0 };
+    write_one(store, object, &patch, mode, Origin { webhook: origin_webhook, hops: 0 }, definitions_version).await
+}
+
+/// Writes one patch, reading the record again after a conflict (at most 32 times).
+async fn write_one(
+    store: &dyn Store,
+    object: &DataObject,
+    p: &Patch<'_>,
+    mode: WriteMode,
+    origin: Origin<'_>,
+    definitions_version: u64,
+) -> Result<Written, RecordError> {
+    let (id, patch) = (p.id, p.fields);
     check(object, id, patch)?;
     for _ in 0..32 {
         let current = store.get_record(&object.name, id).await?;
-        let planned = match plan(object, id, patch, current, mode, origin_webhook, traceparent, definitions_version)? {
+        let planned = match plan(object, id, patch, current, mode, origin, &p.traceparent, definitions_version)? {
             Plan::Unchanged(w) => return Ok(w),
             Plan::Write(p) => p,
         };
@@ -135,7 +149,7 @@ fn plan(
     patch: &Fields,
     current: Option<Record>,
     mode: WriteMode,
-    origin_webhook: Option<&str>,
+    origin: Origin<'_>,
     traceparent: &str,
     definitions_version: u64,
 ) -> Result<Plan, RecordError> {
@@ -176,12 +190,21 @@ fn plan(
         version: expected + 1,
         old_json: old.map(|o| serde_json::to_vec(o).unwrap_or_default()).unwrap_or_default(),
         new_json: serde_json::to_vec(&fields).unwrap_or_default(),
-        origin_webhook: origin_webhook.unwrap_or_default().to_string(),
+        origin_webhook: origin.webhook.unwrap_or_default().to_string(),
         traceparent: traceparent.to_string(),
         at_ms: now_ms(),
         definitions_version,
+        hops: origin.hops,
     };
     Ok(Plan::Write(Planned { expected, fields, change }))
+}
+
+/// Who wrote a change: the webhook whose write-back it is, and how many write-backs lead
+/// to it from the user's change.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    webhook: Option<&'a str>,
+    hops: u32,
 }
 
 /// One record of a [`write_many`]: its id, the patch, and the trace context of its change.
@@ -189,6 +212,8 @@ pub struct Patch<'a> {
     pub id: &'a str,
     pub fields: &'a Fields,
     pub traceparent: String,
+    /// Write-backs from the user's change to this write (0 for a user's own write).
+    pub hops: u32,
 }
 
 /// [`write`] for many records of one object, in one store read and one store write (plus
@@ -216,7 +241,8 @@ pub async fn write_many(
         if !seen.insert(p.id) {
             continue;
         }
-        match plan(object, p.id, p.fields, current, mode, origin_webhook, &p.traceparent, definitions_version) {
+        let origin = Origin { webhook: origin_webhook, hops: p.hops };
+        match plan(object, p.id, p.fields, current, mode, origin, &p.traceparent, definitions_version) {
             Ok(Plan::Unchanged(w)) => out[i] = Some(Ok(w)),
             Ok(Plan::Write(w)) => planned.push((i, w)),
             Err(e) => out[i] = Some(Err(e)),
@@ -241,9 +267,8 @@ pub async fn write_many(
     for (i, slot) in out.iter_mut().enumerate() {
         if slot.is_none() {
             let p = &patches[i];
-            *slot = Some(
-                write(store, object, p.id, p.fields, mode, origin_webhook, &p.traceparent, definitions_version).await,
-            );
+            let origin = Origin { webhook: origin_webhook, hops: p.hops };
+            *slot = Some(write_one(store, object, p, mode, origin, definitions_version).await);
         }
     }
     Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(RecordError::Contended { id: String::new() }))).collect())

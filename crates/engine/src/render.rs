@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use hookline_model::AuthDef;
+use hookline_model::url::{VALUE_END, VALUE_START};
 use hookline_proto::Job;
 use hookline_script::{ScriptCall, ScriptKind, ScriptOutput, ScriptPool};
 use serde_json::{Value, json};
@@ -138,16 +139,63 @@ struct Templated {
 }
 
 fn render_parts(wh: &CompiledWebhook, vars: &minijinja::Value, budget: Budget) -> Result<Templated, RenderError> {
-    let url = render_template(wh, URL_TEMPLATE, vars, "url template", budget)?.trim().to_string();
+    let url = match wh.url_script {
+        Some(_) => String::new(),
+        None => {
+            let marked = render_template(wh, URL_TEMPLATE, vars, "url template", budget)?;
+            hookline_model::url::finish(&marked, wh.def.request.url_host_from_record).map_err(|message| {
+                RenderError::Failed(BuildError {
+                    step: "url template",
+                    message: format!("the URL {message}"),
+                    retryable: false,
+                })
+            })?
+        }
+    };
     let mut headers = Vec::with_capacity(wh.def.request.headers.len() + 4);
     for name in wh.def.request.headers.keys() {
-        headers.push((name.clone(), render_template(wh, &header_template(name), vars, "header template", budget)?));
+        let value = render_template(wh, &header_template(name), vars, "header template", budget)?;
+        header_value_ok(name, &value).map_err(RenderError::Failed)?;
+        headers.push((name.clone(), value));
     }
     let body = match &wh.def.request.body_template {
         Some(_) if wh.body_script.is_none() => Some(render_template(wh, BODY_TEMPLATE, vars, "body template", budget)?),
         _ => None,
     };
     Ok(Templated { url, headers, body })
+}
+
+/// A header value as rendered: no CR, LF or NUL (they would start another header).
+fn header_value_ok(name: &str, value: &str) -> Result<(), BuildError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(BuildError {
+            step: "header template",
+            message: format!("the value of header {name} contains CR, LF or NUL"),
+            retryable: false,
+        });
+    }
+    Ok(())
+}
+
+/// Runs one of the webhook's scripts on the pool, with its secrets.
+async fn run_script(
+    scripts: &ScriptPool,
+    wh: &CompiledWebhook,
+    kind: ScriptKind,
+    source: &Arc<str>,
+    entities: &Value,
+    step: &'static str,
+) -> Result<ScriptOutput, BuildError> {
+    let call = ScriptCall::new(kind, source.clone(), entities.clone()).with_secrets(wh.script_secrets.clone());
+    let name = match kind {
+        ScriptKind::Body => "body",
+        ScriptKind::Header => "header",
+        ScriptKind::Url => "url",
+        ScriptKind::Response => "response",
+    };
+    let span = tracing::info_span!("script", kind = name);
+    // Script errors carry the JS message and line, never a header's value.
+    scripts.run(call).instrument(span).await.map_err(|e| BuildError { step, message: e.to_string(), retryable: false })
 }
 
 /// Renders the templated parts inline when they are small, else on the script pool.
@@ -190,15 +238,39 @@ pub async fn build_request(
     entities: &Value,
 ) -> Result<BuiltRequest, BuildError> {
     let vars = template_context(wh, job, entities);
-    let Templated { url, mut headers, body: templated_body } = templated(scripts, wh, vars).await?;
+    let Templated { mut url, mut headers, body: templated_body } = templated(scripts, wh, vars).await?;
 
     let request = &wh.def.request;
+    if let Some(src) = &wh.url_script {
+        let step = "url script";
+        let ScriptOutput::Url(returned) = run_script(scripts, wh, ScriptKind::Url, src, entities, step).await? else {
+            return Err(BuildError { step, message: "returned no URL".into(), retryable: false });
+        };
+        // Written by the definition's own code, so its host may come from the record; it
+        // must still be an http(s) URL with a host, and the target guard checks that host.
+        let fixed: String = returned.chars().filter(|c| !matches!(*c, VALUE_START | VALUE_END)).collect();
+        url = hookline_model::url::finish(&fixed, true).map_err(|m| BuildError {
+            step,
+            message: format!("the returned URL {m}"),
+            retryable: false,
+        })?;
+    }
+    let mut secret_headers = Vec::new();
+    if let Some(src) = &wh.headers_script {
+        let step = "headers script";
+        if let ScriptOutput::Headers(hs) = run_script(scripts, wh, ScriptKind::Header, src, entities, step).await? {
+            for (name, value) in hs {
+                // Header scripts hold credentials: what they return is treated as secret.
+                headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                secret_headers.push(name.clone());
+                headers.push((name, value));
+            }
+        }
+    }
     let body: Vec<u8> = if let Some(src) = &wh.body_script {
-        let call = ScriptCall::new(ScriptKind::Body, src.clone(), entities.clone());
-        match scripts.run(call).instrument(tracing::info_span!("script", kind = "body")).await {
-            Ok(ScriptOutput::Written(text)) => text.into_bytes(),
-            Ok(ScriptOutput::Headers(_)) => Vec::new(),
-            Err(e) => return Err(BuildError { step: "body script", message: e.to_string(), retryable: false }),
+        match run_script(scripts, wh, ScriptKind::Body, src, entities, "body script").await? {
+            ScriptOutput::Written(text) => text.into_bytes(),
+            _ => Vec::new(),
         }
     } else if let Some(text) = templated_body {
         text.into_bytes()
@@ -212,8 +284,8 @@ pub async fn build_request(
             .unwrap_or_default()
     };
 
-    let mut secret_values = Vec::new();
-    let mut secret_headers = Vec::new();
+    let mut secret_values = wh.secret_values.clone();
+    secret_values.extend(headers.iter().filter(|(n, _)| secret_headers.contains(n)).map(|(_, v)| v.clone()));
     let mut oauth_token = None;
     match &wh.def.auth {
         AuthDef::None => {}
@@ -227,7 +299,12 @@ pub async fn build_request(
             oauth_token = Some(token);
         }
         AuthDef::Basic { username, password } => {
-            headers.push(hookline_outbound::basic_auth(username, password));
+            let header = hookline_outbound::basic_auth(username, password);
+            // The encoded credentials too: a target that echoes the header shows those.
+            if let Some(encoded) = header.1.strip_prefix("Basic ") {
+                secret_values.push(encoded.to_string());
+            }
+            headers.push(header);
             secret_values.push(password.clone());
         }
         AuthDef::Token { header, value } => {
@@ -237,18 +314,18 @@ pub async fn build_request(
         }
         AuthDef::Script { .. } => {
             let src = wh.header_script.clone().unwrap_or_else(|| "return {};".into());
-            let call = ScriptCall::new(ScriptKind::Header, src, entities.clone());
-            match scripts.run(call).instrument(tracing::info_span!("script", kind = "header")).await {
-                Ok(ScriptOutput::Headers(hs)) => {
-                    for (name, value) in hs {
-                        secret_headers.push(name.clone());
-                        secret_values.push(value.clone());
-                        headers.push((name, value));
+            if let ScriptOutput::Headers(hs) =
+                run_script(scripts, wh, ScriptKind::Header, &src, entities, "auth script").await?
+            {
+                for (name, value) in hs {
+                    secret_headers.push(name.clone());
+                    // `Basic <base64>`, `Bearer <token>`: the credential part on its own too.
+                    if let Some((_, credential)) = value.split_once(' ') {
+                        secret_values.push(credential.to_string());
                     }
+                    secret_values.push(value.clone());
+                    headers.push((name, value));
                 }
-                Ok(ScriptOutput::Written(_)) => {}
-                // Script errors carry the JS message and line, never the header values.
-                Err(e) => return Err(BuildError { step: "auth script", message: e.to_string(), retryable: false }),
             }
         }
     }
@@ -268,7 +345,12 @@ pub async fn build_request(
             .unwrap_or_else(|| crate::trace::child_of(&job.traceparent));
         headers.push(("traceparent".into(), tp));
     }
-    secret_values.retain(|v| !v.is_empty());
+    // Credentials in the query string: a target may echo them.
+    secret_values.extend(hookline_model::url::credential_values(&url));
+    // Values too short to mask without masking ordinary text are left out.
+    secret_values.retain(|v| v.len() >= MIN_MASKED_SECRET);
+    secret_values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    secret_values.dedup();
     Ok(BuiltRequest {
         method: request.method.to_ascii_uppercase(),
         url,
@@ -280,14 +362,14 @@ pub async fn build_request(
     })
 }
 
-/// The URL without userinfo, for attempt records and logs.
+/// Secrets shorter than this are not masked in recorded text (a 2-character value would
+/// mask ordinary words).
+pub const MIN_MASKED_SECRET: usize = 3;
+
+/// The URL as attempt records, spans and logs show it: no userinfo, credential-like query
+/// parameters as `***`.
 pub fn display_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end && !url[scheme_end + 3..at].contains('/') => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+    hookline_model::url::redact(url)
 }
 
 #[cfg(test)]
@@ -295,8 +377,8 @@ mod tests {
     use super::display_url;
 
     #[test]
-    fn userinfo_is_dropped() {
-        assert_eq!(display_url("https://u:p@host/x?y=1"), "https://host/x?y=1");
+    fn userinfo_and_credential_parameters_are_dropped() {
+        assert_eq!(display_url("https://u:p@host/x?y=1&api_key=k"), "https://host/x?y=1&api_key=***");
         assert_eq!(display_url("https://host/a@b"), "https://host/a@b");
     }
 }

@@ -29,6 +29,10 @@ use crate::workers::{Start, WorkerCtx, WorkerSet};
 const READ: usize = 100;
 /// How long a worker waits for definitions as new as a change says before giving it back.
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// Write-backs a chain may run from one user's change: a change this many write-backs
+/// away fires no webhook, so two webhooks that write back fields triggering each other
+/// stop instead of looping.
+pub const MAX_WRITEBACK_HOPS: u32 = 8;
 
 pub struct Trigger {
     ctx: EngineContext,
@@ -135,7 +139,7 @@ async fn process(
             ),
         }
     };
-    let jobs = decide_all(&catalog, object, &lease);
+    let jobs = decide_all(&catalog, &ctx.metrics, object, &lease);
     let enqueued = jobs.len();
     // Jobs first, acknowledgement second: a crash between the two reads the changes again
     // and enqueues again (at-least-once, with the same job ids), never zero times.
@@ -166,7 +170,12 @@ async fn process(
 }
 
 /// The jobs a lease of changes fires, each change in its own `trigger` span.
-fn decide_all(catalog: &Catalog, object: &str, lease: &Lease<Change>) -> Vec<Job> {
+fn decide_all(
+    catalog: &Catalog,
+    metrics: &hookline_telemetry::Metrics,
+    object: &str,
+    lease: &Lease<Change>,
+) -> Vec<Job> {
     let mut jobs = Vec::new();
     for entry in lease.entries() {
         let change = &entry.value;
@@ -184,6 +193,19 @@ fn decide_all(catalog: &Catalog, object: &str, lease: &Lease<Change>) -> Vec<Job
         );
         trace::resume(&span, &change.traceparent);
         let _guard = span.enter();
+        if change.hops >= MAX_WRITEBACK_HOPS {
+            // A chain of write-backs re-triggering webhooks stops here: the record is
+            // written, and fires nothing more.
+            tracing::warn!(
+                object,
+                record_id = %change.record_id,
+                hops = change.hops,
+                origin_webhook = %change.origin_webhook,
+                "write-back hop limit reached: this change fires no webhook"
+            );
+            metrics.writeback_hop_limit(&change.origin_webhook);
+            continue;
+        }
         let view = ChangeView {
             old: old.as_ref(),
             new: &new,
@@ -198,7 +220,9 @@ fn decide_all(catalog: &Catalog, object: &str, lease: &Lease<Change>) -> Vec<Job
             let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
             let traceparent = trace::start(&enqueue);
             let job_id = job_id(&wh.def.id, object, &change.record_id, change.version);
-            jobs.push(record_job(wh, job_id, object, &change.record_id, change.version, &new, traceparent));
+            let mut job = record_job(wh, job_id, object, &change.record_id, change.version, &new, traceparent);
+            job.hops = change.hops;
+            jobs.push(job);
         }
     }
     jobs
@@ -237,6 +261,7 @@ pub(crate) fn record_job(
         attempts: 0,
         created_at_ms: now_ms(),
         traceparent,
+        hops: 0,
     }
 }
 

@@ -113,6 +113,11 @@ struct Work {
     span: tracing::Span,
     /// The trace context the written records' changes carry.
     traceparent: String,
+    /// The job's write-back hops; the records written carry one more.
+    hops: u32,
+    /// The records the output may update (`None`: any, by `writeback.any_record` or a
+    /// write-back to another object).
+    scope: Option<Vec<String>>,
     state: State,
 }
 
@@ -191,7 +196,12 @@ async fn prepare(ctx: &EngineContext, wh: Option<&CompiledWebhook>, job: &Writeb
             Err(failure) => State::Finished(Err(failure)),
         },
     };
-    Work { span, traceparent, state }
+    let scope = wh.and_then(|wh| {
+        let mapping = wh.def.writeback.as_ref()?;
+        let same_object = mapping.object.as_deref().is_none_or(|o| o == wh.def.object);
+        (same_object && !mapping.any_record).then(|| job.record_ids.clone())
+    });
+    Work { span, traceparent, hops: job.hops, scope, state }
 }
 
 /// Writes what every write-back of `work` still has to write, in one store step for all.
@@ -216,6 +226,10 @@ async fn write_outputs(ctx: &EngineContext, wh: &CompiledWebhook, work: &mut [Wo
                 continue;
             }
             match map_output(&wh.def, out) {
+                Ok((id, _)) if item.scope.as_ref().is_some_and(|ids| !ids.contains(&id)) => errors[w].push(format!(
+                    "the output names record `{id}`, which is not a record of this job: a response script \
+                     updates its own job's records unless `writeback.any_record` is true"
+                )),
                 Ok((id, fields)) => mapped.push((w, i, id, fields)),
                 Err(e) => errors[w].push(e),
             }
@@ -225,7 +239,12 @@ async fn write_outputs(ctx: &EngineContext, wh: &CompiledWebhook, work: &mut [Wo
         Ok(version) => {
             let patches: Vec<records::Patch<'_>> = mapped
                 .iter()
-                .map(|(w, _, id, fields)| records::Patch { id, fields, traceparent: work[*w].traceparent.clone() })
+                .map(|(w, _, id, fields)| records::Patch {
+                    id,
+                    fields,
+                    traceparent: work[*w].traceparent.clone(),
+                    hops: work[*w].hops + 1,
+                })
                 .collect();
             records::write_many(ctx.store.as_ref(), object, &patches, WriteMode::Update, Some(&wh.def.id), version)
                 .await
@@ -314,6 +333,16 @@ async fn record(
         let job = &entry.value;
         let State::Finished(result) = &work.state else { continue };
         let (status, error, failed) = match result {
+            Ok(()) if work.hops + 1 >= crate::trigger::MAX_WRITEBACK_HOPS => {
+                ctx.metrics.writeback_done(id);
+                let note = format!(
+                    "hop limit: this write-back is {} write-backs from the user's change (the limit is {}), \
+                     so the records it wrote fire no webhook",
+                    work.hops + 1,
+                    crate::trigger::MAX_WRITEBACK_HOPS
+                );
+                ("done", note, None)
+            }
             Ok(()) => {
                 ctx.metrics.writeback_done(id);
                 ("done", String::new(), None)
@@ -413,6 +442,7 @@ async fn run_script(
     let Some(script) = wh.response_script.clone() else { return Ok(Vec::new()) };
     let entities: Value = serde_json::from_slice(&job.entities_json).unwrap_or(Value::Array(vec![]));
     let mut call = ScriptCall::new(ScriptKind::Response, script, entities)
+        .with_secrets(wh.script_secrets.clone())
         .with_request_body(String::from_utf8_lossy(&job.request_body).into_owned());
     if job.status != 0 {
         call = call.with_response(ResponseView {
@@ -423,7 +453,7 @@ async fn run_script(
     }
     let written = match ctx.scripts.run(call).instrument(tracing::info_span!("script", kind = "response")).await {
         Ok(ScriptOutput::Written(text)) => text,
-        Ok(ScriptOutput::Headers(_)) => String::new(),
+        Ok(ScriptOutput::Headers(_) | ScriptOutput::Url(_)) => String::new(),
         Err(hookline_script::ScriptError::PoolClosed) => {
             return Err(Failure { message: "the script pool is stopping".into(), transient: true });
         }

@@ -307,6 +307,24 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// The values of `url`'s query parameters with credential-like names, as written and
+/// decoded, so they can be masked wherever the exchange is recorded.
+pub fn credential_values(url: &str) -> Vec<String> {
+    let before_fragment = url.split('#').next().unwrap_or_default();
+    let Some((_, query)) = before_fragment.split_once('?') else { return Vec::new() };
+    let mut out = Vec::new();
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if !value.is_empty() && is_credential_param(&percent_decoded(name)) {
+            out.push(value.to_string());
+            let decoded = percent_decoded(value);
+            if decoded != value {
+                out.push(decoded);
+            }
+        }
+    }
+    out
+}
+
 /// `name` with its percent-escapes decoded (lossily), for matching parameter names.
 fn percent_decoded(name: &str) -> String {
     let bytes = name.as_bytes();
@@ -412,6 +430,7 @@ mod tests {
         for name in ["key", "apikey", "client_secret", "sig", "Token", "sessionid", "auth", "code"] {
             assert!(is_credential_param(name), "{name}");
         }
+        assert_eq!(credential_values("https://h/?api_key=a%2Fb&q=1&token=t#x"), ["a%2Fb", "a/b", "t"]);
         for name in ["q", "page", "region", "id", "limit", "country", "keyword_list"] {
             assert!(!is_credential_param(name), "{name}");
         }

@@ -15,8 +15,8 @@ use crate::schedule::{Schedule, Select};
 /// Shown instead of a secret when a definition is read back.
 pub const REDACTED: &str = "***";
 
-/// A webhook as the user defines it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A webhook as the user defines it. `Debug` shows it as the API does, secrets as `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDef {
     pub id: String,
@@ -36,6 +36,17 @@ pub struct WebhookDef {
     /// Standard Webhooks signatures on every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningDef>,
+    /// Named secret values scripts read as `secrets.NAME`, so credentials need not sit in a
+    /// script's source. Sealed at rest, shown as `***`, kept on a PUT of `***`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for WebhookDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = serde_json::to_string(&self.redacted()).map_err(|_| fmt::Error)?;
+        write!(f, "WebhookDef {shown}")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,8 +80,22 @@ pub struct TriggerDef {
 pub struct RequestDef {
     #[serde(default = "default_method")]
     pub method: String,
-    /// A minijinja template over `record` (the first record) and `records`.
+    /// A minijinja template over `record` (the first record) and `records`. Rendered values
+    /// are percent-encoded for the part of the URL they land in; scheme and host are written
+    /// out unless `url_host_from_record` is set. Empty when `url_script` builds the URL.
+    #[serde(default)]
     pub url: String,
+    /// Lets a template value set the URL's host (it must be a plain host name, and the
+    /// target guard still checks it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub url_host_from_record: bool,
+    /// JavaScript returning the URL (`return "https://…"`), with the body script's globals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_script: Option<String>,
+    /// JavaScript returning `{name: value}` headers, with the body script's globals. Sealed
+    /// at rest and shown as `***` like other secrets: header scripts hold credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_script: Option<String>,
     /// Values are minijinja templates like the URL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -89,8 +114,8 @@ fn default_method() -> String {
     "POST".to_string()
 }
 
-/// How requests authenticate. Secrets are write-only through the API.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// How requests authenticate. Secrets are write-only through the API; `Debug` hides them.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AuthDef {
     #[default]
@@ -135,8 +160,8 @@ pub enum CredentialsIn {
 }
 
 /// Standard Webhooks signing: `webhook-signature` with one `v1,` signature per secret, so
-/// secrets can be rotated by listing the new one beside the old.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// secrets can be rotated by listing the new one beside the old. `Debug` hides them.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningDef {
     /// `whsec_<base64>` secrets.
@@ -147,11 +172,43 @@ fn default_token_header() -> String {
     "Authorization".to_string()
 }
 
+impl fmt::Debug for AuthDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthDef::None => f.write_str("None"),
+            AuthDef::Basic { username, .. } => {
+                f.debug_struct("Basic").field("username", username).field("password", &REDACTED).finish()
+            }
+            AuthDef::Token { header, .. } => {
+                f.debug_struct("Token").field("header", header).field("value", &REDACTED).finish()
+            }
+            AuthDef::Script { .. } => f.debug_struct("Script").field("script", &REDACTED).finish(),
+            AuthDef::Oauth2 { token_url, client_id, scope, audience, credentials_in, .. } => f
+                .debug_struct("Oauth2")
+                .field("token_url", token_url)
+                .field("client_id", client_id)
+                .field("client_secret", &REDACTED)
+                .field("scope", scope)
+                .field("audience", audience)
+                .field("credentials_in", credentials_in)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for SigningDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningDef").field("secrets", &vec![REDACTED; self.secrets.len()]).finish()
+    }
+}
+
 impl AuthDef {
-    /// The secret of this auth, if it has one (each kind has at most one).
+    /// The secret of this auth, if it has one (each kind has at most one; a script's
+    /// source is sealed like a secret, since header scripts hold credentials).
     fn secret_mut(&mut self) -> Option<&mut String> {
         match self {
-            AuthDef::None | AuthDef::Script { .. } => None,
+            AuthDef::None => None,
+            AuthDef::Script { script } => Some(script),
             AuthDef::Basic { password, .. } => Some(password),
             AuthDef::Token { value, .. } => Some(value),
             AuthDef::Oauth2 { client_secret, .. } => Some(client_secret),
@@ -174,6 +231,10 @@ pub struct WritebackDef {
     /// Output name → record field key. Output fields not named here keep their names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// Lets the response script update records of the webhook's object other than the
+    /// job's own. Off by default: an output naming another record is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_record: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,8 +418,18 @@ impl WebhookDef {
         if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
             return Err(FieldError::new("request.method", "must be one of GET, POST, PUT, PATCH, DELETE"));
         }
-        if r.url.trim().is_empty() {
-            return Err(FieldError::new("request.url", "must not be empty"));
+        match (r.url.trim().is_empty(), &r.url_script) {
+            (true, None) => return Err(FieldError::new("request.url", "must not be empty")),
+            (false, Some(_)) => {
+                return Err(FieldError::new("request.url_script", "set one of request.url and request.url_script"));
+            }
+            (false, None) => {
+                crate::url::check(&r.url, r.url_host_from_record).map_err(|m| FieldError::new("request.url", m))?
+            }
+            (true, Some(_)) if r.url_host_from_record => {
+                return Err(FieldError::new("request.url_host_from_record", "applies to request.url templates"));
+            }
+            (true, Some(_)) => {}
         }
         let bodies = [r.body.is_some(), r.body_template.is_some(), r.body_script.is_some()];
         if bodies.iter().filter(|b| **b).count() > 1 {
@@ -369,6 +440,25 @@ impl WebhookDef {
                 return Err(FieldError::new(format!("request.headers.{name}"), "invalid header name"));
             }
         }
+        for (name, value) in &r.headers {
+            if let Some(at) = value.find(['\r', '\n', '\0']) {
+                return Err(FieldError::new(
+                    format!("request.headers.{name}"),
+                    format!("must not contain CR, LF or NUL (found at byte {at})"),
+                ));
+            }
+        }
+        for name in self.secrets.keys() {
+            let ident = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.len() <= 64;
+            if !ident {
+                return Err(FieldError::new(
+                    format!("secrets.{name}"),
+                    "a secret's name must be 1-64 of A-Z a-z 0-9 _, not starting with a digit",
+                ));
+            }
+        }
         for (path, script) in self.scripts() {
             if script.len() > MAX_SCRIPT_BYTES {
                 return Err(FieldError::new(path, format!("scripts are limited to {MAX_SCRIPT_BYTES} bytes")));
@@ -377,9 +467,10 @@ impl WebhookDef {
 
         match &self.auth {
             AuthDef::Oauth2 { token_url, client_id, client_secret, .. } => {
-                if !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
-                    return Err(FieldError::new("auth.token_url", "must be an http or https URL"));
+                if token_url.contains("{{") || token_url.contains("{%") {
+                    return Err(FieldError::new("auth.token_url", "must be a plain URL, not a template"));
                 }
+                crate::url::check(token_url, false).map_err(|m| FieldError::new("auth.token_url", m))?;
                 if client_id.is_empty() {
                     return Err(FieldError::new("auth.client_id", "must not be empty"));
                 }
@@ -460,6 +551,12 @@ impl WebhookDef {
         if let Some(s) = &self.request.body_script {
             out.push(("request.body_script", s.as_str()));
         }
+        if let Some(s) = &self.request.url_script {
+            out.push(("request.url_script", s.as_str()));
+        }
+        if let Some(s) = &self.request.headers_script {
+            out.push(("request.headers_script", s.as_str()));
+        }
         if let AuthDef::Script { script } = &self.auth {
             out.push(("auth.script", script.as_str()));
         }
@@ -469,18 +566,28 @@ impl WebhookDef {
         out
     }
 
-    /// Every secret of the definition: the auth's and the signing secrets.
+    /// Everything of the definition that is sealed at rest and shown as `***`: the auth's
+    /// secret (a header script's source), the header script, the signing secrets and the
+    /// `secrets` map's values.
     pub fn secrets_mut(&mut self) -> Vec<&mut String> {
         let mut out: Vec<&mut String> = self.auth.secret_mut().into_iter().collect();
+        out.extend(self.request.headers_script.as_mut());
         if let Some(signing) = &mut self.signing {
             out.extend(signing.secrets.iter_mut());
         }
+        out.extend(self.secrets.values_mut());
         out
     }
 
-    /// Secret values, for redaction of attempt records and logs.
-    pub fn secrets(&self) -> Vec<String> {
-        self.clone().secrets_mut().into_iter().map(|s| s.clone()).filter(|s| !s.is_empty()).collect()
+    /// Secret values, for redaction of attempt records and logs (script sources aside:
+    /// they are sealed and hidden, but they are not values a request carries).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut d = self.clone();
+        if let AuthDef::Script { script } = &mut d.auth {
+            script.clear();
+        }
+        d.request.headers_script = None;
+        d.secrets_mut().into_iter().map(|s| s.clone()).filter(|s| !s.is_empty()).collect()
     }
 
     /// The definition as shown to API clients: secrets replaced by [`REDACTED`].
@@ -501,6 +608,18 @@ impl WebhookDef {
             && new == REDACTED
         {
             *new = old.clone();
+        }
+        if let (Some(new), Some(old)) = (&mut self.request.headers_script, &previous.request.headers_script)
+            && new == REDACTED
+        {
+            *new = old.clone();
+        }
+        for (name, value) in &mut self.secrets {
+            if value == REDACTED
+                && let Some(old) = previous.secrets.get(name)
+            {
+                *value = old.clone();
+            }
         }
         if let (Some(new), Some(old)) = (&mut self.signing, &previous.signing) {
             for (n, o) in new.secrets.iter_mut().zip(&old.secrets) {
@@ -579,6 +698,17 @@ mod tests {
             (json!({"trigger": {"on_update": true, "select": "all"}}), "trigger.select"),
             (json!({"settings": {"max_concurrency": 0}}), "settings.max_concurrency"),
             (json!({"request": {"url": "https://x", "method": "BREW"}}), "request.method"),
+            (json!({"request": {"url": "ftp://x/y"}}), "request.url"),
+            (json!({"request": {"url": "file:///etc/passwd"}}), "request.url"),
+            (json!({"request": {"url": "http://user:pass@host/"}}), "request.url"),
+            (json!({"request": {"url": "https://{{ record.region }}.example.com/"}}), "request.url"),
+            (json!({"request": {"url": "https://x/", "url_script": "return 'https://y/';"}}), "request.url_script"),
+            (json!({"request": {"url": "https://x/", "headers": {"X-A": "a\r\nX-B: b"}}}), "request.headers.X-A"),
+            (json!({"secrets": {"1bad": "v"}}), "secrets.1bad"),
+            (
+                json!({"auth": {"type": "oauth2", "token_url": "https://u:p@idp/token", "client_id": "c", "client_secret": "s"}}),
+                "auth.token_url",
+            ),
             (
                 json!({"response_script": "write('{}')", "writeback": {"key": {"from": "a", "to": "t_ticket_id"}}}),
                 "writeback.key.to",
@@ -643,11 +773,43 @@ mod tests {
         let d = def(json!({"auth": {"type": "basic", "username": "batman", "password": "robin"},
                            "signing": {"secrets": ["whsec_old", "whsec_new"]}}))
         .unwrap();
-        assert_eq!(d.secrets(), ["robin", "whsec_old", "whsec_new"]);
+        assert_eq!(d.secret_values(), ["robin", "whsec_old", "whsec_new"]);
         let shown = serde_json::to_string(&d.redacted()).unwrap();
         assert!(!shown.contains("robin") && !shown.contains("whsec_") && shown.contains(REDACTED), "{shown}");
         let mut back: WebhookDef = serde_json::from_str(&shown).unwrap();
         back.keep_secrets_from(&d);
         assert_eq!(back.auth, d.auth);
+    }
+
+    #[test]
+    fn script_sources_and_the_secrets_map_are_sealed_shown_hidden_and_kept() {
+        let d = def(json!({"auth": {"type": "script", "script": "return {A: 'pw-in-source'};"},
+                           "request": {"url": "https://x/", "headers_script": "return {B: 'pw2'};"},
+                           "secrets": {"API_KEY": "k-123456"}}))
+        .unwrap();
+        assert_eq!(validate(&d).map(|_| ()), Ok(()));
+        assert_eq!(d.secret_values(), ["k-123456"]);
+        let shown = serde_json::to_string(&d.redacted()).unwrap();
+        let debug = format!("{d:?}");
+        for text in [&shown, &debug] {
+            for secret in ["pw-in-source", "pw2", "k-123456"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        let mut back: WebhookDef = serde_json::from_str(&shown).unwrap();
+        back.keep_secrets_from(&d);
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let d = def(json!({"auth": {"type": "oauth2", "token_url": "https://idp/t", "client_id": "c",
+                                    "client_secret": "cs-secret"},
+                           "signing": {"secrets": ["whsec_c2VjcmV0"]}}))
+        .unwrap();
+        let all = format!("{d:?} {:?} {:?}", d.auth, d.signing);
+        assert!(!all.contains("cs-secret") && !all.contains("whsec_c2VjcmV0") && all.contains("***"), "{all}");
+        let basic = AuthDef::Basic { username: "u".into(), password: "pa55".into() };
+        assert!(!format!("{basic:?}").contains("pa55"));
     }
 }

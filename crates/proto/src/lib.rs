@@ -28,6 +28,9 @@ pub struct Change {
     /// The definitions' version read before the change was written.
     #[prost(uint64, tag = "9")]
     pub definitions_version: u64,
+    /// Write-backs between the user's change and this one (0: not a write-back).
+    #[prost(uint32, tag = "10")]
+    pub hops: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,6 +55,9 @@ pub struct Job {
     pub created_at_ms: i64,
     #[prost(string, tag = "10")]
     pub traceparent: String,
+    /// The hops of the change that made it.
+    #[prost(uint32, tag = "11")]
+    pub hops: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -201,6 +207,9 @@ pub struct WritebackJob {
     pub response_body: Vec<u8>,
     #[prost(string, tag = "11")]
     pub traceparent: String,
+    /// The hops of the job whose response it writes back.
+    #[prost(uint32, tag = "12")]
+    pub hops: u32,
 }
 
 #[cfg(test)]

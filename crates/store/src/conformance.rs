@@ -69,6 +69,7 @@ pub fn job(webhook: &str, n: &str) -> Job {
         attempts: 0,
         created_at_ms: now_ms(),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        hops: 0,
     }
 }
 

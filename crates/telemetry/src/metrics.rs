@@ -33,6 +33,7 @@ struct Inner {
     permit_losses: BTreeMap<String, u64>,
     taken_over: BTreeMap<String, u64>,
     writeback_retries: BTreeMap<String, u64>,
+    writeback_hop_limits: BTreeMap<String, u64>,
     writebacks_done: BTreeMap<String, u64>,
     writeback_failures: BTreeMap<String, u64>,
     /// Webhooks this node cannot load.
@@ -123,6 +124,11 @@ impl Metrics {
         self.with(|m| bump(&mut m.writeback_retries, webhook));
     }
 
+    /// A change written back by `webhook` reached the write-back hop limit and fired nothing.
+    pub fn writeback_hop_limit(&self, webhook: &str) {
+        self.with(|m| bump(&mut m.writeback_hop_limits, webhook));
+    }
+
     /// A write-back of `webhook` finished: every record it named was written.
     pub fn writeback_done(&self, webhook: &str) {
         self.with(|m| bump(&mut m.writebacks_done, webhook));
@@ -201,6 +207,7 @@ impl Metrics {
             counter(out, "hookline_jobs_taken_over_total", "Jobs taken over from stopped nodes.", &m.taken_over);
             counter(out, "hookline_writebacks_total", "Write-backs finished on this node.", &m.writebacks_done);
             counter(out, "hookline_writeback_retries_total", "Write-backs tried again after a passing failure.", &m.writeback_retries);
+            counter(out, "hookline_writeback_hop_limit_total", "Changes written back at the hop limit, which fired no webhook (by the webhook that wrote them).", &m.writeback_hop_limits);
             counter(out, "hookline_writeback_failures_total", "Write-backs that failed for good.", &m.writeback_failures);
             let _ = writeln!(out, "# HELP hookline_webhook_load_errors Webhooks this node cannot load (1 each): their objects' changes wait.");
             let _ = writeln!(out, "# TYPE hookline_webhook_load_errors gauge");

@@ -51,6 +51,7 @@ pub fn combine(members: &[Entry<Job>]) -> Job {
         attempts: 0,
         created_at_ms: members.iter().map(|e| e.value.created_at_ms).min().unwrap_or_default(),
         traceparent: first.traceparent.clone(),
+        hops: members.iter().map(|e| e.value.hops).max().unwrap_or_default(),
     }
 }
 

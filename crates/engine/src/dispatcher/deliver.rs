@@ -255,6 +255,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
                 response_headers: response.as_ref().map(|r| headers(&r.headers)).unwrap_or_default(),
                 response_body: response.map(|r| r.body).unwrap_or_default(),
                 traceparent: job.traceparent.clone(),
+                hops: job.hops,
             });
         }
         tracing::Span::current().record("outcome", outcome.as_str());
