@@ -2,8 +2,10 @@
 
 mod bulk;
 mod cluster;
+mod corpus;
 mod deploy;
 mod embedded;
+mod hardening;
 mod leases;
 mod oauth;
 mod procs;
@@ -377,6 +379,8 @@ async fn write_back_errors_are_recorded_on_the_attempt() {
         "write(JSON.stringify([{medalliaRecordId: 'ghost', ticketSystemSynced: 1}, \
          {medalliaRecordId: data.changedEntities[0].a_surveyid, noSuchField: 1}]));"
     );
+    // Another record than the job's own: allowed by choice.
+    wh["writeback"]["any_record"] = json!(true);
     api.ok("POST", "/v1/webhooks", Some(wh)).await;
     put_survey(&api, "W1", json!({"e_email": "w@example.com", "status": "Open", "transactional_satisfaction": 0}))
         .await;

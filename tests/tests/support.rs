@@ -235,7 +235,8 @@ impl Seen {
 }
 
 /// A local ticket tracker: answers `{"ticketId": "IT-<n>"}`, or 500 with an error message
-/// when the request body mentions "fail".
+/// when the request body mentions "fail"; under `/echo` it answers with the request's
+/// headers, query and body.
 #[derive(Clone)]
 pub struct Tracker {
     pub url: String,
@@ -253,6 +254,15 @@ impl Tracker {
             App::new().app_data(web::Data::new(state)).default_service(web::to(
                 |req: HttpRequest, body: web::Bytes, seen: web::Data<Arc<Mutex<Vec<Seen>>>>| async move {
                     let body = String::from_utf8_lossy(&body).into_owned();
+                    // `/echo…` answers with what it was sent, as a careless target would.
+                    let echo = req.path().starts_with("/echo").then(|| {
+                        let headers: serde_json::Map<String, Value> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                            .collect();
+                        json!({"headers": headers, "query": req.query_string(), "body": body})
+                    });
                     let n = {
                         let mut all = seen.lock().unwrap();
                         all.push(Seen {
@@ -267,7 +277,9 @@ impl Tracker {
                         });
                         all.len()
                     };
-                    if body.contains("fail") {
+                    if let Some(echo) = echo {
+                        HttpResponse::Ok().json(echo)
+                    } else if body.contains("fail") {
                         HttpResponse::InternalServerError().json(json!({"errorMessage": "tracker down"}))
                     } else {
                         HttpResponse::Ok().json(json!({ "ticketId": format!("IT-{n}") }))
