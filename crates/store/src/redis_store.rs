@@ -1458,6 +1458,20 @@ pub(crate) mod tests {
         cluster_nodes(url).expect("a valid URL")
     }
 
+    #[tokio::test]
+    async fn connection_errors_never_show_a_password() {
+        for url in [
+            "redis://:hunter2secret@127.0.0.1:1",
+            "redis://user:hunter2secret@127.0.0.1:notaport",
+            "rediss://:hunter2secret@127.0.0.1:1/0",
+            "redis+cluster://u:hunter2secret@127.0.0.1:1",
+            "redis://:hunter2secret@127.0.0.1:1,redis://:hunter2secret@127.0.0.1:2",
+        ] {
+            let Err(e) = RedisStore::connect(url, "t").await else { panic!("{url} connected") };
+            assert!(!format!("{e} {e:?}").contains("hunter2secret"), "{url}: {e}");
+        }
+    }
+
     #[test]
     fn cluster_urls() {
         assert_eq!(nodes("redis://127.0.0.1:6379"), None);
