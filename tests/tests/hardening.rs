@@ -65,7 +65,15 @@ async fn a_runaway_template_stops_at_its_limit_while_the_node_serves_on() {
     let api = Api::new(&node);
     api.ok("POST", "/v1/objects", Some(item_object())).await;
     api.ok("POST", "/v1/objects", Some(json!({"name": "other", "fields": [{"key": "x", "type": "string"}]}))).await;
+    // A loop that runs out whatever the record holds is refused at save, naming the limit.
     let loops = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let refused = webhook("slow", &format!("{}/slow", tracker.url), json!({"request": {"body_template": loops}}));
+    let (status, v) = api.call("POST", "/v1/webhooks", Some(refused)).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["field"], "request.body_template");
+    assert!(v["error"]["message"].as_str().unwrap().contains("fuel"), "{v}");
+    // One whose size comes from the record is stopped when it runs.
+    let loops = "{% for i in range(record.n) %}{% for j in range(record.n) %}x{% endfor %}{% endfor %}";
     let mut slow = webhook("slow", &format!("{}/slow", tracker.url), json!({"request": {"body_template": loops}}));
     slow["settings"]["timeout"] = json!("2s");
     api.ok("POST", "/v1/webhooks", Some(slow)).await;
@@ -73,11 +81,12 @@ async fn a_runaway_template_stops_at_its_limit_while_the_node_serves_on() {
     ordinary["object"] = json!("other");
     api.ok("POST", "/v1/webhooks", Some(ordinary)).await;
 
-    put(&api, "r1", json!({"a": "go"})).await;
+    put(&api, "r1", json!({"n": 100000})).await;
     api.ok("POST", "/v1/objects/other/records", Some(json!({"id": "o1", "fields": {"x": "1"}}))).await;
 
     let attempt = final_attempt(&api, "slow").await;
     assert_eq!(attempt["outcome"], "failed", "{attempt}");
+    eprintln!("the runaway template's attempt took {} ms", attempt["duration_ms"]);
     let error = attempt["error"].as_str().unwrap_or_default();
     assert!(error.contains("fuel") || error.contains("limit"), "{error}");
     wait_until(WAIT, || async { tracker.all().iter().any(|s| s.path == "/ordinary") }).await;

@@ -3,6 +3,7 @@
 //! as `***` and kept when a client PUTs back what it read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use hookline_engine::catalog::{self, CompiledWebhook};
@@ -24,17 +25,19 @@ fn view(stored: &StoredWebhook) -> Value {
 }
 
 /// Validates and compiles a definition; its scripts' syntax is checked on the script pool.
-async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWebhook, ApiError> {
+async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<Arc<CompiledWebhook>, ApiError> {
     let objects: HashMap<String, DataObject> =
         state.store.list_objects().await?.into_iter().map(|o| (o.name.clone(), o)).collect();
     let compiled = catalog::compile(stored, |name| objects.get(name))?;
     catalog::check_scripts(&state.scripts, &stored.definition).await?;
+    let compiled = Arc::new(compiled);
+    hookline_engine::render::check_limits(&state.scripts, &compiled).await?;
     Ok(compiled)
 }
 
 /// [`compile`] for a save: also refuses a schedule whose ticks are all past (a stored one
 /// that ran its last tick still loads, so its queued jobs are delivered).
-async fn compile_to_save(state: &ApiState, stored: &StoredWebhook) -> Result<CompiledWebhook, ApiError> {
+async fn compile_to_save(state: &ApiState, stored: &StoredWebhook) -> Result<Arc<CompiledWebhook>, ApiError> {
     let compiled = compile(state, stored).await?;
     if let Some(schedule) = &compiled.plan.schedule
         && schedule.next_after(hookline_store::now_ms()).is_none()
@@ -228,7 +231,6 @@ pub async fn test(
         entities_json: serde_json::to_vec(&entities).unwrap_or_default(),
         ..Default::default()
     };
-    let compiled = std::sync::Arc::new(compiled);
     let request = match build_request(&state.scripts, None, &compiled, &job, &entities).await {
         Ok(r) => {
             let values: Vec<&str> = r.secret_values.iter().map(String::as_str).collect();

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use hookline_model::AuthDef;
 use hookline_model::url::{VALUE_END, VALUE_START};
+use hookline_model::{AuthDef, FieldError};
 use hookline_proto::Job;
 use hookline_script::{ScriptCall, ScriptKind, ScriptOutput, ScriptPool};
 use serde_json::{Value, json};
@@ -216,6 +216,41 @@ async fn templated(scripts: &ScriptPool, wh: &Arc<CompiledWebhook>, vars: Value)
         // The full budget never answers "too big": it fails naming the limit.
         RenderError::TooBig => template_error("templates", minijinja::Error::new(minijinja::ErrorKind::OutOfFuel, "")),
     })
+}
+
+/// Checks at save what can be checked before any record exists: renders every template of
+/// `wh` once, on the script pool under the full limits, with a record whose fields are all
+/// empty. One that runs out of fuel or output then (a loop that does not depend on the
+/// record) is refused, naming its field; other render errors depend on the record and are
+/// left to the attempt.
+pub async fn check_limits(scripts: &ScriptPool, wh: &Arc<CompiledWebhook>) -> Result<(), FieldError> {
+    let compiled = wh.clone();
+    let checked = scripts
+        .run_blocking(move || {
+            let record = json!({"id": ""});
+            let vars = minijinja::Value::from_serialize(json!({
+                "record": record, "records": [record],
+                "webhook": {"id": compiled.def.id, "version": compiled.version},
+                "job": {"id": "", "attempt": 1},
+            }));
+            let mut names = vec![(URL_TEMPLATE.to_string(), "request.url".to_string())];
+            names.extend(
+                compiled.def.request.headers.keys().map(|n| (header_template(n), format!("request.headers.{n}"))),
+            );
+            if compiled.def.request.body_template.is_some() {
+                names.push((BODY_TEMPLATE.to_string(), "request.body_template".to_string()));
+            }
+            for (name, field) in names {
+                if let Err(RenderError::Failed(e)) = render_template(&compiled, &name, &vars, "check", Budget::Full)
+                    && (e.message.contains("fuel") || e.message.contains("its limit"))
+                {
+                    return Err(FieldError::new(field, format!("{} (rendered with an empty record)", e.message)));
+                }
+            }
+            Ok(())
+        })
+        .await;
+    checked.unwrap_or(Ok(()))
 }
 
 /// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
