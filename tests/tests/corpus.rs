@@ -244,6 +244,25 @@ fn cases(tracker: &str) -> Vec<Case> {
             "request.headers_script",
         ),
         (json!({"response_script": "write(1"}), 422, "invalid", "response_script"),
+        (
+            json!({"request": {"url": format!("{t}/x"), "body_template": "x".repeat(300 * 1024)}}),
+            422,
+            "invalid",
+            "request.body_template",
+        ),
+        (json!({"request": {"url": format!("{t}/{}", "x".repeat(9000))}}), 422, "invalid", "request.url"),
+        (
+            json!({"request": {"url": format!("{t}/x"), "headers": {"X-A": "v".repeat(9000)}}}),
+            422,
+            "invalid",
+            "request.headers.X-A",
+        ),
+        (
+            json!({"trigger": {"condition": format!("Status = '{}'", "x".repeat(20_000))}}),
+            422,
+            "invalid",
+            "trigger.condition",
+        ),
         (json!({"writeback": {"key": {"from": "a", "to": "a_surveyid"}}}), 422, "invalid", "writeback"),
         (
             json!({"response_script": "write('{}')", "writeback": {"key": {"from": "", "to": "a_surveyid"}}}),

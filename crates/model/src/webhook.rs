@@ -367,6 +367,11 @@ pub struct TriggerPlan {
 }
 
 const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+/// Templates and conditions are parsed where they are saved; their size keeps that quick.
+const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+const MAX_URL_BYTES: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+const MAX_CONDITION_BYTES: usize = 16 * 1024;
 
 impl WebhookDef {
     /// Checks the definition against the data objects it names and returns its trigger
@@ -405,6 +410,9 @@ impl WebhookDef {
                 FieldError::new(format!("trigger.fields[{i}]"), format!("`{name}` is not a field of `{}`", object.name))
             })?;
             fields.push(f.key.clone());
+        }
+        if t.condition.as_ref().is_some_and(|c| c.len() > MAX_CONDITION_BYTES) {
+            return Err(FieldError::new("trigger.condition", format!("is limited to {MAX_CONDITION_BYTES} bytes")));
         }
         let condition = match t.condition.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -456,6 +464,23 @@ impl WebhookDef {
                 return Err(FieldError::new(
                     format!("secrets.{name}"),
                     "a secret's name must be 1-64 of A-Z a-z 0-9 _, not starting with a digit",
+                ));
+            }
+        }
+        let sized =
+            [("request.url", Some(&r.url), MAX_URL_BYTES), ("request.body", r.body.as_ref(), MAX_TEMPLATE_BYTES)];
+        for (path, text, limit) in
+            sized.into_iter().chain([("request.body_template", r.body_template.as_ref(), MAX_TEMPLATE_BYTES)])
+        {
+            if text.is_some_and(|t| t.len() > limit) {
+                return Err(FieldError::new(path, format!("is limited to {limit} bytes")));
+            }
+        }
+        for (name, value) in &r.headers {
+            if value.len() > MAX_HEADER_BYTES {
+                return Err(FieldError::new(
+                    format!("request.headers.{name}"),
+                    format!("is limited to {MAX_HEADER_BYTES} bytes"),
                 ));
             }
         }
