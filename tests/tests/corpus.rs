@@ -184,7 +184,31 @@ fn cases(tracker: &str) -> Vec<Case> {
             "invalid",
             "request.url_script",
         ),
-        (json!({"request": {"url": "", "url_script": "return ("}}), 422, "invalid", "request.url_script"),
+        (json!({"request": {"url": "", "url_script": "return ("}}), 422, "invalid", "request.url_host_from_record"),
+        (
+            json!({"request": {"url": "", "url_script": "return (", "url_host_from_record": true}}),
+            422,
+            "invalid",
+            "request.url_script",
+        ),
+        (json!({"secrets": {"K": "***"}}), 422, "invalid", "secrets.K"),
+        (json!({"secrets": {"__proto__": "v"}}), 422, "invalid", "secrets.__proto__"),
+        (json!({"auth": {"type": "token", "value": "***"}}), 422, "invalid", "auth.value"),
+        (json!({"signing": {"secrets": ["***"]}}), 422, "invalid", "signing.secrets[0]"),
+        (
+            json!({"request": {"url": format!("{t}/x"), "headers_script": "***"}}),
+            422,
+            "invalid",
+            "request.headers_script",
+        ),
+        (json!({"request": {"url": "http://[::1]junk/"}}), 422, "invalid", "request.url"),
+        (json!({"request": {"url": format!("{t}:{{{{ record.port }}}}/")}}), 422, "invalid", "request.url"),
+        (
+            json!({"response_script": "write('{}')", "writeback": {"object": "other", "key": {"from": "a", "to": "id"}}}),
+            422,
+            "invalid",
+            "writeback.any_record",
+        ),
         (json!({"request": {"url": format!("{t}/x"), "method": "BREW"}}), 422, "invalid", "request.method"),
         (
             json!({"request": {"url": format!("{t}/x"), "headers": {"X-A": "a\r\nX-B: b"}}}),
@@ -441,6 +465,7 @@ async fn every_bad_input_is_refused_with_its_field_and_changes_nothing() {
     let node = Node::start(&ns, "api").await;
     let api = Api::new(&node);
     api.ok("POST", "/v1/objects", Some(survey_object())).await;
+    api.ok("POST", "/v1/objects", Some(json!({"name": "other", "fields": [{"key": "a", "type": "string"}]}))).await;
     api.ok(
         "POST",
         "/v1/objects/survey/records",

@@ -221,23 +221,34 @@ async fn url_and_header_scripts_build_the_request() {
     let api = Api::new(&node);
     api.ok("POST", "/v1/objects", Some(item_object())).await;
     let url_script = format!(
-        "return '{}/by-script/' + encodeURIComponent(data.changedEntities[0].id) + '?n=' + data.changedEntities[0].n;",
+        "return '{}/by-script/' + encodeURIComponent(data.changedEntities[0].id) + '?n=' + data.changedEntities[0].n \
+         + '&tenant=' + secrets.TENANT;",
         tracker.url
     );
     let wh = json!({
         "id": "scripted", "object": "item", "trigger": {"on_create": true},
         "request": {"url_script": url_script, "headers_script": "return {'X-Record': data.changedEntities[0].id};"},
+        "secrets": {"TENANT": "t3nant-s3cret"},
         "settings": {"retries": 0}
     });
+    // A URL script decides the host: only by choice.
+    let (status, v) = api.call("POST", "/v1/webhooks", Some(wh.clone())).await;
+    assert_eq!((status, v["error"]["field"].clone()), (422, json!("request.url_host_from_record")), "{v}");
+    let mut wh = wh;
+    wh["request"]["url_host_from_record"] = json!(true);
     api.ok("POST", "/v1/webhooks", Some(wh.clone())).await;
     let dry = api.ok("POST", "/v1/webhooks/scripted/test", Some(json!({"fields": {"n": 7}}))).await;
-    assert!(dry["request"]["url"].as_str().unwrap().ends_with("/by-script/test?n=7"), "{dry}");
+    assert!(dry["request"]["url"].as_str().unwrap().ends_with("/by-script/test?n=7&tenant=***"), "{dry}");
 
     put(&api, "a b", json!({"n": 3})).await;
     wait_until(WAIT, || async { tracker.count() == 1 }).await;
     let seen = &tracker.all()[0];
     assert_eq!(seen.path, "/by-script/a%20b");
     assert_eq!(seen.header("x-record"), Some("a b"));
+    // The secret the URL carried is masked in the attempt, whatever the parameter's name.
+    let attempt = final_attempt(&api, "scripted").await;
+    assert!(attempt["request"]["url"].as_str().unwrap().ends_with("?n=3&tenant=***"), "{attempt}");
+    assert!(!attempt.to_string().contains("t3nant-s3cret"), "{attempt}");
 
     // A URL script that returns no http(s) URL fails its attempt, naming why.
     let mut bad = wh;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use hookline_engine::catalog::{self, CompiledWebhook};
-use hookline_engine::render::{build_request, display_url};
+use hookline_engine::render::build_request;
 use hookline_engine::scheduler;
 use hookline_model::schedule::Schedule;
 use hookline_model::{DataObject, FieldError, Fields, StoredWebhook, WebhookDef};
@@ -28,6 +28,8 @@ fn view(stored: &StoredWebhook) -> Value {
 async fn compile(state: &ApiState, stored: &StoredWebhook) -> Result<Arc<CompiledWebhook>, ApiError> {
     let objects: HashMap<String, DataObject> =
         state.store.list_objects().await?.into_iter().map(|o| (o.name.clone(), o)).collect();
+    // The checks of a save first (stricter than those a stored definition loads under).
+    stored.definition.validate(|name| objects.get(name))?;
     let compiled = catalog::compile(stored, |name| objects.get(name))?;
     catalog::check_scripts(&state.scripts, &stored.definition).await?;
     let compiled = Arc::new(compiled);
@@ -70,8 +72,22 @@ async fn save(state: &ApiState, stored: &StoredWebhook) -> Result<bool, ApiError
     Ok(state.store.put_webhook(&sealed).await?)
 }
 
+/// Refuses a definition that still says `***` where no stored secret could be kept.
+fn no_redacted_left(def: &WebhookDef) -> Result<(), ApiError> {
+    match def.redacted_left() {
+        Some(field) => Err(FieldError::new(
+            field,
+            "is `***`, but there is no stored value to keep for it (it is new, or where it is sent changed): \
+             give the value",
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
 pub async fn create(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let definition: WebhookDef = parse_json(&body)?;
+    no_redacted_left(&definition)?;
     let stored = StoredWebhook { definition, version: 1, paused: false };
     compile_to_save(&state, &stored).await?;
     if !save(&state, &stored).await? {
@@ -87,7 +103,6 @@ pub async fn list(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> 
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// `scripts`: show the header scripts' sources (sealed and shown as `***` otherwise).
     reveal: Option<String>,
@@ -152,6 +167,7 @@ pub async fn replace(
         }
         None => StoredWebhook { definition, version: 1, paused: false },
     };
+    no_redacted_left(&stored.definition)?;
     compile_to_save(&state, &stored).await?;
     if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));
@@ -241,7 +257,7 @@ pub async fn test(
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect();
             let body = hookline_engine::attempt::scrub(r.body.clone(), &r.secret_values);
-            json!({"method": r.method, "url": display_url(&r.url), "headers": headers,
+            json!({"method": r.method, "url": r.display_url(), "headers": headers,
                    "body": String::from_utf8_lossy(&body)})
         }
         Err(e) => json!({"error": e.to_string()}),

@@ -5,7 +5,7 @@
 use hookline_outbound::{OutboundResponse, redact_headers};
 use hookline_proto::{Header, HttpRequest, HttpResponse};
 
-use crate::render::{BuiltRequest, display_url};
+use crate::render::BuiltRequest;
 
 /// Bodies kept in attempt records are cut at this size.
 pub const MAX_RECORDED_BODY: usize = 64 * 1024;
@@ -23,11 +23,11 @@ pub fn cut(body: &[u8]) -> (Vec<u8>, bool) {
 /// The request `req` as recorded: URL without userinfo or credential parameters, secret
 /// headers masked, secret values (a script may put one in the body) replaced by `***`.
 pub fn request_record(req: &BuiltRequest) -> HttpRequest {
-    let (body, body_truncated) = cut(&req.body);
-    let body = scrub(body, &req.secret_values);
+    // Scrubbed whole, then cut: a secret across the cut is not left half shown.
+    let (body, body_truncated) = cut(&scrub(req.body.clone(), &req.secret_values));
     HttpRequest {
         method: req.method.clone(),
-        url: display_url(&req.url),
+        url: req.display_url(),
         headers: masked(&req.headers, req),
         body,
         body_truncated,
@@ -37,8 +37,7 @@ pub fn request_record(req: &BuiltRequest) -> HttpRequest {
 /// The response to `req` as recorded: every secret value `req` carried masked in its headers
 /// and replaced by `***` in its body (a target that echoes the request shows them).
 pub fn response_record(resp: &OutboundResponse, req: &BuiltRequest) -> HttpResponse {
-    let (body, truncated) = cut(&resp.body);
-    let body = scrub(body, &req.secret_values);
+    let (body, truncated) = cut(&scrub(resp.body.clone(), &req.secret_values));
     HttpResponse {
         status: u32::from(resp.status),
         headers: masked(&resp.headers, req),

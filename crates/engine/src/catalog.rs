@@ -115,7 +115,7 @@ pub fn compile<'a>(
     object_of: impl Fn(&str) -> Option<&'a DataObject>,
 ) -> Result<CompiledWebhook, FieldError> {
     let def = &stored.definition;
-    let plan = def.validate(object_of)?;
+    let plan = def.validate_stored(object_of)?;
 
     let templates = environment(def, TEMPLATE_FUEL)?;
     let quick = environment(def, QUICK_TEMPLATE_FUEL)?;

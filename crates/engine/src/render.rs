@@ -21,8 +21,8 @@ use crate::catalog::{
     BODY_TEMPLATE, CompiledWebhook, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT, URL_TEMPLATE, header_template,
 };
 
-/// A request ready to send.
-#[derive(Debug, Clone)]
+/// A request ready to send. `Debug` shows its method and URL as recorded, nothing secret.
+#[derive(Clone)]
 pub struct BuiltRequest {
     pub method: String,
     pub url: String,
@@ -36,7 +36,26 @@ pub struct BuiltRequest {
     pub oauth_token: Option<String>,
 }
 
+impl std::fmt::Debug for BuiltRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltRequest")
+            .field("method", &self.method)
+            .field("url", &self.display_url())
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BuiltRequest {
+    /// The URL as attempts, spans and logs show it: no userinfo, credential-like query
+    /// parameters as `***`, and every secret value the request carries (a script may put
+    /// one in the path) masked too.
+    pub fn display_url(&self) -> String {
+        let shown = display_url(&self.url);
+        String::from_utf8(crate::attempt::scrub(shown.into_bytes(), &self.secret_values))
+            .unwrap_or_else(|_| display_url(&self.url))
+    }
+
     /// Swaps the bearer token after a refresh.
     pub fn set_bearer(&mut self, token: &str) {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
@@ -295,9 +314,12 @@ pub async fn build_request(
         let step = "headers script";
         if let ScriptOutput::Headers(hs) = run_script(scripts, wh, ScriptKind::Header, src, entities, step).await? {
             for (name, value) in hs {
-                // Header scripts hold credentials: what they return is treated as secret.
+                // Headers named like credentials are secret (the secrets map's values are
+                // masked wherever they appear anyway).
                 headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
-                secret_headers.push(name.clone());
+                if hookline_model::url::is_credential_param(&name) {
+                    secret_headers.push(name.clone());
+                }
                 headers.push((name, value));
             }
         }
@@ -380,10 +402,22 @@ pub async fn build_request(
             .unwrap_or_else(|| crate::trace::child_of(&job.traceparent));
         headers.push(("traceparent".into(), tp));
     }
-    // Credentials in the query string: a target may echo them.
-    secret_values.extend(hookline_model::url::credential_values(&url));
     // Values too short to mask without masking ordinary text are left out.
     secret_values.retain(|v| v.len() >= MIN_MASKED_SECRET);
+    // Credentials in the query string (a target may echo them): by their name only, so
+    // a longer floor keeps `?sort_key=name` from masking every `name`.
+    secret_values.extend(hookline_model::url::credential_values(&url).into_iter().filter(|v| v.len() >= 6));
+    // The forms a secret travels in besides its own: base64 (`btoa`, Basic) and
+    // percent-encoded (in a URL).
+    let forms: Vec<String> = secret_values
+        .iter()
+        .flat_map(|v| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v);
+            let pct = hookline_model::url::encoded(v);
+            [b64, pct].into_iter().filter(move |f| f != v)
+        })
+        .collect();
+    secret_values.extend(forms);
     secret_values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     secret_values.dedup();
     Ok(BuiltRequest {

@@ -110,8 +110,18 @@ pub struct ConditionError {
     pub message: String,
 }
 
-/// Parses `src` and checks it against `object`'s schema.
+/// Parses `src` and checks it against `object`'s schema, as a definition being saved is.
 pub fn parse(src: &str, object: &DataObject) -> Result<Condition, ConditionError> {
+    parse_with(src, object, true)
+}
+
+/// [`parse`] for a definition saved before the stricter type checks (ordering a string
+/// field against a number): it still loads, and compares as it always did.
+pub fn parse_saved(src: &str, object: &DataObject) -> Result<Condition, ConditionError> {
+    parse_with(src, object, false)
+}
+
+fn parse_with(src: &str, object: &DataObject, strict: bool) -> Result<Condition, ConditionError> {
     let error = |f: Failure| ConditionError {
         column: column_of(src, f.at),
         message: f.message.unwrap_or_else(|| unexpected_at(src, f.at)),
@@ -125,7 +135,7 @@ pub fn parse(src: &str, object: &DataObject) -> Result<Condition, ConditionError
         });
         error(Failure { at: f.at, message: Some(message) })
     })?;
-    let expr = Checker { object }.expr(raw).map_err(error)?;
+    let expr = Checker { object, strict }.expr(raw).map_err(error)?;
     Ok(Condition { source: src.to_string(), expr })
 }
 
@@ -1144,6 +1154,8 @@ fn bare_run(i: &mut Tokens<'_>, first: &Token<'_>, place: Place) -> PResult<(boo
 
 struct Checker<'o> {
     object: &'o DataObject,
+    /// Whether the checks added since definitions were first stored apply.
+    strict: bool,
 }
 
 impl Checker<'_> {
@@ -1239,6 +1251,7 @@ impl Checker<'_> {
         if op.is_ordering() {
             // A string field ordered against a number would compare text (`"10" < "9"`).
             if let Some((def, raw)) = literal
+                && self.strict
                 && def.ty == FieldType::String
                 && matches!(raw.term, Term::Number)
             {

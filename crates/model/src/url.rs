@@ -23,6 +23,10 @@ enum Part {
     /// Right after `scheme:`, where `//` must follow.
     Slashes(u8),
     Authority,
+    /// Inside `[…]`, an IPv6 address.
+    Bracketed,
+    /// After the host's `:`.
+    Port,
     Path,
     Query,
     Fragment,
@@ -53,6 +57,10 @@ pub fn check(src: &str, host_from_record: bool) -> Result<(), String> {
     }
     let host_complete = end.is_some() || tag.is_none();
     if !host_complete {
+        let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+        if after_host.contains(':') {
+            return Err("the port must be written out in the URL, not rendered from a template".into());
+        }
         if host_from_record {
             return Ok(());
         }
@@ -74,6 +82,9 @@ fn check_authority(authority: &str) -> Result<(), String> {
             let (addr, after) = v6.split_once(']').ok_or("has an unclosed `[` in its host")?;
             if addr.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(format!("`[{}]` is not an IPv6 address", shorten(addr)));
+            }
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err(format!("`{}` after the IPv6 address is not a port", shorten(after)));
             }
             (None, after.strip_prefix(':'))
         }
@@ -123,9 +134,21 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~".contains(&b)
 }
 
+/// `value` percent-encoded as a rendered URL value is (everything but RFC 3986's unreserved
+/// characters).
+pub fn encoded(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    encode_into(&mut out, value);
+    out
+}
+
+/// Percent-encodes `value`, keeping the escapes it already holds (`%2F`: a value from
+/// `| urlencode` is not encoded twice; an escape cannot change the URL's structure).
 fn encode_into(out: &mut String, value: &str) {
-    for &b in value.as_bytes() {
-        if unreserved(b) {
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = b == b'%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if unreserved(b) || escape {
             out.push(b as char);
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -175,10 +198,16 @@ fn next_part(part: Part, c: char) -> Result<Part, String> {
         (Part::Slashes(n), '/') if n < 1 => Part::Slashes(n + 1),
         (Part::Slashes(_), '/') => Part::Authority,
         (Part::Slashes(_), _) => return Err("must start with http:// or https://".into()),
-        (Part::Authority, '/') => Part::Path,
-        (Part::Authority, '?') => Part::Query,
-        (Part::Authority, '#') => Part::Fragment,
-        (Part::Authority, '@') => return Err("must not hold a user name or password (user:pass@host)".into()),
+        (Part::Authority, '[') => Part::Bracketed,
+        (Part::Bracketed, ']') => Part::Authority,
+        (Part::Bracketed, _) => Part::Bracketed,
+        (Part::Authority, ':') => Part::Port,
+        (Part::Authority | Part::Port, '/') => Part::Path,
+        (Part::Authority | Part::Port, '?') => Part::Query,
+        (Part::Authority | Part::Port, '#') => Part::Fragment,
+        (Part::Authority | Part::Port, '@') => {
+            return Err("must not hold a user name or password (user:pass@host)".into());
+        }
         (Part::Path, '?') => Part::Query,
         (Part::Path | Part::Query, '#') => Part::Fragment,
         (p, _) => p,
@@ -192,6 +221,7 @@ fn put_value(out: &mut String, part: Part, value: &str, host_from_record: bool) 
                                                   `request.url_host_from_record: true` to allow a host from the \
                                                   record"
             .into()),
+        Part::Port | Part::Bracketed => Err("a rendered value cannot set the URL's port".into()),
         Part::Authority => {
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)) {
                 return Err("a rendered host must be letters, digits, `-` and `.` only".into());
@@ -199,7 +229,9 @@ fn put_value(out: &mut String, part: Part, value: &str, host_from_record: bool) 
             out.push_str(&value.to_ascii_lowercase());
             Ok(())
         }
-        Part::Path if value == "." || value == ".." => Err("a rendered path value cannot be `.` or `..`".into()),
+        Part::Path if matches!(percent_decoded(value).as_str(), "." | "..") => {
+            Err("a rendered path value cannot be `.` or `..`".into())
+        }
         Part::Path | Part::Query | Part::Fragment => {
             encode_into(out, value);
             Ok(())
@@ -217,6 +249,19 @@ fn check_sent(url: &str) -> Result<(), String> {
     }
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     check_authority(authority)
+}
+
+/// `scheme://host[:port]` of a URL or URL template as written, lowercased, when its
+/// template text writes it out in full.
+pub fn origin(src: &str) -> Option<String> {
+    let src = src.trim();
+    let fixed = &src[..["{{", "{%", "{#"].iter().filter_map(|t| src.find(t)).min().unwrap_or(src.len())];
+    let (scheme, rest) = fixed.split_once("://")?;
+    let end = rest.find(['/', '?', '#']);
+    if end.is_none() && fixed.len() < src.len() {
+        return None;
+    }
+    Some(format!("{scheme}://{}", &rest[..end.unwrap_or(rest.len())]).to_ascii_lowercase())
 }
 
 /// The host (without port) a finished URL goes to, lowercased.
@@ -252,6 +297,7 @@ const CREDENTIAL_WORDS: &[&str] = &[
     "jwt",
     "bearer",
     "apikey",
+    "cookie",
 ];
 
 /// Whether a query parameter named `name` carries a credential (`api_key`, `access_token`,
@@ -382,14 +428,16 @@ mod tests {
             ("http://-a.com/", "not a valid host"),
             ("{{ record.url }}", "written out"),
             ("https://{{ record.region }}.api.example.com/", "url_host_from_record"),
-            ("https://api.example.com:{{ record.port }}/", "url_host_from_record"),
+            ("https://api.example.com:{{ record.port }}/", "port must be written out"),
             ("https://{{ a }}@h/", "url_host_from_record"),
+            ("https://[::1]junk/", "not a port"),
             ("https://h@{{ a }}/", "user name or password"),
         ] {
             let err = check(bad, false).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");
         }
         assert_eq!(check("https://{{ record.region }}.api.example.com/", true), Ok(()));
+        assert!(check("https://api.example.com:{{ record.port }}/", true).unwrap_err().contains("port"));
         assert!(check("{{ record.url }}", true).is_err());
     }
 
@@ -400,8 +448,10 @@ mod tests {
             finish(&url, false).unwrap(),
             "https://h/a/x%2F..%2Fy%3Fz%23w/b?q=a%26b%3Dc%20d%2B%25&r=1#%C3%A9%23"
         );
-        // A value cannot be a dot segment.
+        // A value cannot be a dot segment, even encoded; escapes it holds are kept.
         assert!(finish(&format!("https://h/a/{}/b", v("..")), false).is_err());
+        assert!(finish(&format!("https://h/a/{}/b", v("%2e%2E")), false).is_err());
+        assert_eq!(finish(&format!("https://h/?q={}", v("a%20b%zz")), false).unwrap(), "https://h/?q=a%20b%25zz");
     }
 
     #[test]
@@ -414,6 +464,8 @@ mod tests {
         }
         assert!(finish(&format!("{}://h/", v("https")), true).is_err());
         assert!(finish(&format!("https://h:{}/", v("1")), false).is_err());
+        assert!(finish(&format!("https://{}:{}/", v("h"), v("6379")), true).unwrap_err().contains("port"));
+        assert!(finish(&format!("https://[::1{}]/", v("1")), true).is_err());
         // Markers inside a value (or stray ones) are never taken as structure.
         let stray = format!("https://h/{VALUE_END}x{}", v(&format!("a{VALUE_START}b")));
         assert_eq!(finish(&stray, false).unwrap(), "https://h/xab");

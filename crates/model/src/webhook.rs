@@ -374,10 +374,30 @@ const MAX_HEADER_BYTES: usize = 8 * 1024;
 const MAX_CONDITION_BYTES: usize = 16 * 1024;
 
 impl WebhookDef {
-    /// Checks the definition against the data objects it names and returns its trigger
-    /// plan. Errors name the field at fault (`trigger.condition`, `settings.retries`, …).
-    /// Templates and scripts are checked by the engine, which owns their engines.
+    /// Checks the definition being saved against the data objects it names and returns its
+    /// trigger plan. Errors name the field at fault (`trigger.condition`, `settings.retries`,
+    /// …). Templates and scripts are checked by the engine, which owns their engines.
     pub fn validate<'a>(&self, object_of: impl Fn(&str) -> Option<&'a DataObject>) -> Result<TriggerPlan, FieldError> {
+        self.check(object_of, true)
+    }
+
+    /// [`validate`](Self::validate) for a definition already stored: the checks added since
+    /// definitions were first saved (URL and header rules, sizes, condition types, the
+    /// scope of a write-back to another object) apply to saves only, so a definition saved
+    /// before them still loads, and its jobs fail alone if they must (an unsafe URL fails
+    /// its attempt) instead of holding its object's changes.
+    pub fn validate_stored<'a>(
+        &self,
+        object_of: impl Fn(&str) -> Option<&'a DataObject>,
+    ) -> Result<TriggerPlan, FieldError> {
+        self.check(object_of, false)
+    }
+
+    fn check<'a>(
+        &self,
+        object_of: impl Fn(&str) -> Option<&'a DataObject>,
+        strict: bool,
+    ) -> Result<TriggerPlan, FieldError> {
         if !valid_name(&self.id) {
             return Err(FieldError::new("id", "must be 1-128 characters of A-Z a-z 0-9 _ - ."));
         }
@@ -411,13 +431,14 @@ impl WebhookDef {
             })?;
             fields.push(f.key.clone());
         }
-        if t.condition.as_ref().is_some_and(|c| c.len() > MAX_CONDITION_BYTES) {
+        if strict && t.condition.as_ref().is_some_and(|c| c.len() > MAX_CONDITION_BYTES) {
             return Err(FieldError::new("trigger.condition", format!("is limited to {MAX_CONDITION_BYTES} bytes")));
         }
         let condition = match t.condition.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(src) => {
-                Some(condition::parse(src, object).map_err(|e| FieldError::new("trigger.condition", e.to_string()))?)
+                let parsed = if strict { condition::parse(src, object) } else { condition::parse_saved(src, object) };
+                Some(parsed.map_err(|e| FieldError::new("trigger.condition", e.to_string()))?)
             }
         };
 
@@ -431,11 +452,16 @@ impl WebhookDef {
             (false, Some(_)) => {
                 return Err(FieldError::new("request.url_script", "set one of request.url and request.url_script"));
             }
-            (false, None) => {
+            (false, None) if strict => {
                 crate::url::check(&r.url, r.url_host_from_record).map_err(|m| FieldError::new("request.url", m))?
             }
-            (true, Some(_)) if r.url_host_from_record => {
-                return Err(FieldError::new("request.url_host_from_record", "applies to request.url templates"));
+            (false, None) => {}
+            // The script decides the whole URL, host included: say so.
+            (true, Some(_)) if !r.url_host_from_record => {
+                return Err(FieldError::new(
+                    "request.url_host_from_record",
+                    "a URL script decides the host of every request: set request.url_host_from_record: true",
+                ));
             }
             (true, Some(_)) => {}
         }
@@ -448,7 +474,7 @@ impl WebhookDef {
                 return Err(FieldError::new(format!("request.headers.{name}"), "invalid header name"));
             }
         }
-        for (name, value) in &r.headers {
+        for (name, value) in r.headers.iter().filter(|_| strict) {
             if let Some(at) = value.find(['\r', '\n', '\0']) {
                 return Err(FieldError::new(
                     format!("request.headers.{name}"),
@@ -459,24 +485,27 @@ impl WebhookDef {
         for name in self.secrets.keys() {
             let ident = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && name.len() <= 64;
+                && name.len() <= 64
+                && !name.starts_with("__");
             if !ident {
                 return Err(FieldError::new(
                     format!("secrets.{name}"),
-                    "a secret's name must be 1-64 of A-Z a-z 0-9 _, not starting with a digit",
+                    "a secret's name must be 1-64 of A-Z a-z 0-9 _, not starting with a digit or `__`",
                 ));
             }
         }
         let sized =
             [("request.url", Some(&r.url), MAX_URL_BYTES), ("request.body", r.body.as_ref(), MAX_TEMPLATE_BYTES)];
-        for (path, text, limit) in
-            sized.into_iter().chain([("request.body_template", r.body_template.as_ref(), MAX_TEMPLATE_BYTES)])
+        for (path, text, limit) in sized
+            .into_iter()
+            .chain([("request.body_template", r.body_template.as_ref(), MAX_TEMPLATE_BYTES)])
+            .filter(|_| strict)
         {
             if text.is_some_and(|t| t.len() > limit) {
                 return Err(FieldError::new(path, format!("is limited to {limit} bytes")));
             }
         }
-        for (name, value) in &r.headers {
+        for (name, value) in r.headers.iter().filter(|_| strict) {
             if value.len() > MAX_HEADER_BYTES {
                 return Err(FieldError::new(
                     format!("request.headers.{name}"),
@@ -492,10 +521,15 @@ impl WebhookDef {
 
         match &self.auth {
             AuthDef::Oauth2 { token_url, client_id, client_secret, .. } => {
-                if token_url.contains("{{") || token_url.contains("{%") {
+                if !strict {
+                    if !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
+                        return Err(FieldError::new("auth.token_url", "must be an http or https URL"));
+                    }
+                } else if token_url.contains("{{") || token_url.contains("{%") {
                     return Err(FieldError::new("auth.token_url", "must be a plain URL, not a template"));
+                } else {
+                    crate::url::check(token_url, false).map_err(|m| FieldError::new("auth.token_url", m))?;
                 }
-                crate::url::check(token_url, false).map_err(|m| FieldError::new("auth.token_url", m))?;
                 if client_id.is_empty() {
                     return Err(FieldError::new("auth.client_id", "must not be empty"));
                 }
@@ -530,6 +564,13 @@ impl WebhookDef {
             let target_name = wb.object.as_deref().unwrap_or(&self.object);
             let target = object_of(target_name)
                 .ok_or_else(|| FieldError::new("writeback.object", format!("no data object named `{target_name}`")))?;
+            if strict && target_name != self.object && !wb.any_record {
+                return Err(FieldError::new(
+                    "writeback.any_record",
+                    "a write-back to another object updates records that are not the job's own: set \
+                     writeback.any_record: true",
+                ));
+            }
             if wb.key.from.is_empty() {
                 return Err(FieldError::new("writeback.key.from", "must name the output field holding the record id"));
             }
@@ -615,6 +656,29 @@ impl WebhookDef {
         d.secrets_mut().into_iter().map(|s| s.clone()).filter(|s| !s.is_empty()).collect()
     }
 
+    /// The first secret still written as [`REDACTED`] (after [`keep_secrets_from`](Self::keep_secrets_from)),
+    /// by its field: there was no stored value to keep for it.
+    pub fn redacted_left(&self) -> Option<String> {
+        let is = |s: &str| s == REDACTED;
+        let auth = match &self.auth {
+            AuthDef::Basic { password, .. } if is(password) => Some("auth.password"),
+            AuthDef::Token { value, .. } if is(value) => Some("auth.value"),
+            AuthDef::Oauth2 { client_secret, .. } if is(client_secret) => Some("auth.client_secret"),
+            AuthDef::Script { script } if is(script) => Some("auth.script"),
+            _ => None,
+        };
+        if let Some(field) = auth {
+            return Some(field.to_string());
+        }
+        if self.request.headers_script.as_deref().is_some_and(is) {
+            return Some("request.headers_script".into());
+        }
+        if let Some(i) = self.signing.iter().flat_map(|s| &s.secrets).position(|s| is(s)) {
+            return Some(format!("signing.secrets[{i}]"));
+        }
+        self.secrets.iter().find(|(_, v)| is(v)).map(|(name, _)| format!("secrets.{name}"))
+    }
+
     /// The definition as shown to API clients: secrets replaced by [`REDACTED`].
     pub fn redacted(&self) -> WebhookDef {
         let mut d = self.clone();
@@ -626,9 +690,21 @@ impl WebhookDef {
 
     /// Keeps `previous`'s secrets where this definition says [`REDACTED`], so a client can
     /// PUT back what it read (signing secrets by position).
+    /// The auth's secret is kept only while it goes where it went: the same token URL, or
+    /// requests to the same scheme, host and port; else the client must give it again.
     pub fn keep_secrets_from(&mut self, previous: &WebhookDef) {
         let mut previous = previous.clone();
+        let same_destination = match (&self.auth, &previous.auth) {
+            (AuthDef::Oauth2 { token_url: new, .. }, AuthDef::Oauth2 { token_url: old, .. }) => new == old,
+            (AuthDef::Basic { .. } | AuthDef::Token { .. }, _) => {
+                let origin =
+                    |d: &WebhookDef| crate::url::origin(&d.request.url).filter(|_| d.request.url_script.is_none());
+                origin(self).is_some() && origin(self) == origin(&previous)
+            }
+            _ => true,
+        };
         if self.auth.same_kind(&previous.auth)
+            && same_destination
             && let (Some(new), Some(old)) = (self.auth.secret_mut(), previous.auth.secret_mut())
             && new == REDACTED
         {
@@ -824,6 +900,32 @@ mod tests {
         let mut back: WebhookDef = serde_json::from_str(&shown).unwrap();
         back.keep_secrets_from(&d);
         assert_eq!(back, d);
+    }
+
+    #[test]
+    fn a_secret_is_kept_only_while_it_goes_where_it_went() {
+        let oauth = |url: &str, secret: &str| {
+            def(json!({"auth": {"type": "oauth2", "token_url": url, "client_id": "c", "client_secret": secret}}))
+                .unwrap()
+        };
+        let stored = oauth("https://idp/token", "s3cret");
+        let mut same = oauth("https://idp/token", REDACTED);
+        same.keep_secrets_from(&stored);
+        assert_eq!((same.redacted_left(), &same.auth), (None, &stored.auth));
+        let mut moved = oauth("https://attacker/token", REDACTED);
+        moved.keep_secrets_from(&stored);
+        assert_eq!(moved.redacted_left().as_deref(), Some("auth.client_secret"));
+
+        let basic = |url: &str, pw: &str| {
+            def(json!({"request": {"url": url}, "auth": {"type": "basic", "username": "u", "password": pw}})).unwrap()
+        };
+        let stored = basic("https://api.example.com/a", "pw");
+        let mut path_changed = basic("https://API.example.com/b/{{ record.id }}", REDACTED);
+        path_changed.keep_secrets_from(&stored);
+        assert_eq!(path_changed.redacted_left(), None);
+        let mut host_changed = basic("https://evil.example/a", REDACTED);
+        host_changed.keep_secrets_from(&stored);
+        assert_eq!(host_changed.redacted_left().as_deref(), Some("auth.password"));
     }
 
     #[test]

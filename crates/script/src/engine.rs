@@ -19,9 +19,15 @@ use crate::{PoolConfig, ResponseView, ScriptCall, ScriptKind, ScriptOutput};
 
 /// Opening of the wrapper; it stays on the script's first line so line numbers match. The
 /// call's values come in as parameters, so they never touch the realm's global object.
-const WRAP_OPEN: &str = "(function(data, http, write, secrets){";
+const WRAP_OPEN: &str = "(function(data, http, write){";
 /// Closing of the wrapper, on its own line so a trailing `// comment` cannot swallow it.
 const WRAP_CLOSE: &str = "\n})";
+/// The wrapper a script runs in: the one above inside a function that takes `secrets` too,
+/// so a script that declares its own `secrets` (`let secrets = …`, from before the name
+/// was given) shadows it instead of failing to compile. The source is first compiled in the
+/// plain wrapper, which proves it does not close it; then it cannot close this one either.
+const RUN_OPEN: &str = "(function(data, http, write, secrets){return (function(data, http, write){";
+const RUN_CLOSE: &str = "\n}).call(this, data, http, write)})";
 
 /// Runs first in every fresh realm, before any user code. It removes what scripts must not
 /// have, freezes every built-in object a script can reach (so nothing one call hangs on a
@@ -557,14 +563,27 @@ fn compile<'js>(ctx: &Ctx<'js>, source: &str) -> Result<Function<'js>, ScriptErr
         .and_then(|p| p.get("toString"))
         .catch(ctx)
         .map_err(|e| classify(ctx, e, Phase::Run))?;
-    let wrapped = format!("{WRAP_OPEN}{source}{WRAP_CLOSE}");
-    let value: Value =
-        ctx.eval_with_options(wrapped, eval_options()).catch(ctx).map_err(|e| classify(ctx, e, Phase::Compile))?;
+    wrapped(ctx, &to_string, WRAP_OPEN, source, WRAP_CLOSE)?;
+    wrapped(ctx, &to_string, RUN_OPEN, source, RUN_CLOSE)
+}
+
+/// Evaluates `open + source + close` into a function whose text is exactly that: anything
+/// else means the source closed the wrapper.
+fn wrapped<'js>(
+    ctx: &Ctx<'js>,
+    to_string: &Function<'js>,
+    open: &str,
+    source: &str,
+    close: &str,
+) -> Result<Function<'js>, ScriptError> {
+    let value: Value = ctx
+        .eval_with_options(format!("{open}{source}{close}"), eval_options())
+        .catch(ctx)
+        .map_err(|e| classify(ctx, e, Phase::Compile))?;
     let function = value.into_function().ok_or_else(unbalanced)?;
     let text: String =
         to_string.call((This(function.clone()),)).catch(ctx).map_err(|e| classify(ctx, e, Phase::Run))?;
-    // `function(){` + source + `\n}`: anything else means the source closed the wrapper.
-    let body = text.strip_prefix(&WRAP_OPEN[1..]).and_then(|t| t.strip_suffix(&WRAP_CLOSE[..WRAP_CLOSE.len() - 1]));
+    let body = text.strip_prefix(&open[1..]).and_then(|t| t.strip_suffix(&close[..close.len() - 1]));
     if body != Some(source) {
         return Err(unbalanced());
     }

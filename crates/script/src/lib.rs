@@ -181,8 +181,9 @@ impl std::fmt::Debug for ScriptSecrets {
     }
 }
 
-/// One script invocation.
-#[derive(Debug, Clone, PartialEq)]
+/// One script invocation. `Debug` shows its kind and sizes only: sources, bodies and
+/// secrets may hold credentials.
+#[derive(Clone, PartialEq)]
 pub struct ScriptCall {
     /// What kind of script this is.
     pub kind: ScriptKind,
@@ -197,6 +198,16 @@ pub struct ScriptCall {
     pub response: Option<ResponseView>,
     /// The webhook's secrets, seen as `secrets`.
     pub secrets: ScriptSecrets,
+}
+
+impl std::fmt::Debug for ScriptCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptCall")
+            .field("kind", &self.kind)
+            .field("source_bytes", &self.source.len())
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScriptCall {

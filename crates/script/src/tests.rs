@@ -523,3 +523,12 @@ async fn url_scripts_return_a_string_and_see_secrets() {
     let none = written(pool.run(body("write(String(secrets.KEY));", json!([]))).await);
     assert_eq!(none, "undefined");
 }
+
+#[tokio::test]
+async fn a_script_declaring_its_own_secrets_still_runs() {
+    let pool = pool();
+    let out = written(pool.run(body("let secrets = 'mine'; write(secrets);", json!([]))).await);
+    assert_eq!(out, "mine");
+    let call = ScriptCall::new(ScriptKind::Header, "const secrets = {a: 1}; return {X: String(secrets.a)};", json!([]));
+    assert_eq!(pool.run(call).await, Ok(ScriptOutput::Headers(vec![("X".into(), "1".into())])));
+}

@@ -19,7 +19,7 @@ use super::permits::Permit;
 use crate::EngineContext;
 use crate::attempt::{headers, request_record, response_record};
 use crate::catalog::CompiledWebhook;
-use crate::render::{BuiltRequest, build_request, display_url};
+use crate::render::{BuiltRequest, build_request};
 use crate::trace;
 
 /// A job handed out this many times without finishing (its nodes kept dying mid-delivery)
@@ -168,7 +168,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
                 (if e.retryable { Verdict::Retry { after: None } } else { Verdict::Fail }, None)
             }
             Ok(mut req) => {
-                tracing::Span::current().record("url.full", display_url(&req.url));
+                tracing::Span::current().record("url.full", req.display_url());
                 let mut sent = send(ctx, wh, &req, &permit, false).await;
                 // A refused OAuth token: fetch another once (unless another node already
                 // did) and send again, within this same attempt.
