@@ -476,6 +476,7 @@ async fn every_bad_input_is_refused_with_its_field_and_changes_nothing() {
 
     let all = cases(&tracker.url);
     assert!(all.len() >= 100, "the corpus has {} cases", all.len());
+    eprintln!("the bad-input corpus has {} cases (and 6 NDJSON lines)", all.len());
     let before = snapshot(&api).await;
     let client = reqwest::Client::new();
     let mut failures = Vec::new();
