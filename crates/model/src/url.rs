@@ -142,12 +142,18 @@ pub fn encoded(value: &str) -> String {
     out
 }
 
-/// Percent-encodes `value`, keeping the escapes it already holds (`%2F`: a value from
-/// `| urlencode` is not encoded twice; an escape cannot change the URL's structure).
+/// Percent-encodes `value`, keeping the escapes it already holds (a value from
+/// `| urlencode` is not encoded twice), except those of `/`, `\`, `?`, `#`, `.` and `%`:
+/// a target that decodes them before routing would read them as structure.
 fn encode_into(out: &mut String, value: &str) {
     let bytes = value.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
     for (i, &b) in bytes.iter().enumerate() {
-        let escape = b == b'%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let escaped = match (b, bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => Some((h * 16 + l) as u8),
+            _ => None,
+        };
+        let escape = escaped.is_some_and(|c| !b"/\\?#.%".contains(&c));
         if unreserved(b) || escape {
             out.push(b as char);
         } else {
@@ -336,20 +342,34 @@ pub fn redact(url: &str) -> String {
     }
     if let Some(query) = query {
         out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
+        out.push_str(&redact_pairs(query));
+    }
+    // A fragment may carry parameters too (`#access_token=…`).
+    match fragment.strip_prefix('#') {
+        Some(params) if params.contains('=') => {
+            out.push('#');
+            out.push_str(&redact_pairs(params));
+        }
+        _ => out.push_str(fragment),
+    }
+    out
+}
+
+/// `a=1&api_key=2` with the values of credential-like names as `***`.
+fn redact_pairs(pairs: &str) -> String {
+    let mut out = String::with_capacity(pairs.len());
+    for (i, pair) in pairs.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_credential_param(&percent_decoded(name)) => {
+                out.push_str(name);
+                out.push_str("=***");
             }
-            match pair.split_once('=') {
-                Some((name, _)) if is_credential_param(&percent_decoded(name)) => {
-                    out.push_str(name);
-                    out.push_str("=***");
-                }
-                _ => out.push_str(pair),
-            }
+            _ => out.push_str(pair),
         }
     }
-    out.push_str(fragment);
     out
 }
 
@@ -452,6 +472,10 @@ mod tests {
         assert!(finish(&format!("https://h/a/{}/b", v("..")), false).is_err());
         assert!(finish(&format!("https://h/a/{}/b", v("%2e%2E")), false).is_err());
         assert_eq!(finish(&format!("https://h/?q={}", v("a%20b%zz")), false).unwrap(), "https://h/?q=a%20b%25zz");
+        assert_eq!(
+            finish(&format!("https://h/{}", v("..%2F..%2fadmin")), false).unwrap(),
+            "https://h/..%252F..%252fadmin"
+        );
     }
 
     #[test]
@@ -478,6 +502,7 @@ mod tests {
             "https://h/x?api_key=***&q=ok&access_token=***&X-Amz-Signature=***&page=2#f"
         );
         assert_eq!(redact("https://h/a@b?apiKey=1"), "https://h/a@b?apiKey=***");
+        assert_eq!(redact("https://h/cb#access_token=t&state=s"), "https://h/cb#access_token=***&state=s");
         assert_eq!(redact("https://h/?%61pi_key=1&password"), "https://h/?%61pi_key=***&password");
         for name in ["key", "apikey", "client_secret", "sig", "Token", "sessionid", "auth", "code"] {
             assert!(is_credential_param(name), "{name}");
