@@ -196,7 +196,10 @@ async fn run_worker(w: WorkerCtx) {
             ctx.metrics.taken_over(&id, taken_over as u64);
         }
         if lease.is_empty() {
-            idle(&w, &ctx, &id, &pool, (free.len() + granted.len()) as u32, next_due_ms, rate_wait, &mark).await;
+            // Every permit this step could use counts, the fresh ones it passed uncounted too:
+            // leaving them out read "no permits" and slept as if the limit were held elsewhere.
+            let permits = known_free as usize + free.len() + granted.len();
+            idle(&w, &ctx, &id, &pool, permits as u32, next_due_ms, rate_wait, &mark).await;
             continue;
         }
         // Paused (or deleted) while this step ran: what it read goes back, unsent.
