@@ -150,12 +150,41 @@ impl Condition {
         &self.source
     }
 
+    /// Evaluates like [`eval`](Self::eval) and says why: every part (each comparison,
+    /// membership, `changed(...)` and so on, in the order written), the values it read and
+    /// what it came to. For the record's journey: "the condition was false because ...".
+    pub fn explain(&self, new: &Fields, old: Option<&Fields>) -> Explained {
+        let v = Versions { new, old };
+        let mut parts = Vec::new();
+        self.expr.explain(&v, &mut parts);
+        Explained { value: self.expr.eval(&v), parts }
+    }
+
     /// Keys of every field the condition reads (deduplicated, in order of first use).
     pub fn fields(&self) -> Vec<String> {
         let mut keys = Vec::new();
         self.expr.collect_fields(&mut keys);
         keys
     }
+}
+
+/// What [`Condition::explain`] found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Explained {
+    /// The condition's value.
+    pub value: bool,
+    pub parts: Vec<Part>,
+}
+
+/// One part of a condition, as evaluated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Part {
+    /// The part written out by field key (`Status = "Completed"`, `changed(Score)`).
+    pub text: String,
+    /// Each field the part read (`old.X` for the previous version), with its value (`null`
+    /// when missing).
+    pub values: Vec<(String, Value)>,
+    pub value: bool,
 }
 
 /// The 1-based char column of byte offset `at`.
@@ -299,6 +328,27 @@ impl Expr {
         }
     }
 
+    fn explain(&self, v: &Versions<'_>, parts: &mut Vec<Part>) {
+        match self {
+            Expr::Or(items) | Expr::And(items) => items.iter().for_each(|e| e.explain(v, parts)),
+            Expr::Not(inner) => inner.explain(v, parts),
+            Expr::Pred(pred) => {
+                let mut values = Vec::new();
+                pred.operands(&mut |o| {
+                    let name = match o {
+                        Operand::New(key) => key.clone(),
+                        Operand::Old(key) => format!("old.{key}"),
+                        Operand::Const(_) => return,
+                    };
+                    if !values.iter().any(|(n, _)| *n == name) {
+                        values.push((name, o.get(v).cloned().unwrap_or(Value::Null)));
+                    }
+                });
+                parts.push(Part { text: pred.to_string(), values, value: pred.eval(v) });
+            }
+        }
+    }
+
     fn collect_fields(&self, keys: &mut Vec<String>) {
         let mut add = |key: Option<&str>| {
             if let Some(key) = key
@@ -333,6 +383,29 @@ impl Expr {
 }
 
 impl Pred {
+    /// Calls `f` with every operand, in the order written.
+    fn operands(&self, f: &mut impl FnMut(&Operand)) {
+        match self {
+            Pred::Compare { left, right, .. } => {
+                f(left);
+                f(right);
+            }
+            Pred::In { subject, list, .. } => {
+                f(subject);
+                list.iter().for_each(&mut *f);
+            }
+            Pred::Contains { subject, needle, .. } => {
+                f(subject);
+                f(needle);
+            }
+            Pred::Empty { subject, .. } | Pred::IsTrue(subject) => f(subject),
+            Pred::Changed { key, .. } => {
+                f(&Operand::New(key.clone()));
+                f(&Operand::Old(key.clone()));
+            }
+        }
+    }
+
     fn eval(&self, v: &Versions<'_>) -> bool {
         match self {
             Pred::Compare { left, op, right, ty } => {
@@ -405,6 +478,42 @@ impl Pred {
                 }
             }
             Pred::IsTrue(operand) => matches!(operand.get(v), Some(Value::Bool(true))),
+        }
+    }
+}
+
+impl std::fmt::Display for Operand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operand::New(key) => f.write_str(&shown_name(key)),
+            Operand::Old(key) => write!(f, "old.{}", shown_name(key)),
+            Operand::Const(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// A key as a condition may name it: bare when it is one plain word, else in brackets.
+fn shown_name(key: &str) -> Cow<'_, str> {
+    if !key.is_empty() && key.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(format!("[{key}]"))
+    }
+}
+
+impl std::fmt::Display for Pred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |items: &[Operand]| items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let not = |negated: bool| if negated { "not " } else { "" };
+        match self {
+            Pred::Compare { left, op, right, .. } => write!(f, "{left} {} {right}", op.symbol()),
+            Pred::In { subject, list: items, negated, .. } => {
+                write!(f, "{subject} {}in ({})", not(*negated), list(items))
+            }
+            Pred::Contains { subject, needle, negated } => write!(f, "{subject} {}contains {needle}", not(*negated)),
+            Pred::Empty { subject, negated } => write!(f, "{subject} is {}empty", not(*negated)),
+            Pred::Changed { key, .. } => write!(f, "changed({})", shown_name(key)),
+            Pred::IsTrue(subject) => write!(f, "{subject}"),
         }
     }
 }
@@ -1402,6 +1511,31 @@ mod tests {
         match v {
             Value::Object(map) => map,
             other => panic!("test records are objects, not {other}"),
+        }
+    }
+
+    #[test]
+    fn explain_names_every_part_with_the_values_it_read() {
+        let c =
+            parse("Status = Completed and (Transactional Satisfaction < 3 or changed(Tags)) and not Active", &survey())
+                .unwrap();
+        let new = fields(json!({"status": "Completed", "score": 7, "tags": ["a"], "active": false}));
+        let old = fields(json!({"status": "Open", "score": 7, "tags": ["a"]}));
+        let e = c.explain(&new, Some(&old));
+        assert_eq!(e.value, c.eval(&new, Some(&old)));
+        assert!(!e.value);
+        let shown: Vec<(&str, bool)> = e.parts.iter().map(|p| (p.text.as_str(), p.value)).collect();
+        assert_eq!(
+            shown,
+            [("status = \"Completed\"", true), ("score < 3", false), ("changed(tags)", false), ("active", false)]
+        );
+        assert_eq!(e.parts[1].values, [("score".to_string(), json!(7))]);
+        assert_eq!(e.parts[2].values, [("tags".to_string(), json!(["a"])), ("old.tags".to_string(), json!(["a"]))]);
+        // Every condition of the table explains to the value it evaluates to.
+        for (src, new, old, expected) in eval_table() {
+            let c = parse(src, &survey()).unwrap();
+            let (new, old) = (fields(new), old.map(fields));
+            assert_eq!(c.explain(&new, old.as_ref()).value, expected, "{src}");
         }
     }
 
