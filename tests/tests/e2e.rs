@@ -2,6 +2,7 @@
 
 mod bulk;
 mod cluster;
+mod cockpit;
 mod corpus;
 mod deploy;
 mod embedded;

@@ -7,6 +7,7 @@
 pub mod attempts;
 pub mod error;
 pub mod health;
+pub mod journey;
 pub mod objects;
 pub mod webhooks;
 
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub metrics: Arc<hookline_telemetry::Metrics>,
     /// The node's definitions, for `/readyz` (None: a node without an engine).
     pub catalog: Option<hookline_engine::catalog::CatalogView>,
+    /// Every webhook's queue stats, read at most once a second whoever asks.
+    pub queue_stats: Arc<health::StatsCache>,
 }
 
 /// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and
@@ -115,6 +118,7 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
                     .route("/objects/{object}/records", web::post().to(objects::post_records))
                     .route("/objects/{object}/records/{id}", web::get().to(objects::get_record))
                     .route("/objects/{object}/records/{id}", web::patch().to(objects::patch_record))
+                    .route("/objects/{object}/records/{id}/journey", web::get().to(journey::get))
                     .route("/webhooks", web::post().to(webhooks::create))
                     .route("/webhooks", web::get().to(webhooks::list))
                     .route("/webhooks/{id}", web::get().to(webhooks::get))

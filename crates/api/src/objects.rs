@@ -114,7 +114,7 @@ pub async fn list_objects(state: web::Data<ApiState>) -> Result<HttpResponse, Ap
     Ok(HttpResponse::Ok().json(state.store.list_objects().await?))
 }
 
-async fn object(state: &ApiState, name: &str) -> Result<DataObject, ApiError> {
+pub(crate) async fn object(state: &ApiState, name: &str) -> Result<DataObject, ApiError> {
     state.store.get_object(name).await?.ok_or_else(|| ApiError::NotFound(format!("no data object named `{name}`")))
 }
 

@@ -25,6 +25,7 @@ pub mod catalog;
 pub mod coordinator;
 pub mod dispatcher;
 pub mod drain;
+pub mod journey;
 pub mod messages;
 pub mod oauth;
 pub mod records;

@@ -17,13 +17,13 @@ use actix::prelude::*;
 use hookline_model::{ChangeView, Decision, Fields, decide};
 use hookline_proto::{Change, Job};
 use hookline_store::queue::{Consumer, Lease};
-use hookline_store::{ClaimScan, QueueName, StoreError, now_ms};
+use hookline_store::{ClaimScan, JourneyNote, QueueName, StoreError, now_ms};
 
 use crate::EngineContext;
 use crate::catalog::{Catalog, CompiledWebhook};
 use crate::messages::CatalogChanged;
-use crate::trace;
 use crate::workers::{Start, WorkerCtx, WorkerSet};
+use crate::{journey, trace};
 
 /// Changes read at a time.
 const READ: usize = 100;
@@ -139,21 +139,29 @@ async fn process(
             ),
         }
     };
-    let jobs = decide_all(&catalog, &ctx.metrics, object, &lease);
+    let (jobs, notes) = decide_all(&catalog, &ctx.metrics, object, &lease);
     let enqueued = jobs.len();
     // Jobs first, acknowledgement second: a crash between the two reads the changes again
-    // and enqueues again (at-least-once, with the same job ids), never zero times.
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match ctx.store.enqueue(&jobs).await {
-            Ok(()) => break,
-            Err(e) if e.is_transient() && wait < Duration::from_secs(5) => {
-                tracing::warn!(object, error = %e, "cannot enqueue jobs yet; trying again");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+    // and enqueues again (at-least-once, with the same job ids), never zero times. The
+    // journey's notes go alongside; they explain, and their loss never holds a delivery.
+    let enqueue = async {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match ctx.store.enqueue(&jobs).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && wait < Duration::from_secs(5) => {
+                    tracing::warn!(object, error = %e, "cannot enqueue jobs yet; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+    };
+    let (enqueued_ok, noted) = tokio::join!(enqueue, ctx.store.note_changes(&notes));
+    enqueued_ok?;
+    if let Err(error) = noted {
+        tracing::warn!(object, %error, "the journey of these changes could not be kept");
     }
     let changes = lease.len();
     let acked = consumer.ack(lease).await?;
@@ -175,8 +183,9 @@ fn decide_all(
     metrics: &hookline_telemetry::Metrics,
     object: &str,
     lease: &Lease<Change>,
-) -> Vec<Job> {
+) -> (Vec<Job>, Vec<JourneyNote>) {
     let mut jobs = Vec::new();
+    let mut notes = Vec::with_capacity(lease.len());
     for entry in lease.entries() {
         let change = &entry.value;
         let Some(new) = parse_fields(&change.new_json) else {
@@ -204,6 +213,7 @@ fn decide_all(
                 "write-back hop limit reached: this change fires no webhook"
             );
             metrics.writeback_hop_limit(&change.origin_webhook);
+            notes.push(journey::note(change, old.as_ref(), &new, &[], Some("write-back hop limit reached")));
             continue;
         }
         let view = ChangeView {
@@ -211,21 +221,31 @@ fn decide_all(
             new: &new,
             origin_webhook: (!change.origin_webhook.is_empty()).then_some(change.origin_webhook.as_str()),
         };
+        let mut decided = Vec::new();
         for wh in catalog.webhooks_on(object) {
             let decision = decide(&wh.def.id, &wh.plan, view);
             tracing::debug!(webhook_id = %wh.def.id, decision = decision.as_str(), "trigger decision");
-            if decision != Decision::Fire {
-                continue;
+            let mut fired = None;
+            if decision == Decision::Fire {
+                let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
+                let traceparent = trace::start(&enqueue);
+                let job_id = job_id(&wh.def.id, object, &change.record_id, change.version);
+                fired = Some(job_id.clone());
+                let mut job = record_job(wh, job_id, object, &change.record_id, change.version, &new, traceparent);
+                job.hops = change.hops;
+                jobs.push(job);
             }
-            let enqueue = tracing::info_span!("enqueue", webhook_id = %wh.def.id);
-            let traceparent = trace::start(&enqueue);
-            let job_id = job_id(&wh.def.id, object, &change.record_id, change.version);
-            let mut job = record_job(wh, job_id, object, &change.record_id, change.version, &new, traceparent);
-            job.hops = change.hops;
-            jobs.push(job);
+            decided.push(journey::Decided {
+                webhook: &wh.def.id,
+                webhook_version: wh.version,
+                plan: &wh.plan,
+                decision,
+                job_id: fired,
+            });
         }
+        notes.push(journey::note(change, old.as_ref(), &new, &decided, None));
     }
-    jobs
+    (jobs, notes)
 }
 
 /// The idempotency id of the job a record version makes for a webhook: derived, not

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::queue::Consumer;
 use crate::{
-    ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DefEvent, FollowUp, IndexedRecord, QueueName, Rate,
-    RawEntry, Renew, Store, Take, Taken, WriteResult, WritebackDone, now_ms,
+    ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DefEvent, FollowUp, IndexedRecord, JOURNEY_KEPT,
+    JourneyNote, QueueName, QueueStats, Rate, RawEntry, Renew, Store, Take, Taken, WriteResult, WritebackDone, now_ms,
 };
 
 const NO_BLOCK: Duration = Duration::ZERO;
@@ -51,6 +51,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     batch_complete(s, &p).await;
     rate_limit(s, &p).await;
     delivery_counts(s, &p).await;
+    journeys(s, &p).await;
+    queue_stats(s, &p).await;
     consumer_heartbeat(store.clone(), &p).await;
 }
 
@@ -676,6 +678,50 @@ pub async fn dead_letters(store: &dyn Store, prefix: &str) {
     assert!(back.iter().all(|e| e.redriven && e.solo), "marked redriven, sent alone");
     assert!(back.iter().all(|e| decode::<Job>(e).attempts == 0), "attempts reset by the redrive");
     assert_eq!(store.redrive(&wh).await.expect("redrive"), 0);
+}
+
+/// Notes on a record's changes come back newest first, per record, the newest
+/// [`JOURNEY_KEPT`] kept.
+pub async fn journeys(store: &dyn Store, prefix: &str) {
+    let (a, b) = (format!("{prefix}-ja"), format!("{prefix}-jb"));
+    let note = |object: &str, id: &str, version: u64| JourneyNote {
+        object: object.to_string(),
+        record_id: id.to_string(),
+        version,
+        note: format!("{{\"v\":{version}}}").into_bytes(),
+    };
+    assert!(store.journey(&a, "r1", 10).await.expect("journey").is_empty());
+    store.note_changes(&[note(&a, "r1", 1), note(&a, "r2", 1), note(&b, "r1", 1)]).await.expect("note_changes");
+    store.note_changes(&[note(&a, "r1", 2)]).await.expect("note_changes");
+    let got = store.journey(&a, "r1", 10).await.expect("journey");
+    assert_eq!(got, [note(&a, "r1", 2), note(&a, "r1", 1)]);
+    assert_eq!(store.journey(&a, "r1", 1).await.expect("journey"), [note(&a, "r1", 2)], "limit");
+    assert_eq!(store.journey(&b, "r1", 10).await.expect("journey"), [note(&b, "r1", 1)], "per object");
+    // A long history keeps its newest.
+    let many: Vec<JourneyNote> = (3..=(JOURNEY_KEPT as u64 + 10)).map(|v| note(&a, "r2", v)).collect();
+    store.note_changes(&many).await.expect("note_changes");
+    let kept = store.journey(&a, "r2", 1000).await.expect("journey");
+    assert_eq!(kept.len(), JOURNEY_KEPT);
+    assert_eq!(kept[0].version, JOURNEY_KEPT as u64 + 10);
+    assert_eq!(kept[JOURNEY_KEPT - 1].version, 11);
+}
+
+/// Queue depth, oldest job and dead letters of many webhooks in one call.
+pub async fn queue_stats(store: &dyn Store, prefix: &str) {
+    let (busy, idle) = (format!("{prefix}-qs-busy"), format!("{prefix}-qs-idle"));
+    let before = now_ms();
+    store.enqueue(&[job(&busy, "1"), job(&busy, "2"), job(&busy, "3")]).await.expect("enqueue");
+    let read = take_jobs(store, &busy, "a", 1).await;
+    let j: Job = decode(&read.entries[0]);
+    let follow = FollowUp { dead_letter: Some((j.clone(), "gave up".into())), ..Default::default() };
+    let item = completion(&read.entries, attempt(&j, Outcome::Exhausted, now_ms()), follow);
+    assert_eq!(store.complete(&busy, "a", &[item]).await.expect("complete"), [true]);
+    let stats = store.queue_stats(&[busy.clone(), idle.clone()]).await.expect("queue_stats");
+    assert_eq!(stats.len(), 2);
+    assert_eq!((stats[0].depth, stats[0].dead_letters), (2, 1));
+    assert!(stats[0].oldest_ms.is_some_and(|ms| ms >= before - 1000 && ms <= now_ms()), "{stats:?}");
+    assert_eq!(stats[1], QueueStats::default());
+    assert_eq!(stats[0].depth, store.queue_depth(&busy).await.expect("queue_depth"));
 }
 
 /// A final attempt hands a write-back over; finishing it stores the attempt as given, keeps
@@ -1382,15 +1428,15 @@ mod tests {
     backend!(embedded: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
-        delivery_counts);
+        delivery_counts, journeys, queue_stats);
     backend!(cluster: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
-        delivery_counts);
+        delivery_counts, journeys, queue_stats);
     backend!(redis: records, bulk_records, write_index, change_leases, claim_cursor, definitions, definition_events, job_queue, take_capacity,
         job_leases, blocking_reads, concurrent_readers, concurrent_writers, delayed_retries, dead_letters, writebacks,
         attempt_log, permits, permits_outlive_their_lease_while_renewed, values_and_locks, batch_complete, rate_limit,
-        delivery_counts);
+        delivery_counts, journeys, queue_stats);
 
     /// A throwaway Redis Cluster for the `cluster` tests.
     mod local_cluster {

@@ -118,6 +118,12 @@ impl Keys {
         key.strip_prefix(&self.record(object, ""))
     }
 
+    /// LIST of the trigger's notes on a record's changes (`JourneyNote` JSON, each prefixed
+    /// by its version and a space), newest first, trimmed to `JOURNEY_KEPT`, with a TTL.
+    pub fn journey(&self, object: &str, id: &str) -> String {
+        format!("{}:{{obj:{object}}}:journey:{id}", self.ns)
+    }
+
     /// STREAM of accepted changes of one object (`c` = Change protobuf), group [`TRIGGER_GROUP`].
     pub fn changes(&self, object: &str) -> String {
         format!("{}:{{obj:{object}}}:changes", self.ns)

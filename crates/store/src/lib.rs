@@ -304,6 +304,32 @@ pub struct AttemptFilter {
     pub limit: usize,
 }
 
+/// One change of a record as the trigger decided it, for the record's journey: what
+/// changed and, for each webhook of the object, whether it fired and why not. The note is
+/// the engine's JSON; the store keeps the newest [`JOURNEY_KEPT`] per record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyNote {
+    pub object: String,
+    pub record_id: String,
+    pub version: u64,
+    pub note: Vec<u8>,
+}
+
+/// How many changes of one record the journey keeps (the newest).
+pub const JOURNEY_KEPT: usize = 50;
+/// How long Redis keeps a record's journey after its last change.
+pub const JOURNEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A webhook's queue at a glance, for `/metrics` and the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs waiting: ready, pending and delayed.
+    pub depth: u64,
+    /// When the oldest job on the queue (ready or being delivered) was queued, Unix ms.
+    pub oldest_ms: Option<i64>,
+    pub dead_letters: u64,
+}
+
 /// A job in the dead letters.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -466,6 +492,10 @@ pub trait Store: Send + Sync + 'static {
     /// Number of jobs waiting: ready, pending and delayed.
     async fn queue_depth(&self, webhook: &str) -> Result<u64>;
 
+    /// [`QueueStats`] of each of `webhooks`, in order, in one store step however many there
+    /// are.
+    async fn queue_stats(&self, webhooks: &[String]) -> Result<Vec<QueueStats>>;
+
     // --- write-backs ---
     /// Finishes write-backs `consumer` still owns: notes each result on its attempt, keeps
     /// the failed ones among the failed write-backs, acknowledges the entries, atomically per
@@ -482,6 +512,12 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Moves every dead letter back to the queue with a fresh attempt budget.
     async fn redrive(&self, webhook: &str) -> Result<u64>;
+
+    // --- record journeys ---
+    /// Keeps the trigger's notes on changes (several records and objects at once).
+    async fn note_changes(&self, notes: &[JourneyNote]) -> Result<()>;
+    /// The notes kept for one record, newest first, at most `limit`.
+    async fn journey(&self, object: &str, record_id: &str, limit: usize) -> Result<Vec<JourneyNote>>;
 
     // --- small shared values and locks (OAuth tokens, their refresh) ---
     /// A value stored under the webhook's keys, unless it expired.

@@ -52,8 +52,8 @@ use redis::{
 use crate::keys::{DISPATCH_GROUP, Keys, TRIGGER_GROUP, WRITEBACK_GROUP};
 use crate::{
     ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DeadLetter, DefEvent, Definitions, FailedWriteback,
-    IndexedRecord, QueueKind, QueueName, Rate, RawEntry, Renew, Renewed, Result, Store, StoreError, Take, Taken,
-    WriteResult, WritebackDone, now_ms,
+    IndexedRecord, JOURNEY_KEPT, JOURNEY_TTL, JourneyNote, QueueKind, QueueName, QueueStats, Rate, RawEntry, Renew,
+    Renewed, Result, Store, StoreError, Take, Taken, WriteResult, WritebackDone, now_ms,
 };
 
 /// How long a command may take to answer before its connection counts as stalled.
@@ -1256,6 +1256,32 @@ impl Store for RedisStore {
         Ok(fresh + solo + delayed)
     }
 
+    async fn queue_stats(&self, webhooks: &[String]) -> Result<Vec<QueueStats>> {
+        // One pipeline per webhook (its keys share a slot), all sent side by side: one round
+        // trip on the multiplexed connection however many webhooks there are.
+        let asks = webhooks.iter().map(|webhook| {
+            let [fresh, solo, delayed] = self.keys.queue_depth_keys(webhook);
+            let mut pipe = redis::pipe();
+            pipe.cmd("XLEN").arg(&fresh).cmd("XLEN").arg(&solo).cmd("ZCARD").arg(delayed);
+            pipe.cmd("XRANGE").arg(&fresh).arg("-").arg("+").arg("COUNT").arg(1);
+            pipe.cmd("XRANGE").arg(&solo).arg("-").arg("+").arg("COUNT").arg(1);
+            pipe.cmd("XLEN").arg(self.keys.dead(webhook));
+            let mut conn = self.conn();
+            async move {
+                type Reply = (u64, u64, u64, StreamRangeReply, StreamRangeReply, u64);
+                let (f, s, d, first_fresh, first_solo, dead): Reply = pipe.query_async(&mut conn).await?;
+                let first =
+                    |r: &StreamRangeReply| r.ids.first().and_then(|e| e.id.split('-').next()?.parse::<i64>().ok());
+                Ok::<_, redis::RedisError>(QueueStats {
+                    depth: f + s + d,
+                    oldest_ms: [first(&first_fresh), first(&first_solo)].into_iter().flatten().min(),
+                    dead_letters: dead,
+                })
+            }
+        });
+        futures_util::future::try_join_all(asks).await.map_err(map_err)
+    }
+
     async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -1352,6 +1378,49 @@ impl Store for RedisStore {
         let key = self.keys.attempts(webhook);
         let blob: Option<Vec<u8>> = self.conn().hget(&key, attempt_id).await.map_err(map_err)?;
         blob.map(|b| decode(&key, &b)).transpose()
+    }
+
+    async fn note_changes(&self, notes: &[JourneyNote]) -> Result<()> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        // One pipeline per object: an object's keys share a slot.
+        let mut pipes: HashMap<&str, Pipeline> = HashMap::new();
+        let ttl = JOURNEY_TTL.as_millis() as u64;
+        for n in notes {
+            let key = self.keys.journey(&n.object, &n.record_id);
+            let mut value = format!("{} ", n.version).into_bytes();
+            value.extend_from_slice(&n.note);
+            let pipe = pipes.entry(n.object.as_str()).or_insert_with(redis::pipe);
+            pipe.cmd("LPUSH").arg(&key).arg(value).ignore();
+            pipe.cmd("LTRIM").arg(&key).arg(0).arg(JOURNEY_KEPT - 1).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        }
+        let sends = pipes.values().map(|pipe| {
+            let mut conn = self.conn();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        futures_util::future::try_join_all(sends).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn journey(&self, object: &str, record_id: &str, limit: usize) -> Result<Vec<JourneyNote>> {
+        let key = self.keys.journey(object, record_id);
+        let stop = limit.clamp(1, JOURNEY_KEPT) as isize - 1;
+        let items: Vec<Vec<u8>> = self.conn().lrange(&key, 0, stop).await.map_err(map_err)?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let space = item.iter().position(|b| *b == b' ')?;
+                let version = std::str::from_utf8(&item[..space]).ok()?.parse().ok()?;
+                Some(JourneyNote {
+                    object: object.to_string(),
+                    record_id: record_id.to_string(),
+                    version,
+                    note: item[space + 1..].to_vec(),
+                })
+            })
+            .collect())
     }
 
     async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>> {

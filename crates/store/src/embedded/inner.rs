@@ -21,7 +21,8 @@ use super::state::{Group, Groups, Locks, Pending, Permits, Rates, lock};
 use super::tables::*;
 use super::writer::Writer;
 use crate::{
-    AttemptFilter, DeadLetter, DefEvent, FailedWriteback, IndexedRecord, RawEntry, Result, StoreError, WriteResult,
+    AttemptFilter, DeadLetter, DefEvent, FailedWriteback, IndexedRecord, JOURNEY_KEPT, JourneyNote, QueueStats,
+    RawEntry, Result, StoreError, WriteResult,
 };
 
 /// Maps any redb error to a [`StoreError`].
@@ -271,6 +272,7 @@ impl Inner {
             txn.open_table(ATTEMPTS).map_err(db)?;
             txn.open_table(ATTEMPTS_BY_TIME).map_err(db)?;
             txn.open_table(VALUES).map_err(db)?;
+            txn.open_table(JOURNEY).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
             let format = meta.get("format").map_err(db)?.map(|v| v.value().0);
             match format {
@@ -685,6 +687,42 @@ impl Inner {
         Ok(n)
     }
 
+    pub(super) fn queue_stats(&self, webhooks: &[String]) -> Result<Vec<QueueStats>> {
+        let mut out = Vec::with_capacity(webhooks.len());
+        for webhook in webhooks {
+            let txn = self.read()?;
+            let dead = txn.open_table(DEAD).map_err(db)?;
+            let mut dead_letters = 0;
+            for item in dead.range(owner_range(webhook)).map_err(db)? {
+                item.map_err(db)?;
+                dead_letters += 1;
+            }
+            out.push(QueueStats {
+                depth: self.queue_depth(webhook)?,
+                oldest_ms: self.oldest_job_ms(webhook)?,
+                dead_letters,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn journey(&self, object: &str, record_id: &str, limit: usize) -> Result<Vec<JourneyNote>> {
+        let txn = self.read()?;
+        let table = txn.open_table(JOURNEY).map_err(db)?;
+        let mut out = Vec::new();
+        let range = table.range((object, record_id, 0)..=(object, record_id, u64::MAX)).map_err(db)?;
+        for item in range.rev().take(limit.clamp(1, JOURNEY_KEPT)) {
+            let (k, v) = item.map_err(db)?;
+            out.push(JourneyNote {
+                object: object.to_string(),
+                record_id: record_id.to_string(),
+                version: k.value().2,
+                note: v.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
     // --- attempt log, dead letters, failed write-backs ---
 
     pub(super) fn list_attempts(&self, webhook: &str, filter: &AttemptFilter) -> Result<Vec<Attempt>> {
@@ -766,6 +804,29 @@ pub(super) fn set_value(
     expires_at_ms: i64,
 ) -> Result<()> {
     txn.open_table(VALUES).map_err(db)?.insert((webhook, name), (expires_at_ms, value)).map_err(db)?;
+    Ok(())
+}
+
+/// Keeps each note, and the newest [`JOURNEY_KEPT`] of each record it touches.
+pub(super) fn note_changes(txn: &WriteTransaction, notes: &[JourneyNote]) -> Result<()> {
+    let mut table = txn.open_table(JOURNEY).map_err(db)?;
+    let mut touched = std::collections::BTreeSet::new();
+    for n in notes {
+        table.insert((n.object.as_str(), n.record_id.as_str(), n.version), n.note.as_slice()).map_err(db)?;
+        touched.insert((n.object.as_str(), n.record_id.as_str()));
+    }
+    for (object, id) in touched {
+        let versions: Vec<u64> = table
+            .range((object, id, 0)..=(object, id, u64::MAX))
+            .map_err(db)?
+            .rev()
+            .skip(JOURNEY_KEPT)
+            .map(|item| item.map(|(k, _)| k.value().2).map_err(db))
+            .collect::<Result<_>>()?;
+        for v in versions {
+            table.remove((object, id, v)).map_err(db)?;
+        }
+    }
     Ok(())
 }
 

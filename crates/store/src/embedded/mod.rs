@@ -23,6 +23,7 @@
 //! | `handed` | (queue, webhook, stream id) | times a job entry was handed out, when more than once |
 //! | `attempts` | (webhook, attempt id) | Attempt protobuf |
 //! | `attempts_by_time` | (webhook, started ms, attempt id) | (): newest-first listing and trimming |
+//! | `journey` | (object, record id, version) | the trigger's note on that change, the newest 50 per record kept |
 //!
 //! Stream ids are `<ms>-<seq>` like Redis's, strictly increasing across the whole file: they
 //! are handed out inside write transactions, which run one at a time, and the newest is
@@ -83,8 +84,8 @@ use self::inner::{CompleteItem, HandedOut, Inner, WritebackItem};
 use self::tables::{Id, Queue, parse_public_id};
 use crate::{
     ATTEMPT_RETENTION, AttemptFilter, ClaimScan, Completion, DeadLetter, DefEvent, Definitions, FailedWriteback,
-    IndexedRecord, QueueKind, QueueName, Rate, RawEntry, Renew, Renewed, Result, Store, StoreError, Take, Taken,
-    WriteResult, WritebackDone,
+    IndexedRecord, JourneyNote, QueueKind, QueueName, QueueStats, Rate, RawEntry, Renew, Renewed, Result, Store,
+    StoreError, Take, Taken, WriteResult, WritebackDone,
 };
 
 /// The embedded store: a redb file, its writer thread, and in-memory consumer groups and
@@ -643,6 +644,11 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.queue_depth(&webhook)).await
     }
 
+    async fn queue_stats(&self, webhooks: &[String]) -> Result<Vec<QueueStats>> {
+        let webhooks = webhooks.to_vec();
+        self.run(move |i| i.queue_stats(&webhooks)).await
+    }
+
     async fn finish_writebacks(&self, webhook: &str, consumer: &str, items: &[WritebackDone]) -> Result<Vec<bool>> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -691,6 +697,19 @@ impl Store for EmbeddedStore {
     async fn get_attempt(&self, webhook: &str, attempt_id: &str) -> Result<Option<Attempt>> {
         let (webhook, attempt_id) = (webhook.to_string(), attempt_id.to_string());
         self.run(move |i| i.get_attempt(&webhook, &attempt_id)).await
+    }
+
+    async fn note_changes(&self, notes: &[JourneyNote]) -> Result<()> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        let notes = notes.to_vec();
+        self.inner.writer.write(move |txn, _fx| inner::note_changes(txn, &notes)).await
+    }
+
+    async fn journey(&self, object: &str, record_id: &str, limit: usize) -> Result<Vec<JourneyNote>> {
+        let (object, record_id) = (object.to_string(), record_id.to_string());
+        self.run(move |i| i.journey(&object, &record_id, limit)).await
     }
 
     async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -67,6 +67,10 @@ pub(super) const ATTEMPTS_BY_TIME: TableDefinition<(&str, i64, &str), ()> = Tabl
 /// (webhook, name) → (expires at, Unix ms; value): small shared values such as OAuth tokens.
 pub(super) const VALUES: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefinition::new("values");
 
+/// (object, record id, version) → the trigger's note on that change: the record's journey,
+/// the newest [`crate::JOURNEY_KEPT`] per record.
+pub(super) const JOURNEY: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("journey");
+
 /// Version of this layout, stored under `"format"` in [`META`]. Version 2 added the write
 /// index ([`RECORD_POSITIONS`], [`WRITTEN`], the positions in [`META`]); a version 1 file is
 /// indexed when it is opened. Version 3 added the solo job stream ([`SOLO`]), failed
