@@ -3,6 +3,7 @@
 //! this node plays, and stops them cleanly. `main` is a thin shell around it; tests call
 //! [`run`] with their own listener and shutdown signal.
 
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod import;
@@ -101,6 +102,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         secrets,
         metrics,
         catalog: Some(ctx.catalog.clone()),
+        queue_stats: Default::default(),
     };
     let api = config.api;
     let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone(), api)))

@@ -50,7 +50,7 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
 }
 
 /// Label values are webhook ids and outcomes (`[A-Za-z0-9_.-]`), but escape anyway.
-fn label(v: &str) -> String {
+pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
