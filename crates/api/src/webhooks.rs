@@ -168,6 +168,11 @@ pub async fn replace(
         None => StoredWebhook { definition, version: 1, paused: false },
     };
     no_redacted_left(&stored.definition)?;
+    // The same definition again (an `apply` run twice) changes nothing: no new version, no
+    // reload on every node.
+    if let Some(p) = previous.as_ref().filter(|p| p.definition == stored.definition) {
+        return Ok(HttpResponse::Ok().json(view(p)));
+    }
     compile_to_save(&state, &stored).await?;
     if !save(&state, &stored).await? {
         return Err(ApiError::Conflict(format!("webhook `{path}` was changed concurrently; try again")));

@@ -1,4 +1,6 @@
-//! `hookline serve` and `hookline demo`: read configuration, start telemetry, run.
+//! `hookline serve` and `hookline demo` (read configuration, start telemetry, run),
+//! `hookline import`, and the command line for daily work (`webhook`, `attempts`,
+//! `dead-letters`, `record`; see [`hookline::cli`]).
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,23 @@ enum Command {
     /// Send an NDJSON file of records to a node, with progress and a summary; exits 1 when
     /// some lines were rejected.
     Import(hookline::import::ImportArgs),
+    /// Webhooks: apply definitions from a file, list, get, pause, resume, delete, dry-run
+    Webhook(hookline::cli::WebhookArgs),
+    /// A webhook's attempts, newest last, as a table or NDJSON; --follow for new ones
+    Attempts(hookline::cli::AttemptsArgs),
+    /// A webhook's dead letters; --redrive sends them again
+    DeadLetters(hookline::cli::DeadLettersArgs),
+    /// Records: the current version, or the journey (each change, what it fired and why not)
+    Record(hookline::cli::RecordArgs),
+}
+
+/// Runs a CLI command; its failure is printed and becomes the exit code.
+fn remote<F: std::future::Future<Output = Result<(), hookline::cli::Failure>>>(command: F) -> anyhow::Result<()> {
+    if let Err(f) = system().block_on(command) {
+        eprintln!("error: {}", f.message);
+        std::process::exit(f.code);
+    }
+    Ok(())
 }
 
 /// The runtime every command runs on: actix's system (the actors) on a multi-threaded Tokio
@@ -64,5 +83,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Webhook(args) => remote(hookline::cli::webhook(args)),
+        Command::Attempts(args) => remote(hookline::cli::attempts(args)),
+        Command::DeadLetters(args) => remote(hookline::cli::dead_letters(args)),
+        Command::Record(args) => remote(hookline::cli::record(args)),
     }
 }
