@@ -37,3 +37,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The process tests run the real binary.
 cargo build -p hookline --locked
 cargo test --workspace --locked
+# The dashboard in headless Chromium (installs chromium and playwright-core when absent).
+scripts/browser-test.sh

@@ -221,3 +221,41 @@ async fn the_command_line_applies_definitions_idempotently_and_shows_attempts_an
     assert_eq!(code, 2, "usage: {err}");
     node.stop().await;
 }
+
+#[actix_rt::test]
+async fn the_dashboard_needs_a_session_and_escapes_what_records_hold() {
+    let ns = namespace();
+    let node = Node::start_with(&ns, "all", |a| a.api_token = Some("dash-token".into())).await;
+    let mut api = Api::new(&node);
+    api.token = Some("dash-token".into());
+    api.ok("POST", "/v1/objects", Some(survey_object())).await;
+    let evil = "<img src=x onerror=alert(1)>";
+    put_survey(&api, evil, json!({"status": "Open"})).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut req = client.get(format!("{}{path}", node.url));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    for path in ["/", "/ui/webhooks/x", "/ui/records?object=survey&id=S1"] {
+        let r = get(path, None).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/login"), "{path}");
+        let r = get(path, Some("hookline_session=wrong")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{path} with a wrong session");
+    }
+    // Signing in sets the cookie: HttpOnly, SameSite=Strict.
+    let r = client.post(format!("{}/login", node.url)).form(&[("token", "dash-token")]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let r = get("/", Some(&session)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let path = format!("/ui/records?object=survey&id={}", hookline_model::url::encoded(evil));
+    let page = get(&path, Some(&session)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+    assert!(!page.contains(evil), "the record id is escaped");
+    node.stop().await;
+}

@@ -181,6 +181,17 @@ async fn a_record_change_is_one_trace_across_nodes_and_retries() {
         .map(|(_, s)| text(&s.attributes, "http.response.status_code").unwrap_or_default())
         .collect();
     assert!(statuses.contains(&"503".to_string()) && statuses.contains(&"200".to_string()), "{statuses:?}");
+    // Typed as OpenTelemetry's conventions say: the status code and the attempt are ints.
+    for (_, s) in &attempt_spans {
+        let status = attr(&s.attributes, "http.response.status_code");
+        assert!(matches!(status, Some(AnyValue::IntValue(503 | 200))), "{status:?}");
+        assert!(matches!(attr(&s.attributes, "attempt"), Some(AnyValue::IntValue(1 | 2))));
+    }
+    for (_, s) in named("http.client.request") {
+        let status = attr(&s.attributes, "http.response.status_code");
+        assert!(matches!(status, Some(AnyValue::IntValue(_))), "{status:?}");
+        assert!(matches!(attr(&s.attributes, "server.port"), Some(AnyValue::IntValue(_))));
+    }
     for (_, s) in &attempt_spans {
         assert_eq!(text(&s.attributes, "http.request.method").as_deref(), Some("POST"));
         assert!(text(&s.attributes, "url.full").unwrap().ends_with("/rest/api/2/issue"));

@@ -51,6 +51,7 @@ pub fn attempt_json(a: &Attempt) -> Value {
             "error": (!a.writeback_error.is_empty()).then_some(&a.writeback_error),
         })),
         "traceparent": a.traceparent,
+        "cursor": cursor(a),
     })
 }
 
@@ -61,7 +62,21 @@ pub struct AttemptQuery {
     outcome: Option<String>,
     /// RFC 3339 time or Unix milliseconds.
     since: Option<String>,
+    /// Only attempts whose response had this status.
+    status: Option<u32>,
+    /// The `cursor` of the previous page's last attempt: the attempts after it.
+    before: Option<String>,
     limit: Option<usize>,
+}
+
+/// An attempt's place in the log, for `before`: its start ms and id.
+pub fn cursor(a: &Attempt) -> String {
+    format!("{}:{}", a.started_at_ms, a.attempt_id)
+}
+
+fn parse_cursor(s: &str) -> Option<(i64, String)> {
+    let (ms, id) = s.split_once(':')?;
+    Some((ms.parse().ok()?, id.to_string()))
 }
 
 async fn ensure_webhook(state: &ApiState, id: &str) -> Result<(), ApiError> {
@@ -100,7 +115,15 @@ pub async fn list(
     if !(1..=10_000).contains(&limit) {
         return Err(FieldError::new("limit", "must be 1 to 10000").into());
     }
-    let filter = AttemptFilter { record_id: query.record_id.clone(), outcome, since_ms, limit };
+    let before =
+        match query.before.as_deref() {
+            None => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                FieldError::new("before", "must be an attempt's `cursor` (`<start ms>:<attempt id>`)")
+            })?),
+        };
+    let filter =
+        AttemptFilter { record_id: query.record_id.clone(), outcome, since_ms, status: query.status, before, limit };
     let attempts = state.store.list_attempts(&path, &filter).await?;
     let ndjson =
         req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));

@@ -34,10 +34,15 @@ pub async fn get(
     if !(1..=JOURNEY_KEPT).contains(&limit) {
         return Err(FieldError::new("limit", format!("must be 1 to {JOURNEY_KEPT}")).into());
     }
-    let object = crate::objects::object(&state, &name).await?;
+    Ok(HttpResponse::Ok().json(journey(&state, &name, &id, limit).await?))
+}
+
+/// The journey of record `id` of object `name`: its newest `limit` changes, oldest first.
+pub async fn journey(state: &ApiState, name: &str, id: &str, limit: usize) -> Result<Value, ApiError> {
+    let object = crate::objects::object(state, name).await?;
     let (record, notes) = futures_util::try_join!(
-        state.store.get_record(&object.name, &id),
-        state.store.journey(&object.name, &id, limit)
+        state.store.get_record(&object.name, id),
+        state.store.journey(&object.name, id, limit)
     )?;
     // Oldest first: a journey reads from the top.
     let mut changes: Vec<Value> =
@@ -52,19 +57,19 @@ pub async fn get(
         .collect();
     let mut attempts: BTreeMap<String, Vec<Attempt>> = BTreeMap::new();
     for webhook in fired {
-        let filter = AttemptFilter { record_id: Some(id.clone()), outcome: None, since_ms: None, limit: ATTEMPTS_READ };
+        let filter = AttemptFilter { record_id: Some(id.to_string()), limit: ATTEMPTS_READ, ..Default::default() };
         let mut list = state.store.list_attempts(&webhook, &filter).await?;
         list.sort_by_key(|a| (a.started_at_ms, a.number));
         attempts.insert(webhook, list);
     }
     place_attempts(&mut changes, &attempts);
 
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(json!({
         "object": object.name,
         "record_id": id,
         "record": record.map(|r| json!({"version": r.version, "fields": r.fields})),
         "changes": changes,
-    })))
+    }))
 }
 
 /// Puts each attempt under the fired decision it belongs to: its own job's (same job id), or
@@ -129,6 +134,7 @@ fn attempt_summary(a: &Attempt) -> Value {
             "error": (!a.writeback_error.is_empty()).then_some(&a.writeback_error),
         })),
         "trace_id": trace_id(&a.traceparent),
+        "webhook_id": a.webhook_id,
     })
 }
 

@@ -5,6 +5,7 @@
 //! line and column or the field at fault.
 
 pub mod attempts;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod journey;
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub catalog: Option<hookline_engine::catalog::CatalogView>,
     /// Every webhook's queue stats, read at most once a second whoever asks.
     pub queue_stats: Arc<health::StatsCache>,
+    /// Jaeger's UI, for the dashboard's trace links.
+    pub jaeger_url: Option<String>,
 }
 
 /// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and
@@ -108,6 +111,7 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));
         if api {
+            cfg.configure(dashboard::routes);
             cfg.service(
                 web::scope("/v1")
                     .wrap(from_fn(require_token))

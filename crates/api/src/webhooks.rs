@@ -189,7 +189,7 @@ pub async fn delete(state: web::Data<ApiState>, path: web::Path<String>) -> Resu
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<HttpResponse, ApiError> {
     for _ in 0..8 {
         let stored = load(state, id).await?;
         if stored.paused == paused {
@@ -228,10 +228,20 @@ pub async fn test(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let stored = load(&state, &path).await?;
-    let compiled = compile(&state, &stored).await?;
     let input: TestInput = parse_json(&body)?;
-    let (id, fields) = match (input.record_id, input.fields) {
+    Ok(HttpResponse::Ok().json(dry_run(&state, &path, input.record_id, input.fields).await?))
+}
+
+/// The dry run of webhook `webhook` on a stored record or on `fields`.
+pub(crate) async fn dry_run(
+    state: &ApiState,
+    webhook: &str,
+    record_id: Option<String>,
+    fields: Option<Fields>,
+) -> Result<Value, ApiError> {
+    let stored = load(state, webhook).await?;
+    let compiled = compile(state, &stored).await?;
+    let (id, fields) = match (record_id, fields) {
         (Some(id), None) => {
             let r = state.store.get_record(&compiled.def.object, &id).await?.ok_or_else(|| {
                 ApiError::NotFound(format!("record `{id}` of `{}` does not exist", compiled.def.object))
@@ -241,7 +251,16 @@ pub async fn test(
         (None, Some(fields)) => ("test".to_string(), fields),
         _ => return Err(FieldError::new("record_id", "give either record_id or fields").into()),
     };
-    let condition = compiled.plan.condition.as_ref().is_none_or(|c| c.eval(&fields, None));
+    let explained = compiled.plan.condition.as_ref().map(|c| c.explain(&fields, None));
+    let condition = explained.as_ref().is_none_or(|e| e.value);
+    let parts: Vec<Value> = explained
+        .iter()
+        .flat_map(|e| &e.parts)
+        .map(|p| {
+            let values: serde_json::Map<String, Value> = p.values.iter().cloned().collect();
+            json!({"part": p.text, "value": p.value, "fields": values})
+        })
+        .collect();
     let mut entity = fields;
     entity.entry("id".to_string()).or_insert_with(|| id.clone().into());
     let entities = Value::Array(vec![Value::Object(entity)]);
@@ -267,5 +286,5 @@ pub async fn test(
         }
         Err(e) => json!({"error": e.to_string()}),
     };
-    Ok(HttpResponse::Ok().json(json!({"condition": condition, "request": request})))
+    Ok(json!({"condition": condition, "condition_parts": parts, "request": request}))
 }

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// last renewal [default: 10s]
     #[arg(long, env = "HOOKLINE_LEASE")]
     pub lease: Option<String>,
+    /// Jaeger's UI (`http://jaeger:16686`): the dashboard links each attempt's trace there
+    #[arg(long, env = "HOOKLINE_JAEGER_URL")]
+    #[serde(alias = "jaeger_url")]
+    pub jaeger_url: Option<String>,
     /// TOML file with the same keys
     #[arg(long, env = "HOOKLINE_CONFIG")]
     #[serde(skip)]
@@ -84,6 +88,7 @@ impl ServeArgs {
             otlp_endpoint: self.otlp_endpoint.or(other.otlp_endpoint),
             log_format: self.log_format.or(other.log_format),
             lease: self.lease.or(other.lease),
+            jaeger_url: self.jaeger_url.or(other.jaeger_url),
             config: self.config,
         }
     }
@@ -105,6 +110,7 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     pub log_format: hookline_telemetry::LogFormat,
     pub lease: std::time::Duration,
+    pub jaeger_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -205,6 +211,7 @@ impl Config {
             otlp_endpoint: a.otlp_endpoint.filter(|t| !t.is_empty()),
             log_format,
             lease,
+            jaeger_url: a.jaeger_url.filter(|u| !u.is_empty()).map(|u| u.trim_end_matches('/').to_string()),
         })
     }
 }

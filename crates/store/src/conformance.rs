@@ -863,16 +863,53 @@ pub async fn attempt_log(store: &dyn Store, prefix: &str) {
         outcome: Some(Outcome::RetryScheduled),
         since_ms: Some(base + 2_500),
         limit: 1,
+        ..Default::default()
     })
     .await;
     assert_eq!(ids(&combined), want(&[3]));
+    // Paged by cursor: each page starts after the last one's final attempt.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = list(AttemptFilter { limit: 2, before: before.clone(), ..Default::default() }).await;
+        let Some(last) = page.last() else { break };
+        before = Some((last.started_at_ms, last.attempt_id.clone()));
+        pages.push(ids(&page));
+    }
+    assert_eq!(pages, [want(&[4, 3]), want(&[2, 1]), want(&[0])]);
+    // Attempts of one millisecond are paged without loss.
+    let same_ms = base + 6_000;
+    let mut twins: Vec<Attempt> =
+        (0..3).map(|n| attempt(&job(&wh, &format!("t{n}")), Outcome::Success, same_ms)).collect();
+    twins[1].response = Some(hookline_proto::HttpResponse { status: 503, ..Default::default() });
+    for a in &twins {
+        record(wh.clone(), a.clone()).await;
+    }
+    let by_status = list(AttemptFilter { status: Some(503), limit: 100, ..Default::default() }).await;
+    assert_eq!(ids(&by_status), [twins[1].attempt_id.clone()], "by response status");
+    let first = list(AttemptFilter { limit: 2, ..Default::default() }).await;
+    let last = first.last().unwrap();
+    let rest = list(AttemptFilter {
+        limit: 2,
+        before: Some((last.started_at_ms, last.attempt_id.clone())),
+        ..Default::default()
+    })
+    .await;
+    let mut seen: Vec<String> = ids(&first).into_iter().chain(ids(&rest)).collect();
+    assert_eq!(seen.len(), 4);
+    seen.truncate(3);
+    let mut twin_ids: Vec<String> = twins.iter().map(|a| a.attempt_id.clone()).collect();
+    twin_ids.sort_unstable();
+    twin_ids.reverse();
+    assert_eq!(seen, twin_ids, "same-ms attempts by id, descending, none lost or repeated");
+    assert_eq!(rest[1].attempt_id, made[4].1.attempt_id);
     assert!(store.get_attempt(&wh, "no-such-attempt").await.expect("get_attempt").is_none());
     assert!(store.get_attempt(&other, &made[0].1.attempt_id).await.expect("get_attempt").is_none(), "per webhook");
 
     let old = attempt(&j1, Outcome::Failed, now_ms() - ATTEMPT_RETENTION.as_millis() as i64 - 3_600_000);
     record(wh.clone(), old.clone()).await;
     assert!(store.get_attempt(&wh, &old.attempt_id).await.expect("get_attempt").is_none(), "past retention: trimmed");
-    assert_eq!(list(AttemptFilter { limit: 100, ..Default::default() }).await.len(), 5, "recent attempts kept");
+    assert_eq!(list(AttemptFilter { limit: 100, ..Default::default() }).await.len(), 8, "recent attempts kept");
 }
 
 /// Calls start no faster than the rate limit (GCRA: one per interval, plus the burst), counted

@@ -301,7 +301,21 @@ pub struct AttemptFilter {
     pub record_id: Option<String>,
     pub outcome: Option<Outcome>,
     pub since_ms: Option<i64>,
+    /// Only attempts whose response had this status.
+    pub status: Option<u32>,
+    /// A page's cursor: only attempts listed after this one (its start ms and id), i.e.
+    /// older, or as old with a smaller id.
+    pub before: Option<(i64, String)>,
     pub limit: usize,
+}
+
+impl AttemptFilter {
+    /// Whether `a` passes the filters that are not the log's order (record, outcome, status).
+    pub fn matches(&self, a: &Attempt) -> bool {
+        self.record_id.as_ref().is_none_or(|r| a.record_ids.contains(r))
+            && self.outcome.is_none_or(|o| a.outcome() == o)
+            && self.status.is_none_or(|s| a.response.as_ref().is_some_and(|r| r.status == s))
+    }
 }
 
 /// One change of a record as the trigger decided it, for the record's journey: what

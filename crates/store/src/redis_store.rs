@@ -1338,6 +1338,9 @@ impl Store for RedisStore {
         let key = self.keys.attempts(webhook);
         let limit = filter.limit.clamp(1, 10_000);
         let min = filter.since_ms.map(|s| s.to_string()).unwrap_or_else(|| "-inf".to_string());
+        // The cursor's ms inclusive: entries of that ms past the cursor's id are skipped below
+        // (a sorted set lists equal scores by member, descending, as the embedded store does).
+        let max = filter.before.as_ref().map(|(ms, _)| ms.to_string()).unwrap_or_else(|| "+inf".to_string());
         let mut out = Vec::new();
         let mut offset = 0usize;
         const PAGE: usize = 500;
@@ -1345,7 +1348,7 @@ impl Store for RedisStore {
         loop {
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
                 .arg(self.keys.attempts_by_time(webhook))
-                .arg("+inf")
+                .arg(&max)
                 .arg(&min)
                 .arg("LIMIT")
                 .arg(offset)
@@ -1361,9 +1364,11 @@ impl Store for RedisStore {
                 redis::cmd("HMGET").arg(&key).arg(&ids).query_async(&mut self.conn()).await.map_err(map_err)?;
             for blob in blobs.into_iter().flatten() {
                 let a: Attempt = decode(&key, &blob)?;
-                let record_ok = filter.record_id.as_ref().is_none_or(|r| a.record_ids.contains(r));
-                let outcome_ok = filter.outcome.is_none_or(|o| a.outcome() == o);
-                if record_ok && outcome_ok {
+                let past_cursor = filter
+                    .before
+                    .as_ref()
+                    .is_none_or(|(ms, id)| a.started_at_ms < *ms || (a.started_at_ms == *ms && a.attempt_id < *id));
+                if past_cursor && filter.matches(&a) {
                     out.push(a);
                     if out.len() >= limit {
                         return Ok(out);

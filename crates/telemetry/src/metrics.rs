@@ -110,6 +110,11 @@ impl Metrics {
 
     /// This node lost `n` concurrency permits of `webhook` (a renewal failed or came too
     /// late): it stopped sending under them.
+    /// Requests in flight on this node, per webhook.
+    pub fn in_flight_now(&self) -> BTreeMap<String, i64> {
+        self.with(|m| m.in_flight.iter().map(|(w, (n, _))| (w.clone(), *n)).collect())
+    }
+
     pub fn permits_lost(&self, webhook: &str, n: u64) {
         self.with(|m| *m.permit_losses.entry(webhook.to_string()).or_default() += n);
     }

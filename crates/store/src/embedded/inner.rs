@@ -733,14 +733,16 @@ impl Inner {
         let end = after(webhook);
         let since = filter.since_ms.unwrap_or(i64::MIN);
         let mut out = Vec::new();
-        for item in by_time.range((webhook, since, "")..(end.as_str(), i64::MIN, "")).map_err(db)?.rev() {
+        let range = match &filter.before {
+            Some((ms, id)) => by_time.range((webhook, since, "")..(webhook, *ms, id.as_str())),
+            None => by_time.range((webhook, since, "")..(end.as_str(), i64::MIN, "")),
+        };
+        for item in range.map_err(db)?.rev() {
             let (k, _) = item.map_err(db)?;
             let (_, _, id) = k.value();
             let Some(blob) = attempts.get((webhook, id)).map_err(db)? else { continue };
             let a: Attempt = decode(|| format!("attempts/{webhook}/{id}"), blob.value())?;
-            let record_ok = filter.record_id.as_ref().is_none_or(|r| a.record_ids.contains(r));
-            let outcome_ok = filter.outcome.is_none_or(|o| a.outcome() == o);
-            if record_ok && outcome_ok {
+            if filter.matches(&a) {
                 out.push(a);
                 if out.len() >= limit {
                     break;
