@@ -39,3 +39,5 @@ cargo build -p hookline --locked
 cargo test --workspace --locked
 # The dashboard in headless Chromium (installs chromium and playwright-core when absent).
 scripts/browser-test.sh
+# The API against its OpenAPI description (installs schemathesis from PyPI when absent).
+scripts/api-test.sh

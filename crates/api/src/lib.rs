@@ -4,12 +4,16 @@
 //! place, [`error`]. Request bodies are parsed by hand so a bad one gets a 4xx naming the
 //! line and column or the field at fault.
 
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "512"]
+
 pub mod attempts;
 pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod journey;
 pub mod objects;
+pub mod openapi;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -111,7 +115,7 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));
         if api {
-            cfg.configure(dashboard::routes);
+            cfg.configure(dashboard::routes).route("/openapi.json", web::get().to(openapi::serve));
             cfg.service(
                 web::scope("/v1")
                     .wrap(from_fn(require_token))
