@@ -172,15 +172,25 @@ try {
 
   // Dead letters: redrive them once the target is back, and see them delivered.
   await page.goto(base + "/ui/webhooks/crm-sync");
-  const redrive = page.locator("#redrive");
-  check((await redrive.innerText()).includes("Redrive all 4 dead letters"), "the count before redriving");
+  check((await page.locator("#redrive").innerText()).includes("Redrive all 4 dead letters"), "the count before redriving");
   await shot("dead-letters");
   flakyFails = false;
-  await redrive.click();
-  await until("the redriven calls delivered", async () => {
+  const delivered = async (n) => until(`${n} redriven calls delivered`, async () => {
     await page.goto(base + "/ui/webhooks/crm-sync?outcome=success");
-    return (await page.locator("#attempts tbody tr").count()) === 4;
+    return (await page.locator("#attempts tbody tr").count()) === n;
   });
+  // One chosen by its checkbox...
+  await page.locator("#dl-form input[type=checkbox]").first().check();
+  await page.click("#redrive-selected");
+  await delivered(1);
+  // ...then those matching a filter, counted before they are sent.
+  await page.goto(base + "/ui/webhooks/crm-sync");
+  await page.fill("#dl-filter input[name=dl_reason]", "503");
+  await page.click("#dl-filter button");
+  await page.waitForSelector("#redrive");
+  check((await page.locator("#redrive").innerText()).includes("Redrive all 3 matching"), "the matching count");
+  await page.click("#redrive");
+  await delivered(4);
   await page.goto(base + "/ui/webhooks/crm-sync");
   check((await page.locator("#dead-letters").innerText()).includes("None."), "no dead letters left");
 

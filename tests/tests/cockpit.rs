@@ -201,6 +201,18 @@ async fn the_command_line_applies_definitions_idempotently_and_shows_attempts_an
     let (code, out, _) = cli(&node.url, &["dead-letters", "failing"]).await;
     assert_eq!(code, 0);
     assert!(out.lines().nth(1).is_some_and(|l| l.contains("S1")), "{out}");
+    // Counted first, chosen by record, reason or id; nothing sent by a dry run or a miss.
+    let redrive = "/v1/webhooks/failing/dead-letters/redrive";
+    let counted = api.ok("POST", redrive, Some(json!({"dry_run": true}))).await;
+    assert_eq!(counted, json!({"matching": 1, "redriven": 0}));
+    let counted = api.ok("POST", redrive, Some(json!({"record_id": "S1", "reason": "500", "dry_run": true}))).await;
+    assert_eq!(counted, json!({"matching": 1, "redriven": 0}));
+    let missed = api.ok("POST", redrive, Some(json!({"record_id": "nope"}))).await;
+    assert_eq!(missed, json!({"matching": 0, "redriven": 0}));
+    let missed = api.ok("POST", redrive, Some(json!({"ids": ["0-1"]}))).await;
+    assert_eq!(missed, json!({"matching": 0, "redriven": 0}));
+    let (status, body) = api.call("POST", redrive, Some(json!({"idz": []}))).await;
+    assert_eq!(status, 400, "{body}");
     let (code, out, _) = cli(&node.url, &["dead-letters", "failing", "--redrive"]).await;
     assert_eq!((code, out.trim()), (0, "webhook failing: 1 dead letters sent again"));
     wait_until(WAIT, || async { api.attempts("failing", "").await.len() == 2 }).await;

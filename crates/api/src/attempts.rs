@@ -163,10 +163,59 @@ pub async fn dead_letters(state: web::Data<ApiState>, path: web::Path<String>) -
     Ok(HttpResponse::Ok().json(items))
 }
 
-pub async fn redrive(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// Which dead letters a redrive sends: all (no body), the listed `ids`, or those matching
+/// `record_id` and `reason` (a substring); `dry_run` only counts them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveInput {
+    pub ids: Option<Vec<String>>,
+    pub record_id: Option<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+pub async fn redrive(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     ensure_webhook(&state, &path).await?;
-    let moved = state.store.redrive(&path).await?;
-    Ok(HttpResponse::Ok().json(json!({"redriven": moved})))
+    let input: RedriveInput =
+        if body.iter().all(u8::is_ascii_whitespace) { RedriveInput::default() } else { crate::parse_json(&body)? };
+    let (matching, redriven) = redrive_matching(&state, &path, &input).await?;
+    Ok(HttpResponse::Ok().json(json!({"matching": matching, "redriven": redriven})))
+}
+
+/// Sends the dead letters `input` chooses again: (how many matched, how many moved).
+pub async fn redrive_matching(state: &ApiState, webhook: &str, input: &RedriveInput) -> Result<(u64, u64), ApiError> {
+    let filtered = input.ids.is_some() || input.record_id.is_some() || input.reason.is_some();
+    if !filtered {
+        if input.dry_run {
+            let n = state.store.queue_stats(&[webhook.to_string()]).await?.pop().unwrap_or_default().dead_letters;
+            return Ok((n, 0));
+        }
+        let moved = state.store.redrive(webhook).await?;
+        return Ok((moved, moved));
+    }
+    if input.ids.as_ref().is_some_and(|ids| ids.len() > 10_000) {
+        return Err(FieldError::new("ids", "at most 10000 at a time").into());
+    }
+    let chosen: Vec<String> = state
+        .store
+        .dead_letters(webhook, 10_000)
+        .await?
+        .into_iter()
+        .filter(|d| input.ids.as_ref().is_none_or(|ids| ids.contains(&d.id)))
+        .filter(|d| input.record_id.as_ref().is_none_or(|r| d.job.record_ids.contains(r)))
+        .filter(|d| input.reason.as_ref().is_none_or(|r| d.reason.contains(r.as_str())))
+        .map(|d| d.id)
+        .collect();
+    if input.dry_run {
+        return Ok((chosen.len() as u64, 0));
+    }
+    let moved = state.store.redrive_some(webhook, &chosen).await?;
+    Ok((chosen.len() as u64, moved))
 }
 
 /// Write-backs that failed for good (no such record, an unknown field, a script error),

@@ -345,6 +345,8 @@ struct AttemptsQuery {
     record: Option<String>,
     since: Option<String>,
     before: Option<String>,
+    dl_record: Option<String>,
+    dl_reason: Option<String>,
 }
 
 async fn webhook_page(
@@ -515,26 +517,51 @@ async fn webhook_view(
     }
     body.push_str("</section>");
 
-    // Dead letters.
-    let _ = write!(body, r#"<section class="card" id="dead-letters"><h2>Dead letters</h2>"#);
-    if dead.is_empty() {
-        body.push_str(r#"<p class="muted">None.</p>"#);
+    // Dead letters: filtered by record and reason; redrive the chosen, or all that match.
+    let dl_record = query.dl_record.clone().filter(|r| !r.is_empty());
+    let dl_reason = query.dl_reason.clone().filter(|r| !r.is_empty());
+    let filtered = dl_record.is_some() || dl_reason.is_some();
+    let shown: Vec<_> = dead
+        .iter()
+        .filter(|d| dl_record.as_ref().is_none_or(|r| d.job.record_ids.contains(r)))
+        .filter(|d| dl_reason.as_ref().is_none_or(|r| d.reason.contains(r.as_str())))
+        .collect();
+    let _ = write!(
+        body,
+        r#"<section class="card" id="dead-letters"><h2>Dead letters</h2>
+<form class="filters" method="get" action="/ui/webhooks/{uid}" id="dl-filter"><input name="dl_record" placeholder="record id" value="{}"><input name="dl_reason" placeholder="reason contains" value="{}"><button type="submit">Filter</button></form>"#,
+        esc(dl_record.as_deref().unwrap_or_default()),
+        esc(dl_reason.as_deref().unwrap_or_default()),
+    );
+    if shown.is_empty() {
+        body.push_str(if filtered { r#"<p class="muted">None match.</p>"# } else { r#"<p class="muted">None.</p>"# });
     } else {
-        body.push_str(r#"<table class="grid"><thead><tr><th>Job</th><th>Records</th><th>Attempts</th><th>Reason</th></tr></thead><tbody>"#);
-        for d in &dead {
+        let _ = write!(
+            body,
+            r#"<form method="post" action="/ui/webhooks/{uid}/redrive" id="dl-form"><table class="grid"><thead><tr><th></th><th>Job</th><th>Records</th><th>Attempts</th><th>Reason</th></tr></thead><tbody>"#
+        );
+        for d in &shown {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td class=\"error-cell\">{}</td></tr>",
+                r#"<tr><td><input type="checkbox" name="id" value="{}"></td><td><code>{}</code></td><td>{}</td><td class="num">{}</td><td class="error-cell">{}</td></tr>"#,
+                esc(&d.id),
                 esc(&cut(&d.job.job_id, 13)),
                 esc(&d.job.record_ids.join(", ")),
                 d.job.attempts,
                 esc(&cut(&d.reason, 100)),
             );
         }
+        let all_label = if filtered {
+            format!("Redrive all {} matching", shown.len())
+        } else {
+            format!("Redrive all {} dead letters", shown.len())
+        };
         let _ = write!(
             body,
-            r#"</tbody></table><form method="post" action="/ui/webhooks/{uid}/redrive"><button type="submit" id="redrive">Redrive all {n} dead letters</button> <span class="muted">each is sent again with a fresh attempt budget</span></form>"#,
-            n = dead.len(),
+            r#"</tbody></table><input type="hidden" name="record" value="{}"><input type="hidden" name="reason" value="{}">
+<p><button type="submit" name="what" value="selected" id="redrive-selected">Redrive selected</button> <button type="submit" name="what" value="matching" id="redrive">{all_label}</button> <span class="muted">each is sent again with a fresh attempt budget</span></p></form>"#,
+            esc(dl_record.as_deref().unwrap_or_default()),
+            esc(dl_reason.as_deref().unwrap_or_default()),
         );
     }
     body.push_str("</section>");
@@ -642,7 +669,15 @@ async fn try_it(
 }
 
 fn empty_query() -> AttemptsQuery {
-    AttemptsQuery { outcome: None, status: None, record: None, since: None, before: None }
+    AttemptsQuery {
+        outcome: None,
+        status: None,
+        record: None,
+        since: None,
+        before: None,
+        dl_record: None,
+        dl_reason: None,
+    }
 }
 
 async fn pause(
@@ -669,16 +704,29 @@ async fn set_paused(state: &ApiState, req: &HttpRequest, id: &str, paused: bool)
     Ok(back_to(&format!("/ui/webhooks/{}", url_seg(id))))
 }
 
+/// The dead-letter form: `what=selected` with the checked `id`s, or `what=matching` with
+/// the filter (`record`, `reason`; empty: all).
 async fn redrive(
     state: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     if !signed_in(&state, &req) {
         return Ok(to_login());
     }
     state.store.get_webhook(&path).await?.ok_or_else(|| ApiError::NotFound(format!("no webhook `{path}`")))?;
-    state.store.redrive(&path).await?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::BadJson(format!("the form: {e}")))?;
+    let get = |name: &str| pairs.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.clone());
+    let input = match get("what").as_deref() {
+        Some("selected") => crate::attempts::RedriveInput {
+            ids: Some(pairs.iter().filter(|(k, _)| k == "id").map(|(_, v)| v.clone()).collect()),
+            ..Default::default()
+        },
+        _ => crate::attempts::RedriveInput { record_id: get("record"), reason: get("reason"), ..Default::default() },
+    };
+    crate::attempts::redrive_matching(&state, &path, &input).await?;
     Ok(back_to(&format!("/ui/webhooks/{}#dead-letters", url_seg(&path))))
 }
 

@@ -262,7 +262,13 @@ fn doc() -> Value {
                 "get": op("Dead letters", std::slice::from_ref(&webhook), None, json!({"200": ok("the dead letters", json!({"type": "array", "items": r("DeadLetter")}))})),
             },
             "/v1/webhooks/{id}/dead-letters/redrive": {
-                "post": op("Send every dead letter again", std::slice::from_ref(&webhook), None, json!({"200": ok("how many", redriven.clone())})),
+                "post": op("Send dead letters again: all (no body), the listed ids, or those matching a record and a reason; dry_run only counts",
+                    std::slice::from_ref(&webhook),
+                    Some(json!({"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "ids": {"type": "array", "items": {"type": "string"}}, "record_id": {"type": "string"},
+                        "reason": {"type": "string"}, "dry_run": {"type": "boolean"}}}}}})),
+                    json!({"200": ok("how many matched and how many were sent", json!({"type": "object", "required": ["matching", "redriven"],
+                        "properties": {"matching": {"type": "integer", "minimum": 0}, "redriven": {"type": "integer", "minimum": 0}}}))})),
             },
             "/v1/webhooks/{id}/writeback-failures": {
                 "get": op("Write-backs that failed for good", std::slice::from_ref(&webhook), None, json!({"200": ok("the failures", json!({"type": "array", "items": r("FailedWriteback")}))})),

@@ -671,6 +671,26 @@ pub async fn dead_letters(store: &dyn Store, prefix: &str) {
     assert_eq!(seen, [(format!("{wh}-1"), "target answered 500", 4), (format!("{wh}-2"), "target answered 404", 4)]);
     assert_eq!(store.dead_letters(&wh, 1).await.expect("dead_letters").len(), 1, "limit");
 
+    // One chosen dead letter first (and again: it is not dead any more), then the rest.
+    let chosen = vec![dead[1].id.clone(), dead[1].id.clone(), "0-1".to_string(), "not-an-id".to_string()];
+    assert_eq!(store.redrive_some(&wh, &chosen).await.expect("redrive_some"), 1);
+    assert_eq!(store.redrive_some(&wh, &chosen).await.expect("redrive_some"), 0);
+    let left = store.dead_letters(&wh, 10).await.expect("dead_letters");
+    assert_eq!(left.iter().map(|d| d.job.job_id.clone()).collect::<Vec<_>>(), [format!("{wh}-1")]);
+    let one = take_jobs(store, &wh, "a", 2).await.entries;
+    assert_eq!(job_ids(&one), [format!("{wh}-2")]);
+    assert!(one[0].redriven && one[0].solo);
+    let done = completion(&one, attempt(&decode(&one[0]), Outcome::Success, now_ms()), FollowUp::default());
+    assert_eq!(store.complete(&wh, "a", &[done]).await.expect("complete"), [true]);
+    let dead_again = Job { attempts: 4, ..decode::<Job>(&one[0]) };
+    // Back in the dead letters so the redrive of all below moves both.
+    let again = store.enqueue(&[dead_again.clone()]).await;
+    again.expect("enqueue");
+    let read = take_jobs(store, &wh, "a", 2).await;
+    let follow = FollowUp { dead_letter: Some((dead_again, "target answered 404".into())), ..Default::default() };
+    let item = completion(&read.entries, attempt(&decode(&read.entries[0]), Outcome::Exhausted, now_ms()), follow);
+    assert_eq!(store.complete(&wh, "a", &[item]).await.expect("complete"), [true]);
+
     assert_eq!(store.redrive(&wh).await.expect("redrive"), 2);
     assert!(store.dead_letters(&wh, 10).await.expect("dead_letters").is_empty());
     let back = take_jobs(store, &wh, "a", 2).await.entries;

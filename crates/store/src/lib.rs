@@ -526,6 +526,9 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letters(&self, webhook: &str, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Moves every dead letter back to the queue with a fresh attempt budget.
     async fn redrive(&self, webhook: &str) -> Result<u64>;
+    /// [`Store::redrive`] for the dead letters with these ids only (ids no longer dead are
+    /// skipped). Says how many moved.
+    async fn redrive_some(&self, webhook: &str, ids: &[String]) -> Result<u64>;
 
     // --- record journeys ---
     /// Keeps the trigger's notes on changes (several records and objects at once).

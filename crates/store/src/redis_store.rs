@@ -1444,6 +1444,39 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn redrive_some(&self, webhook: &str, ids: &[String]) -> Result<u64> {
+        let key = self.keys.dead(webhook);
+        // Only stream ids (`<ms>-<seq>`) can name a dead letter; Redis refuses others.
+        let is_id = |id: &&String| {
+            id.split_once('-').is_some_and(|(ms, seq)| {
+                [ms, seq].iter().all(|p| !p.is_empty() && p.len() <= 19 && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+        };
+        let ids: Vec<&String> = ids.iter().filter(is_id).collect();
+        let mut moved = 0;
+        for chunk in ids.chunks(500) {
+            // Read the chosen entries (XRANGE id id each, in one pipeline), then move them.
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("XRANGE").arg(&key).arg(*id).arg(*id);
+            }
+            let found: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await.map_err(map_err)?;
+            let mut inv = invocation(&self.scripts.redrive, &self.keys.redrive_keys(webhook));
+            let mut any = false;
+            for sid in found.into_iter().flat_map(|r| r.ids) {
+                let Some(bytes) = sid.get::<Vec<u8>>("j") else { continue };
+                let job: Job = decode(&key, &bytes)?;
+                inv.arg(&sid.id).arg(Job { attempts: 0, ..job }.encode_to_vec());
+                any = true;
+            }
+            if any {
+                let n: u64 = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
+                moved += n;
+            }
+        }
+        Ok(moved)
+    }
+
     async fn redrive(&self, webhook: &str) -> Result<u64> {
         let mut moved = 0;
         loop {

@@ -1140,6 +1140,21 @@ pub(super) fn redrive(txn: &WriteTransaction, fx: &mut Effects, webhook: &str) -
     Ok(batch.len() as u64)
 }
 
+/// Moves the dead letters `ids` back to the queue (those not dead any more are skipped).
+pub(super) fn redrive_some(txn: &WriteTransaction, fx: &mut Effects, webhook: &str, ids: &[Id]) -> Result<u64> {
+    let mut dead = txn.open_table(DEAD).map_err(db)?;
+    let mut solo = txn.open_table(SOLO).map_err(db)?;
+    let mut moved = 0;
+    for id in ids {
+        let Some(removed) = dead.remove(id.key(webhook)).map_err(db)? else { continue };
+        let job: Job = decode(|| format!("dead/{webhook}/{id}"), removed.value().0)?;
+        drop(removed);
+        append(&mut solo, fx, Queue::Solo, webhook, FLAG_REDRIVEN, &Job { attempts: 0, ..job }.encode_to_vec())?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 /// Moves failed write-backs back to the write-back queue, 500 at a time.
 pub(super) fn redrive_writebacks(txn: &WriteTransaction, fx: &mut Effects, webhook: &str) -> Result<u64> {
     let mut failed = txn.open_table(FAILED_WRITEBACKS).map_err(db)?;

@@ -717,6 +717,13 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.dead_letters(&webhook, limit)).await
     }
 
+    async fn redrive_some(&self, webhook: &str, ids: &[String]) -> Result<u64> {
+        // Ids that do not parse name no dead letter.
+        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
+        let w = webhook.to_string();
+        self.inner.writer.write(move |txn, fx| inner::redrive_some(txn, fx, &w, &ids)).await
+    }
+
     async fn redrive(&self, webhook: &str) -> Result<u64> {
         let mut total = 0;
         loop {
