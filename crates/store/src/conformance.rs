@@ -684,8 +684,7 @@ pub async fn dead_letters(store: &dyn Store, prefix: &str) {
     assert_eq!(store.complete(&wh, "a", &[done]).await.expect("complete"), [true]);
     let dead_again = Job { attempts: 4, ..decode::<Job>(&one[0]) };
     // Back in the dead letters so the redrive of all below moves both.
-    let again = store.enqueue(&[dead_again.clone()]).await;
-    again.expect("enqueue");
+    store.enqueue(std::slice::from_ref(&dead_again)).await.expect("enqueue");
     let read = take_jobs(store, &wh, "a", 2).await;
     let follow = FollowUp { dead_letter: Some((dead_again, "target answered 404".into())), ..Default::default() };
     let item = completion(&read.entries, attempt(&decode(&read.entries[0]), Outcome::Exhausted, now_ms()), follow);
