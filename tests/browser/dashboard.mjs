@@ -164,11 +164,18 @@ try {
   // Try it: a dry run on pasted fields.
   await page.goto(base + "/ui/webhooks/it-tickets");
   await page.fill("#try textarea", '{"ref": "X", "status": "Open", "score": 1}');
-  await page.click("#try button");
+  await page.click("#dry-run");
   await page.waitForSelector("#try-result");
   const tried = await page.locator("#try-result").innerText();
   check(tried.includes("true") && tried.includes('"score": 1') && tried.includes("X-Api-Key: ***"), "the dry run: " + tried);
   check(calls === 7, "a dry run sends nothing (calls: " + calls + ")");
+  // Sent when asked: R2 (its condition false) goes out anyway, as a recorded attempt.
+  await page.fill("#try textarea", "R2");
+  await page.click("#send");
+  await page.waitForSelector("#sent");
+  check((await page.locator("#sent").innerText()).includes("sent as job"), "sent by hand");
+  await until("the hand-sent attempt", async () => (await api("GET", "/v1/webhooks/it-tickets/attempts?record_id=R2")).length === 1);
+  check(calls === 8, "one call for the hand-sent job (calls: " + calls + ")");
 
   // Dead letters: redrive them once the target is back, and see them delivered.
   await page.goto(base + "/ui/webhooks/crm-sync");

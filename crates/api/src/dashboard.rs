@@ -573,8 +573,8 @@ async fn webhook_view(
     };
     let _ = write!(
         body,
-        r#"<section class="card" id="try"><h2>Try it</h2><p class="muted">A dry run: the condition's value and the request this webhook would send, secrets as <code>***</code>. Nothing is sent.</p>
-<form method="post" action="/ui/webhooks/{uid}/try"><label>Record id or fields (JSON) <textarea name="input" rows="3" placeholder='S1  or  {{"status": "Completed"}}'>{}</textarea></label><button type="submit">Dry run</button></form>{tried_output}</section>"#,
+        r#"<section class="card" id="try"><h2>Try it</h2><p class="muted">A dry run: the condition's value and the request this webhook would send, secrets as <code>***</code>. Nothing is sent unless you ask.</p>
+<form method="post" action="/ui/webhooks/{uid}/try"><label>Record id or fields (JSON) <textarea name="input" rows="3" placeholder='S1  or  {{"status": "Completed"}}'>{}</textarea></label><button type="submit" id="dry-run">Dry run</button> <button type="submit" name="send" value="1" id="send">Send it</button> <span class="muted">(a stored record only: delivered and recorded like any attempt)</span></form>{tried_output}</section>"#,
         esc(&tried_input),
     );
 
@@ -592,6 +592,19 @@ fn dry_run_html(out: &Value) -> String {
         return format!(r#"<p class="error" id="try-result">{}</p>"#, esc(error));
     }
     let mut s = String::from(r#"<div id="try-result">"#);
+    match (out["sent"]["job_id"].as_str(), out["sent"]["error"].as_str()) {
+        (Some(job), _) => {
+            let _ = write!(
+                s,
+                r#"<p id="sent"><span class="badge ok">sent</span> as job <code>{}</code>: its attempt appears below when made.</p>"#,
+                esc(job)
+            );
+        }
+        (None, Some(e)) => {
+            let _ = write!(s, r#"<p class="error" id="sent">Not sent: {}</p>"#, esc(e));
+        }
+        _ => {}
+    }
     let holds = out["condition"] == json!(true);
     let _ = write!(
         s,
@@ -638,6 +651,8 @@ fn dry_run_html(out: &Value) -> String {
 #[derive(Deserialize)]
 struct TryForm {
     input: String,
+    /// Present when "Send it" was pressed.
+    send: Option<String>,
 }
 
 async fn try_it(
@@ -661,10 +676,20 @@ async fn try_it(
     } else {
         (Some(input.clone()), None)
     };
-    let out = match crate::webhooks::dry_run(&state, &path, record_id, fields).await {
+    let send = form.send.is_some();
+    let mut out = match crate::webhooks::dry_run(&state, &path, record_id.clone(), fields).await {
         Ok(v) => v,
         Err(e) => json!({"error": {"message": e.to_string()}}),
     };
+    if send && out.get("error").is_none() {
+        out["sent"] = match &record_id {
+            Some(id) => match crate::webhooks::send_now(&state, &path, id).await {
+                Ok(job) => json!({"job_id": job}),
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            None => json!({"error": "only a stored record (give its id) can be sent"}),
+        };
+    }
     webhook_view(&state, &path, &empty_query(), Some((input, out))).await
 }
 

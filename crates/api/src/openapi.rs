@@ -179,7 +179,7 @@ fn doc() -> Value {
                 },
                 "DryRunInput": {
                     "type": "object", "example": {"record_id": "S1"},
-                    "properties": {"record_id": {"type": "string"}, "fields": {"type": "object"}},
+                    "properties": {"record_id": {"type": "string"}, "fields": {"type": "object"}, "send": {"type": "boolean"}},
                 },
                 "DryRun": {
                     "type": "object", "required": ["condition", "request"],
@@ -187,6 +187,7 @@ fn doc() -> Value {
                         "condition": {"type": "boolean"},
                         "condition_parts": {"type": "array", "items": {"type": "object"}},
                         "request": {"type": "object"},
+                        "sent": {"type": "object", "properties": {"job_id": {"type": "string"}}},
                     },
                 },
             },

@@ -219,6 +219,9 @@ struct TestInput {
     record_id: Option<String>,
     #[serde(default)]
     fields: Option<Fields>,
+    /// Also send it for real: a job of the stored record, delivered and recorded like any.
+    #[serde(default)]
+    send: bool,
 }
 
 /// Shows whether the condition holds for a record and the request that would be sent,
@@ -229,7 +232,41 @@ pub async fn test(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let input: TestInput = parse_json(&body)?;
-    Ok(HttpResponse::Ok().json(dry_run(&state, &path, input.record_id, input.fields).await?))
+    let mut out = dry_run(&state, &path, input.record_id.clone(), input.fields).await?;
+    if input.send {
+        let Some(record_id) = input.record_id else {
+            return Err(FieldError::new("send", "only a stored record (record_id) can be sent").into());
+        };
+        out["sent"] = json!({"job_id": send_now(&state, &path, &record_id).await?});
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// Queues a job of the stored record `record_id` for `webhook` now, whatever its trigger
+/// says: it is delivered, retried and recorded like any (a fresh job id, so it is not taken
+/// for a duplicate of the trigger's). Returns the job id.
+pub(crate) async fn send_now(state: &ApiState, webhook: &str, record_id: &str) -> Result<String, ApiError> {
+    let stored = load(state, webhook).await?;
+    let compiled = compile(state, &stored).await?;
+    let object = &compiled.def.object;
+    let record = state
+        .store
+        .get_record(object, record_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("record `{record_id}` of `{object}` does not exist")))?;
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let job = hookline_engine::trigger::record_job(
+        &compiled,
+        job_id.clone(),
+        object,
+        record_id,
+        record.version,
+        &record.fields,
+        String::new(),
+    );
+    state.store.enqueue(&[job]).await?;
+    tracing::info!(webhook_id = webhook, record_id, job_id, "sent by hand");
+    Ok(job_id)
 }
 
 /// The dry run of webhook `webhook` on a stored record or on `fields`.

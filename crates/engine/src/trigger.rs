@@ -258,7 +258,7 @@ pub fn job_id(webhook: &str, object: &str, record_id: &str, version: u64) -> Str
 
 /// The job delivering one record version to webhook `wh`. The record's fields are the
 /// entity scripts and templates see, with `id` added when the object has no field of that name.
-pub(crate) fn record_job(
+pub fn record_job(
     wh: &CompiledWebhook,
     job_id: String,
     object: &str,
