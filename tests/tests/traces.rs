@@ -203,6 +203,7 @@ async fn a_record_change_is_one_trace_across_nodes_and_retries() {
     let enqueue = &enqueue[0].1;
     assert!(attempt_spans.iter().all(|(_, s)| s.parent_span_id == enqueue.span_id), "attempts hang off the enqueue");
     let triggers = in_trace("trigger");
+    assert!(triggers.iter().all(|(_, s)| matches!(attr(&s.attributes, "version"), Some(AnyValue::IntValue(_)))));
     let trigger = triggers.iter().find(|(_, s)| s.span_id == enqueue.parent_span_id).expect("the enqueue's trigger");
     let write = spans.iter().find(|(_, s)| s.name == "record.write" && s.span_id == trigger.1.parent_span_id);
     let (write_resource, _) = write.expect("the trigger hangs off the API's record.write span");

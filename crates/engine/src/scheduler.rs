@@ -294,7 +294,7 @@ async fn run_locked(
         tracing::warn!(webhook_id = id, tick_ms = run.tick, "lost the schedule lock before the run was stored");
         return Ok(Some(now_ms() + 1_000));
     }
-    span.record("records", run.records);
+    span.record("records", i64::try_from(run.records).unwrap_or(i64::MAX));
     ctx.metrics.schedule_run(id, run.records);
     tracing::info!(
         parent: &span,

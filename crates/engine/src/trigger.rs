@@ -197,7 +197,7 @@ fn decide_all(
             "trigger",
             object = %object,
             record_id = %change.record_id,
-            version = change.version,
+            version = i64::try_from(change.version).unwrap_or(i64::MAX),
             trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
         );
         trace::resume(&span, &change.traceparent);

@@ -212,7 +212,7 @@ impl Outbound {
         };
         match &result {
             Ok(response) => {
-                span.record("http.response.status_code", response.status);
+                span.record("http.response.status_code", i64::from(response.status));
                 if response.status >= 400 {
                     span.record("error.type", response.status.to_string());
                 }
@@ -259,7 +259,7 @@ impl Outbound {
             span.record("server.address", host);
         }
         if let Some(port) = url.port_or_known_default() {
-            span.record("server.port", port);
+            span.record("server.port", i64::from(port));
         }
         // reqwest connects to IP literals directly, without asking the resolver.
         // The URL parser has normalised IPv4 literals (including forms like `0x7f.1`) to

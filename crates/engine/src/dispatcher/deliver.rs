@@ -137,7 +137,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
         webhook_id = %wh.def.id,
         job_id = %job.job_id,
         record_ids = ?job.record_ids,
-        attempt = number,
+        attempt = i64::from(number),
         trace_id = trace::trace_id(&job.traceparent).unwrap_or_default(),
         outcome = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
@@ -202,7 +202,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
                 let verdict = classify(&result);
                 let response = match result {
                     Ok(resp) => {
-                        tracing::Span::current().record("http.response.status_code", resp.status);
+                        tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
                         attempt.response = Some(response_record(&resp, &req));
                         if verdict != Verdict::Success {
                             attempt.error = format!("target answered {}", resp.status);
