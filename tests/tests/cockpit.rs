@@ -1,6 +1,8 @@
 //! The operator's views: a record's journey (why each webhook fired or did not, then its
 //! calls), and the metrics.
 
+use std::time::Duration;
+
 use hookline::demo::survey_object;
 use serde_json::{Value, json};
 
@@ -269,5 +271,56 @@ async fn the_dashboard_needs_a_session_and_escapes_what_records_hold() {
     let page = get(&path, Some(&session)).await.unwrap().text().await.unwrap();
     assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
     assert!(!page.contains(evil), "the record id is escaped");
+    node.stop().await;
+}
+
+#[actix_rt::test]
+async fn attempts_follow_prints_new_attempts_as_they_are_made() {
+    use std::io::{BufRead, BufReader};
+    let ns = namespace();
+    let tracker = Tracker::start();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok("POST", "/v1/objects", Some(survey_object())).await;
+    let hook = json!({"id": "follow", "object": "survey", "trigger": {"on_create": true},
+        "request": {"method": "POST", "url": format!("{}/f", tracker.url), "body_template": "{}"}});
+    api.ok("POST", "/v1/webhooks", Some(hook)).await;
+    put_survey(&api, "F1", json!({"status": "Open"})).await;
+    wait_until(WAIT, || async { api.attempts("follow", "").await.len() == 1 }).await;
+
+    let mut child = std::process::Command::new(crate::procs::hookline_bin())
+        .args(["attempts", "follow", "--follow", "-o", "ndjson", "--url", &node.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hookline attempts --follow");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The next line the command printed (polled: the node serves from this very thread).
+    let next = async |what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => return serde_json::from_str::<Value>(&line).unwrap(),
+                Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => panic!("no line for {what}"),
+            }
+        }
+    };
+    // The attempts so far, then each new one once, as it is made.
+    assert_eq!(next("the first attempt").await["record_ids"], json!(["F1"]));
+    put_survey(&api, "F2", json!({"status": "Open"})).await;
+    assert_eq!(next("F2's attempt").await["record_ids"], json!(["F2"]));
+    put_survey(&api, "F3", json!({"status": "Open"})).await;
+    assert_eq!(next("F3's attempt").await["record_ids"], json!(["F3"]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(rx.try_iter().all(|l| !l.contains("\"F1\"")), "nothing printed twice");
     node.stop().await;
 }

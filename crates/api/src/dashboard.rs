@@ -147,7 +147,7 @@ async fn logout() -> HttpResponse {
 // --- the statistics of a webhook, from its attempt log ---
 
 #[derive(Default)]
-struct Stats {
+pub struct Stats {
     hour_calls: usize,
     hour_ok: usize,
     day_calls: usize,
@@ -218,9 +218,33 @@ fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[i])
 }
 
-async fn stats_of(state: &ApiState, webhook: &str, now: i64) -> Result<Stats, ApiError> {
+/// How old a webhook's statistics may be when shown: pages refreshing themselves, and many
+/// people looking, then read each webhook's attempt log at most this often.
+const STATS_FRESH: Duration = Duration::from_secs(5);
+
+/// Each webhook's newest statistics, shared by every page and viewer of this node.
+#[derive(Default)]
+pub struct StatsCache {
+    latest: std::sync::Mutex<BTreeMap<String, (std::time::Instant, std::sync::Arc<Stats>)>>,
+}
+
+async fn stats_of(state: &ApiState, webhook: &str, now: i64) -> Result<std::sync::Arc<Stats>, ApiError> {
+    let cache = &state.dashboard_stats;
+    {
+        let latest = cache.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, stats)) = latest.get(webhook)
+            && at.elapsed() < STATS_FRESH
+        {
+            return Ok(stats.clone());
+        }
+    }
     let filter = AttemptFilter { since_ms: Some(now - DAY_MS), limit: STATS_READ, ..Default::default() };
-    Ok(Stats::of(&state.store.list_attempts(webhook, &filter).await?, now))
+    let stats = std::sync::Arc::new(Stats::of(&state.store.list_attempts(webhook, &filter).await?, now));
+    let mut latest = cache.latest.lock().unwrap_or_else(|p| p.into_inner());
+    // Webhooks deleted since are dropped as the cache is written.
+    latest.retain(|_, (at, _)| at.elapsed() < 10 * STATS_FRESH);
+    latest.insert(webhook.to_string(), (std::time::Instant::now(), stats.clone()));
+    Ok(stats)
 }
 
 // --- pages ---

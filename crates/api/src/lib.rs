@@ -48,6 +48,8 @@ pub struct ApiState {
     pub queue_stats: Arc<health::StatsCache>,
     /// Jaeger's UI, for the dashboard's trace links.
     pub jaeger_url: Option<String>,
+    /// The dashboard's per-webhook statistics, read at most every few seconds.
+    pub dashboard_stats: Arc<dashboard::StatsCache>,
 }
 
 /// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and

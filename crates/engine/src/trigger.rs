@@ -243,7 +243,11 @@ fn decide_all(
                 job_id: fired,
             });
         }
-        notes.push(journey::note(change, old.as_ref(), &new, &decided, None));
+        // An object no webhook listens on has nothing to explain: bulk loads into it pay
+        // no journey.
+        if !decided.is_empty() {
+            notes.push(journey::note(change, old.as_ref(), &new, &decided, None));
+        }
     }
     (jobs, notes)
 }

@@ -104,6 +104,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         catalog: Some(ctx.catalog.clone()),
         queue_stats: Default::default(),
         jaeger_url: config.jaeger_url.clone(),
+        dashboard_stats: Default::default(),
     };
     let api = config.api;
     let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone(), api)))
