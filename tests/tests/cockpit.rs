@@ -324,3 +324,29 @@ async fn attempts_follow_prints_new_attempts_as_they_are_made() {
     assert!(rx.try_iter().all(|l| !l.contains("\"F1\"")), "nothing printed twice");
     node.stop().await;
 }
+
+#[actix_rt::test]
+async fn metrics_show_the_calls_in_flight_across_the_cluster() {
+    let ns = namespace();
+    // Slow enough that the calls are still out when the nodes report them.
+    let sink = crate::procs::Sink::start(Duration::from_secs(8));
+    let api_node = Node::start(&ns, "api,trigger").await;
+    let (a, b) = (Node::start(&ns, "dispatcher").await, Node::start(&ns, "dispatcher").await);
+    let api = Api::new(&api_node);
+    api.ok("POST", "/v1/objects", Some(survey_object())).await;
+    let hook = json!({"id": "slow", "object": "survey", "trigger": {"on_create": true},
+        "request": {"method": "POST", "url": format!("{}/slow", sink.url), "body_template": "{}"},
+        "settings": {"max_concurrency": 4, "timeout": "30s"}});
+    api.ok("POST", "/v1/webhooks", Some(hook)).await;
+    for n in 0..6 {
+        put_survey(&api, &format!("L{n}"), json!({"status": "Open"})).await;
+    }
+    wait_until(WAIT, || async { sink.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 4 }).await;
+    // Asked of the api node, which sends nothing itself: the dispatchers' reports, summed.
+    let line = "hookline_cluster_in_flight{webhook=\"slow\"} 4";
+    wait_until(WAIT, || async { api.call("GET", "/metrics", None).await.1.as_str().is_some_and(|m| m.contains(line)) })
+        .await;
+    for node in [a, b, api_node] {
+        node.stop().await;
+    }
+}

@@ -265,7 +265,6 @@ async fn overview(
     let now = now_ms();
     let webhooks = state.store.list_webhooks().await?;
     let queues: BTreeMap<String, QueueStats> = state.queue_stats.get(&state).await?.iter().cloned().collect();
-    let in_flight = state.metrics.in_flight_now();
     let mut rows = Vec::new();
     for wh in &webhooks {
         let id = &wh.definition.id;
@@ -327,7 +326,7 @@ async fn overview(
                 _ => "–".into(),
             };
             let oldest = q.oldest_ms.map(|ms| age_text(now - ms)).unwrap_or_else(|| "–".into());
-            let flight = in_flight.get(id).copied().unwrap_or(0);
+            let flight = q.in_flight;
             let _ = write!(
                 body,
                 r#"<tr data-webhook="{eid}"><td><a href="/ui/webhooks/{uid}"><strong>{eid}</strong></a><div class="muted">{object}</div></td><td>{state}</td><td>{spark}<div class="muted">{calls}</div></td><td>{rate1} / {rate24}</td><td>{latency}</td><td>{depth}</td><td>{oldest}</td><td>{flight} / {limit}</td><td>{rate_limit}</td><td>{dead}</td><td class="error-cell">{error}</td></tr>"#,
@@ -351,7 +350,7 @@ async fn overview(
             );
         }
         body.push_str(
-            "</tbody></table><p class=\"muted small\">In flight: on this node. Refreshes every 10 s.</p></section>",
+            "</tbody></table><p class=\"muted small\">In flight: across the cluster, as the dispatcher nodes reported in the last seconds. Refreshes every 10 s.</p></section>",
         );
     }
     let mut r = page("Webhooks", "", &body, state.api_token.is_some());

@@ -87,6 +87,10 @@ pub async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiErro
         "# HELP hookline_oldest_job_age_seconds Age of the oldest job on the queue.\n\
          # TYPE hookline_oldest_job_age_seconds gauge\n",
     );
+    let mut flight = String::from(
+        "# HELP hookline_cluster_in_flight Calls in flight per webhook across the cluster, as the dispatcher nodes report them.\n\
+         # TYPE hookline_cluster_in_flight gauge\n",
+    );
     let mut dead = String::from(
         "# HELP hookline_dead_letters Jobs in the dead letters per webhook.\n# TYPE hookline_dead_letters gauge\n",
     );
@@ -96,9 +100,11 @@ pub async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiErro
         let oldest = s.oldest_ms.map(|ms| (now - ms).max(0) as f64 / 1000.0).unwrap_or(0.0);
         let _ = writeln!(age, "hookline_oldest_job_age_seconds{{webhook=\"{id}\"}} {oldest}");
         let _ = writeln!(dead, "hookline_dead_letters{{webhook=\"{id}\"}} {}", s.dead_letters);
+        let _ = writeln!(flight, "hookline_cluster_in_flight{{webhook=\"{id}\"}} {}", s.in_flight);
     }
     out.push_str(&depth);
     out.push_str(&age);
     out.push_str(&dead);
+    out.push_str(&flight);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
 }

@@ -741,6 +741,27 @@ pub async fn queue_stats(store: &dyn Store, prefix: &str) {
     assert!(stats[0].oldest_ms.is_some_and(|ms| ms >= before - 1000 && ms <= now_ms()), "{stats:?}");
     assert_eq!(stats[1], QueueStats::default());
     assert_eq!(stats[0].depth, store.queue_depth(&busy).await.expect("queue_depth"));
+
+    // In flight: the sum of every node's newest report, each counted while it lasts.
+    let long = Duration::from_secs(60);
+    store.report_in_flight("n1", &[(busy.clone(), 3), (idle.clone(), 1)], long).await.expect("report");
+    store.report_in_flight("n2", &[(busy.clone(), 2)], long).await.expect("report");
+    store.report_in_flight("n1", &[(busy.clone(), 1)], long).await.expect("report");
+    let in_flight = |s: Vec<QueueStats>| s.iter().map(|s| s.in_flight).collect::<Vec<_>>();
+    let both = [busy.clone(), idle.clone()];
+    assert_eq!(
+        in_flight(store.queue_stats(&both).await.expect("queue_stats")),
+        [3, 1],
+        "n1's newest report replaces its last"
+    );
+    store.report_in_flight("n2", &[(busy.clone(), 5)], Duration::from_millis(1)).await.expect("report");
+    // Time passing is the condition: the 1 ms report is over after this.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        in_flight(store.queue_stats(&both).await.expect("queue_stats")),
+        [1, 1],
+        "an expired report counts no more"
+    );
 }
 
 /// A final attempt hands a write-back over; finishing it stores the attempt as given, keeps

@@ -199,6 +199,12 @@ impl Keys {
         format!("{}:{{wh:{webhook}}}:permits:seq", self.ns)
     }
 
+    /// HASH node → `<calls in flight>:<report expiry, Unix ms>`: what each dispatcher node
+    /// last reported, summed by `queue_stats`.
+    pub fn in_flight(&self, webhook: &str) -> String {
+        format!("{}:{{wh:{webhook}}}:inflight", self.ns)
+    }
+
     /// STRING holding a small value of one webhook (`oauth-token`), with a TTL.
     pub fn value(&self, webhook: &str, name: &str) -> String {
         format!("{}:{{wh:{webhook}}}:value:{name}", self.ns)
@@ -225,6 +231,7 @@ impl Keys {
             self.permit_contenders(webhook),
             self.permit_seq(webhook),
             self.rate(webhook),
+            self.in_flight(webhook),
             // The values the engine keeps: its OAuth token, its schedule's progress.
             self.value(webhook, "oauth-token"),
             self.value(webhook, "schedule"),

@@ -342,6 +342,9 @@ pub struct QueueStats {
     /// When the oldest job on the queue (ready or being delivered) was queued, Unix ms.
     pub oldest_ms: Option<i64>,
     pub dead_letters: u64,
+    /// Calls in flight across the cluster, as the dispatcher nodes last reported
+    /// ([`Store::report_in_flight`]).
+    pub in_flight: u64,
 }
 
 /// A job in the dead letters.
@@ -509,6 +512,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`QueueStats`] of each of `webhooks`, in order, in one store step however many there
     /// are.
     async fn queue_stats(&self, webhooks: &[String]) -> Result<Vec<QueueStats>>;
+    /// Notes how many calls of each webhook node `node` has in flight; a report counts in
+    /// [`QueueStats::in_flight`] for `ttl` (the node reports again before).
+    async fn report_in_flight(&self, node: &str, counts: &[(String, u64)], ttl: Duration) -> Result<()>;
 
     // --- write-backs ---
     /// Finishes write-backs `consumer` still owns: notes each result on its attempt, keeps

@@ -1266,16 +1266,26 @@ impl Store for RedisStore {
             pipe.cmd("XRANGE").arg(&fresh).arg("-").arg("+").arg("COUNT").arg(1);
             pipe.cmd("XRANGE").arg(&solo).arg("-").arg("+").arg("COUNT").arg(1);
             pipe.cmd("XLEN").arg(self.keys.dead(webhook));
+            pipe.cmd("HVALS").arg(self.keys.in_flight(webhook));
             let mut conn = self.conn();
             async move {
-                type Reply = (u64, u64, u64, StreamRangeReply, StreamRangeReply, u64);
-                let (f, s, d, first_fresh, first_solo, dead): Reply = pipe.query_async(&mut conn).await?;
+                type Reply = (u64, u64, u64, StreamRangeReply, StreamRangeReply, u64, Vec<String>);
+                let (f, s, d, first_fresh, first_solo, dead, reports): Reply = pipe.query_async(&mut conn).await?;
+                let now = now_ms();
+                let in_flight = reports
+                    .iter()
+                    .filter_map(|r| r.split_once(':'))
+                    .filter_map(|(n, until)| Some((n.parse::<u64>().ok()?, until.parse::<i64>().ok()?)))
+                    .filter(|(_, until)| *until > now)
+                    .map(|(n, _)| n)
+                    .sum();
                 let first =
                     |r: &StreamRangeReply| r.ids.first().and_then(|e| e.id.split('-').next()?.parse::<i64>().ok());
                 Ok::<_, redis::RedisError>(QueueStats {
                     depth: f + s + d,
                     oldest_ms: [first(&first_fresh), first(&first_solo)].into_iter().flatten().min(),
                     dead_letters: dead,
+                    in_flight,
                 })
             }
         });
@@ -1383,6 +1393,23 @@ impl Store for RedisStore {
         let key = self.keys.attempts(webhook);
         let blob: Option<Vec<u8>> = self.conn().hget(&key, attempt_id).await.map_err(map_err)?;
         blob.map(|b| decode(&key, &b)).transpose()
+    }
+
+    async fn report_in_flight(&self, node: &str, counts: &[(String, u64)], ttl: Duration) -> Result<()> {
+        let until = now_ms() + ttl.as_millis() as i64;
+        // One pipeline per webhook (its slot), side by side.
+        let sends = counts.iter().map(|(webhook, n)| {
+            let key = self.keys.in_flight(webhook);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET").arg(&key).arg(node).arg(format!("{n}:{until}")).ignore();
+            // Each report carries its own expiry (a node that stopped reporting is gone from
+            // the sum once its report expires); the hash itself goes an hour after the last.
+            pipe.cmd("PEXPIRE").arg(&key).arg(3_600_000).ignore();
+            let mut conn = self.conn();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        futures_util::future::try_join_all(sends).await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn note_changes(&self, notes: &[JourneyNote]) -> Result<()> {

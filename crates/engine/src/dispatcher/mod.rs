@@ -65,8 +65,29 @@ fn active(catalog: &Catalog) -> impl Iterator<Item = String> + '_ {
     catalog.webhooks.values().filter(|wh| !wh.paused).map(|wh| wh.def.id.clone())
 }
 
+/// How often a dispatcher node reports its calls in flight (for `/metrics` and the
+/// dashboard, cluster-wide); a report lasts three times as long.
+const IN_FLIGHT_REPORT: Duration = Duration::from_secs(2);
+
 impl Actor for Dispatcher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let engine = self.ctx.clone();
+        ctx.run_interval(IN_FLIGHT_REPORT, move |_, _| {
+            let engine = engine.clone();
+            actix::spawn(async move {
+                let counts: Vec<(String, u64)> =
+                    engine.metrics.in_flight_now().into_iter().map(|(w, n)| (w, n.max(0) as u64)).collect();
+                if counts.is_empty() {
+                    return;
+                }
+                if let Err(e) = engine.store.report_in_flight(&engine.node_id, &counts, 3 * IN_FLIGHT_REPORT).await {
+                    tracing::debug!(error = %e, "cannot report the calls in flight");
+                }
+            });
+        });
+    }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.workers.stop_all();

@@ -96,6 +96,8 @@ pub(super) struct Shared {
     pub(super) permits: Permits,
     pub(super) locks: Locks,
     pub(super) rates: Rates,
+    /// (webhook, node) → (calls in flight, report expiry): `report_in_flight`.
+    pub(super) in_flight: std::sync::Mutex<std::collections::HashMap<(String, String), (u64, Instant)>>,
 }
 
 impl Shared {
@@ -697,10 +699,16 @@ impl Inner {
                 item.map_err(db)?;
                 dead_letters += 1;
             }
+            let in_flight = lock(&self.shared.in_flight)
+                .iter()
+                .filter(|((w, _), (_, until))| w == webhook && *until > Instant::now())
+                .map(|(_, (n, _))| n)
+                .sum();
             out.push(QueueStats {
                 depth: self.queue_depth(webhook)?,
                 oldest_ms: self.oldest_job_ms(webhook)?,
                 dead_letters,
+                in_flight,
             });
         }
         Ok(out)

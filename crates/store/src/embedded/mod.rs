@@ -699,6 +699,17 @@ impl Store for EmbeddedStore {
         self.run(move |i| i.get_attempt(&webhook, &attempt_id)).await
     }
 
+    async fn report_in_flight(&self, node: &str, counts: &[(String, u64)], ttl: Duration) -> Result<()> {
+        let now = std::time::Instant::now();
+        let until = now + ttl;
+        let mut map = self.inner.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (_, u)| *u > now);
+        for (webhook, n) in counts {
+            map.insert((webhook.clone(), node.to_string()), (*n, until));
+        }
+        Ok(())
+    }
+
     async fn note_changes(&self, notes: &[JourneyNote]) -> Result<()> {
         if notes.is_empty() {
             return Ok(());
