@@ -10,6 +10,7 @@ use hookline_model::webhook::CredentialsIn as DefCredentialsIn;
 use hookline_outbound::{CredentialsIn, OAuthConfig};
 use hookline_store::now_ms;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::EngineContext;
 use crate::catalog::CompiledWebhook;
@@ -102,39 +103,42 @@ async fn fetch_and_cache(
     audience: &Option<String>,
     credentials_in: DefCredentialsIn,
 ) -> Result<String, BuildError> {
-    let span =
-        tracing::info_span!("oauth.token", webhook_id = %wh.def.id, http.response.status_code = tracing::field::Empty);
-    let _guard = span.enter();
-    let config = OAuthConfig {
-        token_url: token_url.to_string(),
-        client_id: client_id.to_string(),
-        client_secret: client_secret.to_string(),
-        scope: scope.clone(),
-        audience: audience.clone(),
-        credentials_in: match credentials_in {
-            DefCredentialsIn::Header => CredentialsIn::Header,
-            DefCredentialsIn::Body => CredentialsIn::Body,
-        },
-    };
-    let token = ctx
-        .outbound
-        .fetch_token(&config, wh.def.settings.timeout.0)
-        .await
-        .map_err(|e| step_error(e.to_string(), e.is_retryable()))?;
-    let lifetime = token.expires_in.unwrap_or(DEFAULT_LIFETIME);
-    // Refresh with a tenth of the lifetime left (at most 30 s early).
-    let margin = (lifetime / 10).min(Duration::from_secs(30));
-    let now = now_ms();
-    let cached = Cached {
-        token: token.access_token.clone(),
-        expires_at: now + lifetime.as_millis() as i64,
-        refresh_at: now + (lifetime - margin).as_millis() as i64,
-    };
-    let sealed = ctx.secrets.seal(&serde_json::to_string(&cached).unwrap_or_default());
-    if let Err(e) = ctx.store.set_value(&wh.def.id, TOKEN, sealed.as_bytes(), lifetime).await {
-        tracing::warn!(error = %e, "cannot cache the token; the next call fetches another");
+    // The span is the future's (entered on every poll), not held across the awaits.
+    let span = tracing::info_span!("oauth.token", webhook_id = %wh.def.id);
+    async move {
+        let config = OAuthConfig {
+            token_url: token_url.to_string(),
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            scope: scope.clone(),
+            audience: audience.clone(),
+            credentials_in: match credentials_in {
+                DefCredentialsIn::Header => CredentialsIn::Header,
+                DefCredentialsIn::Body => CredentialsIn::Body,
+            },
+        };
+        let token = ctx
+            .outbound
+            .fetch_token(&config, wh.def.settings.timeout.0)
+            .await
+            .map_err(|e| step_error(e.to_string(), e.is_retryable()))?;
+        let lifetime = token.expires_in.unwrap_or(DEFAULT_LIFETIME);
+        // Refresh with a tenth of the lifetime left (at most 30 s early).
+        let margin = (lifetime / 10).min(Duration::from_secs(30));
+        let now = now_ms();
+        let cached = Cached {
+            token: token.access_token.clone(),
+            expires_at: now + lifetime.as_millis() as i64,
+            refresh_at: now + (lifetime - margin).as_millis() as i64,
+        };
+        let sealed = ctx.secrets.seal(&serde_json::to_string(&cached).unwrap_or_default());
+        if let Err(e) = ctx.store.set_value(&wh.def.id, TOKEN, sealed.as_bytes(), lifetime).await {
+            tracing::warn!(error = %e, "cannot cache the token; the next call fetches another");
+        }
+        ctx.metrics.token_refreshed(&wh.def.id);
+        tracing::info!(expires_in_s = lifetime.as_secs(), "oauth token fetched");
+        Ok(token.access_token)
     }
-    ctx.metrics.token_refreshed(&wh.def.id);
-    tracing::info!(expires_in_s = lifetime.as_secs(), "oauth token fetched");
-    Ok(token.access_token)
+    .instrument(span)
+    .await
 }

@@ -72,20 +72,28 @@ const IN_FLIGHT_REPORT: Duration = Duration::from_secs(2);
 impl Actor for Dispatcher {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        // A task of its own, not an interval of this actor (which would keep the actor, and
+        // the store it holds, alive after the node stops); it ends with the node.
         let engine = self.ctx.clone();
-        ctx.run_interval(IN_FLIGHT_REPORT, move |_, _| {
-            let engine = engine.clone();
-            actix::spawn(async move {
+        actix::spawn(async move {
+            let mut shutdown = engine.shutdown.clone();
+            let mut tick = tokio::time::interval(IN_FLIGHT_REPORT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+                }
                 let counts: Vec<(String, u64)> =
                     engine.metrics.in_flight_now().into_iter().map(|(w, n)| (w, n.max(0) as u64)).collect();
                 if counts.is_empty() {
-                    return;
+                    continue;
                 }
                 if let Err(e) = engine.store.report_in_flight(&engine.node_id, &counts, 3 * IN_FLIGHT_REPORT).await {
                     tracing::debug!(error = %e, "cannot report the calls in flight");
                 }
-            });
+            }
         });
     }
 
