@@ -214,6 +214,8 @@ pub async fn run(mut config: Config, shutdown: impl std::future::Future<Output =
     println!("\nHookline keeps serving at {base} — try:");
     println!("  curl -s {base}/v1/webhooks/it-negative-feedback/attempts?record_id={}", ids[2]);
     println!("  curl -s {base}/v1/objects/survey/records/{}", ids[0]);
+    println!("  curl -s {base}/v1/objects/survey/records/{}/journey   (why it fired, or did not)", ids[1]);
+    println!("  the dashboard: {base}/   and a journey: {base}/ui/records?object=survey&id={}", ids[1]);
     println!("Ctrl-C stops it.");
 
     shutdown.await;
