@@ -2,7 +2,8 @@
 # The API against its description: a node (target/debug/hookline, embedded store) with a
 # little data, then schemathesis (from PyPI, installed into target/schemathesis when absent)
 # runs property-based cases from /openapi.json: no 5xx, every status, content type and body
-# as described.
+# as described. One worker: schemathesis's generation in two threads once hit a CPython
+# `ast` error ("AST constructor recursion depth mismatch") that fails the run with no case failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -28,7 +29,7 @@ call POST /v1/webhooks '{"id": "tickets", "object": "survey", "trigger": {"on_cr
 call POST /v1/objects/survey/records '{"id": "S1", "fields": {"a_surveyid": "S1", "status": "Completed", "score": 2}}'
 (cd "$dir" && "$venv/bin/st" run "$base/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-  --max-examples "${API_TEST_EXAMPLES:-40}" --workers 2 --seed "${API_TEST_SEED:-1}" --warnings off) || {
+  --max-examples "${API_TEST_EXAMPLES:-40}" --workers 1 --seed "${API_TEST_SEED:-1}" --warnings off) || {
   echo "api-test.sh: failed; the node's log:" >&2
   tail -50 "$dir/node.log" >&2
   exit 1
