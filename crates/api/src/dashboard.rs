@@ -67,30 +67,10 @@ fn session(req: &HttpRequest) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| percent_decode(value))
+        .map(|(_, value)| hookline_model::url::percent_decoded(value))
 }
 
-/// The cookie's value is the token, percent-encoded so any token fits a cookie.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
+/// The session cookie: the token, percent-encoded so any token fits a cookie.
 fn session_cookie(value: &str, max_age_s: u64) -> String {
     format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}", url_seg(value))
 }
@@ -794,7 +774,7 @@ async fn attempt_page(
         .ok_or_else(|| ApiError::NotFound(format!("no attempt `{id}`")))?;
     let j = crate::attempts::attempt_json(&a);
     let mut body = String::new();
-    let trace = a.traceparent.split('-').nth(1).filter(|t| t.len() == 32);
+    let trace = hookline_engine::trace::trace_id(&a.traceparent);
     let trace_link = match (trace, &state.jaeger_url) {
         (Some(t), Some(jaeger)) => format!(r#"<a id="trace" href="{}/trace/{t}">trace {t} in Jaeger</a>"#, esc(jaeger)),
         (Some(t), None) => format!(r#"trace <code>{t}</code>"#),

@@ -133,12 +133,7 @@ fn attempt_summary(a: &Attempt) -> Value {
             "status": a.writeback_status,
             "error": (!a.writeback_error.is_empty()).then_some(&a.writeback_error),
         })),
-        "trace_id": trace_id(&a.traceparent),
+        "trace_id": hookline_engine::trace::trace_id(&a.traceparent),
         "webhook_id": a.webhook_id,
     })
-}
-
-fn trace_id(traceparent: &str) -> Option<&str> {
-    let trace = traceparent.split('-').nth(1)?;
-    (trace.len() == 32).then_some(trace)
 }

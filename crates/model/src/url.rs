@@ -391,8 +391,9 @@ pub fn credential_values(url: &str) -> Vec<String> {
     out
 }
 
-/// `name` with its percent-escapes decoded (lossily), for matching parameter names.
-fn percent_decoded(name: &str) -> String {
+/// `name` with its percent-escapes (and `+` as a space) decoded, lossily: for matching
+/// parameter names, and for reading back what [`encoded`] wrote.
+pub fn percent_decoded(name: &str) -> String {
     let bytes = name.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
