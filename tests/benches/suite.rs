@@ -255,16 +255,23 @@ async fn redis_memory(url: &str) -> f64 {
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
-/// Bytes the `bench` webhook's fresh job stream takes in Redis (`MEMORY USAGE`).
+/// Bytes the `bench` webhook's job streams take in Redis (`MEMORY USAGE`): the fresh one,
+/// and the solo one (where full bulk calls wait).
 async fn job_stream_bytes(url: &str, ns: &str) -> f64 {
-    redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(format!("{ns}:{{wh:bench}}:jobs"))
-        .arg("SAMPLES")
-        .arg(0)
-        .query_async(&mut redis_conn(url).await)
-        .await
-        .unwrap_or(0.0)
+    let mut conn = redis_conn(url).await;
+    let mut total = 0.0;
+    for stream in ["jobs", "solo"] {
+        let bytes: Option<f64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(format!("{ns}:{{wh:bench}}:{stream}"))
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        total += bytes.unwrap_or(0.0);
+    }
+    total
 }
 
 /// Removes every key of a namespace.
@@ -403,8 +410,10 @@ async fn write_records(api: &Api, from: usize, n: usize, clients: usize, note: &
     }
 }
 
-async fn queue_depth(api: &Api) -> usize {
-    metric(&api.base, "hookline_queue_depth{webhook=\"bench\"}").await as usize
+/// Records the trigger has queued for the bench webhook (a bulk webhook's queue holds a
+/// full call's records in one entry, so the queue's depth counts entries, not records).
+async fn records_queued(api: &Api) -> usize {
+    metric(&api.base, "hookline_records_fired_total{webhook=\"bench\"}").await as usize
 }
 
 fn node(name: &str, o: &Options, ns: &str, dir: Option<&std::path::Path>, extra: &[&str]) -> Proc {
@@ -461,7 +470,7 @@ impl Bench {
         api.ok("POST", "/v1/webhooks/bench/pause", None).await;
         let memory_before = if embedded { 0.0 } else { redis_memory(&self.o.redis).await };
         write_records(&api, 0, jobs, 4, "").await;
-        let queued = until(Duration::from_secs(600), || async { queue_depth(&api).await >= jobs }).await;
+        let queued = until(Duration::from_secs(600), || async { records_queued(&api).await >= jobs }).await;
         assert!(queued, "{case}: the jobs never all queued");
         let (redis_per_job, redis_total_per_job) = if embedded {
             (None, None)
@@ -693,7 +702,7 @@ impl Bench {
         // A job carries its record's fields: ~1 KB with the note.
         let note = "x".repeat(950);
         write_records(&api, 0, n, 4, &note).await;
-        assert!(until(Duration::from_secs(1800), || async { queue_depth(&api).await >= n }).await, "queued");
+        assert!(until(Duration::from_secs(1800), || async { records_queued(&api).await >= n }).await, "queued");
         let after = redis_memory(&self.o.redis).await;
         let stream_bytes = job_stream_bytes(&self.o.redis, &ns).await;
         let pid = proc.child.id();
@@ -741,7 +750,7 @@ impl Bench {
             api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 256))).await;
             api.ok("POST", "/v1/webhooks/bench/pause", None).await;
             write_records(&api, 0, jobs, 4, "").await;
-            assert!(until(Duration::from_secs(600), || async { queue_depth(&api).await >= jobs }).await);
+            assert!(until(Duration::from_secs(600), || async { records_queued(&api).await >= jobs }).await);
             let dispatchers: Vec<Proc> = (0..nodes)
                 .map(|i| node(&format!("scale-d{i}"), &self.o, &ns, None, &["--roles", "dispatcher"]))
                 .collect();

@@ -186,6 +186,74 @@ async fn bulk_calls_carry_many_records_and_write_each_back() {
     node.stop().await;
 }
 
+/// The value of a `/metrics` line starting with `line_start`, 0 if absent.
+async fn metric(api: &Api, line_start: &str) -> f64 {
+    let resp = reqwest::get(format!("{}/metrics", api.base)).await.expect("/metrics");
+    let text = resp.text().await.expect("/metrics text");
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_rt::test]
+async fn a_bulk_write_is_queued_a_full_call_to_an_entry() {
+    let ns = namespace();
+    let target = BulkTarget::start();
+    let node = Node::start(&ns, "all").await;
+    let api = Api::new(&node);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "packed", "object": "item",
+            "trigger": {"on_create": true},
+            "request": {"url": format!("{}/bulk", target.url)},
+            "settings": {"max_batch_size": 10, "batch_linger_ms": 200, "max_concurrency": 2}
+        })),
+    )
+    .await;
+    api.ok("POST", "/v1/webhooks/packed/pause", None).await;
+    let batch: Vec<Value> = (0..23).map(|i| json!({"id": format!("p{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
+    wait_until(Duration::from_secs(20), || async {
+        metric(&api, "hookline_records_fired_total{webhook=\"packed\"}").await >= 23.0
+    })
+    .await;
+    // Two full calls of ten, one entry each; the three left over wait alone to be combined.
+    assert_eq!(metric(&api, "hookline_queue_depth{webhook=\"packed\"}").await, 5.0);
+
+    api.ok("POST", "/v1/webhooks/packed/resume", None).await;
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 23 }).await;
+    let mut sizes: Vec<usize> = target.calls().iter().map(Vec::len).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [3, 10, 10], "{:?}", target.calls());
+    let mut seen: Vec<String> = target.calls().into_iter().flatten().collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..23).map(|i| format!("p{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want, "every record once");
+    // The first call carries p0..p9 in order, and the journey of a packed record names the
+    // call's job, delivered.
+    let first = target.calls().into_iter().find(|c| c.contains(&"p0".to_string())).unwrap();
+    assert_eq!(first, (0..10).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    wait_until(Duration::from_secs(10), || async {
+        let j = api.ok("GET", "/v1/objects/item/records/p4/journey", None).await;
+        j["changes"][0]["decisions"][0]["delivery"] == json!("delivered")
+    })
+    .await;
+    let j = api.ok("GET", "/v1/objects/item/records/p4/journey", None).await;
+    let decision = &j["changes"][0]["decisions"][0];
+    let attempt = &decision["attempts"][0];
+    assert_eq!(decision["job_id"], attempt["job_id"], "{decision}");
+    let attempts = api.attempts("packed", "").await;
+    let carried = attempts.iter().find(|a| a["job_id"] == decision["job_id"]).expect("the pack's attempt");
+    assert_eq!(carried["record_ids"].as_array().unwrap().len(), 10);
+    node.stop().await;
+}
+
 #[actix_rt::test]
 async fn ndjson_ingestion_answers_per_record() {
     let ns = namespace();

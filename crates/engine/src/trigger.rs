@@ -21,11 +21,13 @@ use hookline_store::{ClaimScan, JourneyNote, QueueName, StoreError, now_ms};
 
 use crate::EngineContext;
 use crate::catalog::{Catalog, CompiledWebhook};
+use crate::dispatcher::batch::pack;
 use crate::messages::CatalogChanged;
 use crate::workers::{Start, WorkerCtx, WorkerSet};
 use crate::{journey, trace};
 
-/// Changes read at a time.
+/// Changes read at a time, at least: more when a webhook of the object sends bulk calls
+/// larger than this, so a read can fill one.
 const READ: usize = 100;
 /// How long a worker waits for definitions as new as a change says before giving it back.
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -75,6 +77,8 @@ async fn follow_object(w: WorkerCtx) {
     let mut last_scan = tokio::time::Instant::now() - ctx.lease;
     while !w.stopping() {
         let catalog = view.current();
+        let read_count =
+            catalog.webhooks_on(&object).map(|wh| wh.def.settings.max_batch_size as usize).fold(READ, usize::max);
         if let Some((id, broken)) = catalog.broken_on(&object).next() {
             tracing::warn!(%object, webhook_id = %id, reason = %broken.reason, "holding this object's changes until its webhook loads");
             tokio::select! {
@@ -86,7 +90,7 @@ async fn follow_object(w: WorkerCtx) {
         // Changes a dead consumer read but never acknowledged (every live one heartbeats).
         let read = if last_scan.elapsed() >= ctx.lease / 2 {
             last_scan = tokio::time::Instant::now();
-            match consumer.claim(&scan, READ).await {
+            match consumer.claim(&scan, read_count).await {
                 Ok((lease, next)) => {
                     scan.cursor = next;
                     if !lease.is_empty() {
@@ -98,7 +102,7 @@ async fn follow_object(w: WorkerCtx) {
             }
         } else {
             tokio::select! {
-                r = consumer.read(READ, Duration::from_secs(2)) => r,
+                r = consumer.read(read_count, Duration::from_secs(2)) => r,
                 _ = w.stopped() => break,
             }
         };
@@ -160,6 +164,9 @@ async fn process(
     };
     let (enqueued_ok, noted) = tokio::join!(enqueue, ctx.store.note_changes(&notes));
     enqueued_ok?;
+    for job in &jobs {
+        ctx.metrics.records_fired(&job.webhook_id, job.record_ids.len() as u64);
+    }
     if let Err(error) = noted {
         tracing::warn!(object, %error, "the journey of these changes could not be kept");
     }
@@ -185,7 +192,8 @@ fn decide_all(
     lease: &Lease<Change>,
 ) -> (Vec<Job>, Vec<JourneyNote>) {
     let mut jobs = Vec::new();
-    let mut notes = Vec::with_capacity(lease.len());
+    // Each change's note is written once its jobs are packed (a note names its job).
+    let mut decided_changes = Vec::with_capacity(lease.len());
     for entry in lease.entries() {
         let change = &entry.value;
         let Some(new) = parse_fields(&change.new_json) else {
@@ -213,7 +221,7 @@ fn decide_all(
                 "write-back hop limit reached: this change fires no webhook"
             );
             metrics.writeback_hop_limit(&change.origin_webhook);
-            notes.push(journey::note(change, old.as_ref(), &new, &[], Some("write-back hop limit reached")));
+            decided_changes.push((change, old, new, Vec::new(), Some("write-back hop limit reached")));
             continue;
         }
         let view = ChangeView {
@@ -246,9 +254,22 @@ fn decide_all(
         // An object no webhook listens on has nothing to explain: bulk loads into it pay
         // no journey.
         if !decided.is_empty() {
-            notes.push(journey::note(change, old.as_ref(), &new, &decided, None));
+            decided_changes.push((change, old, new, decided, None));
         }
     }
+    let batch_size = |id: &str| catalog.webhooks.get(id).map_or(1, |wh| wh.def.settings.max_batch_size as usize);
+    let (jobs, packed_into) = pack(jobs, batch_size);
+    let notes = decided_changes
+        .into_iter()
+        .map(|(change, old, new, mut decided, stopped)| {
+            for d in &mut decided {
+                if let Some(pack) = d.job_id.as_ref().and_then(|id| packed_into.get(id)) {
+                    d.job_id = Some(pack.clone());
+                }
+            }
+            journey::note(change, old.as_ref(), &new, &decided, stopped)
+        })
+        .collect();
     (jobs, notes)
 }
 

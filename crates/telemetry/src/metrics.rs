@@ -28,6 +28,8 @@ struct Inner {
     token_refreshes: BTreeMap<String, u64>,
     schedule_runs: BTreeMap<String, u64>,
     scheduled_records: BTreeMap<String, u64>,
+    /// Records whose change fired the webhook, enqueued by this node's trigger.
+    records_fired: BTreeMap<String, u64>,
     /// webhook → (in flight on this node, limit)
     in_flight: BTreeMap<String, (i64, u64)>,
     permit_losses: BTreeMap<String, u64>,
@@ -72,6 +74,16 @@ impl Metrics {
             }
             h.sum += secs;
             h.count += 1;
+        });
+    }
+
+    /// `records` records whose changes fired `webhook` are queued.
+    pub fn records_fired(&self, webhook: &str, records: u64) {
+        self.with(|m| match m.records_fired.get_mut(webhook) {
+            Some(n) => *n += records,
+            None => {
+                m.records_fired.insert(webhook.to_string(), records);
+            }
         });
     }
 
@@ -192,6 +204,12 @@ impl Metrics {
                 let _ = writeln!(out, "hookline_attempt_duration_seconds_sum{{webhook=\"{wh}\"}} {}", h.sum);
                 let _ = writeln!(out, "hookline_attempt_duration_seconds_count{{webhook=\"{wh}\"}} {}", h.count);
             }
+            counter(
+                out,
+                "hookline_records_fired_total",
+                "Records whose change fired the webhook, queued by this node's trigger.",
+                &m.records_fired,
+            );
             counter(out, "hookline_retries_scheduled_total", "Retries scheduled.", &m.retries);
             counter(out, "hookline_dead_letters_total", "Jobs dead-lettered.", &m.dead_letters);
             counter(out, "hookline_script_errors_total", "Script failures (body, header, response).", &m.script_errors);
@@ -247,6 +265,8 @@ mod tests {
         m.in_flight("it", 1, 4);
         m.schedule_run("it", 40);
         m.schedule_run("it", 2);
+        m.records_fired("it", 100);
+        m.records_fired("it", 3);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("hookline_attempts_total{webhook=\"it\",outcome=\"success\"} 2"), "{out}");
@@ -258,5 +278,6 @@ mod tests {
         assert!(out.contains("hookline_schedule_runs_total{webhook=\"it\"} 2"), "{out}");
         assert!(out.contains("hookline_scheduled_records_total{webhook=\"it\"} 42"), "{out}");
         assert!(out.contains("hookline_concurrency_limit{webhook=\"it\"} 4"));
+        assert!(out.contains("hookline_records_fired_total{webhook=\"it\"} 103"), "{out}");
     }
 }
