@@ -31,7 +31,7 @@ use crate::trace;
 use crate::workers::{Start, WorkerCtx, WorkerSet};
 
 /// Write-backs read at a time.
-const READ: usize = 64;
+const READ: usize = 256;
 /// How long a write-back keeps trying after passing failures before it counts as failed.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
