@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,11 +89,21 @@ pub(crate) fn provider(endpoint: &str, node_id: &str) -> Result<SdkTracerProvide
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
 }
 
+/// Set once a subscriber with the OpenTelemetry layer has been built in this process:
+/// until then no span has an OpenTelemetry context, and the calls below skip the work of
+/// looking for one (on every delivery).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// The tracing layer turning spans (and the events in them) into OpenTelemetry spans.
 pub(crate) fn layer<S>(provider: &SdkTracerProvider) -> OpenTelemetryLayer<S, SdkTracer>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
+    EXPORTING.store(true, Ordering::Relaxed);
     tracing_opentelemetry::layer().with_tracer(provider.tracer("hookline"))
 }
 
@@ -104,6 +115,10 @@ where
 /// input, a span without the OpenTelemetry layer (no OTLP endpoint) or a disabled span: nothing
 /// happens, and the span starts a trace of its own.
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+    if !exporting() || span.is_disabled() {
+        // Nothing records it (no exporter, or filtered out): no context to attach.
+        return;
+    }
     let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.trim().to_string())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
     if cx.span().span_context().is_remote() && cx.span().span_context().is_valid() {
@@ -115,6 +130,9 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 /// requests; `None` when no OpenTelemetry layer is installed or the span is disabled.
 /// Starts the OpenTelemetry span if it was not yet (see [`set_parent`]).
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if !exporting() || span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
