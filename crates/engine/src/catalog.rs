@@ -35,6 +35,9 @@ pub struct CompiledWebhook {
     /// The same templates under a small fuel, rendered inline: a template that needs more
     /// (or writes more than a little) is rendered again on the pool.
     pub(crate) quick: minijinja::Environment<'static>,
+    /// The request URL when it is plain text (no template syntax, no URL script): the same
+    /// for every call, so it is rendered and checked once, here.
+    pub(crate) static_url: Option<String>,
     pub body_script: Option<Arc<str>>,
     /// `auth.script`: headers that authenticate.
     pub header_script: Option<Arc<str>>,
@@ -107,6 +110,15 @@ fn environment(def: &WebhookDef, fuel: u64) -> Result<minijinja::Environment<'st
     Ok(templates)
 }
 
+/// The URL of `def` as every call sends it, if no part of it depends on the call.
+fn static_url(def: &WebhookDef, env: &minijinja::Environment<'static>) -> Option<String> {
+    if def.request.url_script.is_some() || def.request.url.contains(['{', '}']) {
+        return None;
+    }
+    let marked = env.get_template(URL_TEMPLATE).ok()?.render(minijinja::context! {}).ok()?;
+    hookline_model::url::finish(&marked, def.request.url_host_from_record).ok()
+}
+
 /// Validates and compiles a stored webhook against the objects it names. Errors name the
 /// definition field at fault. Parses templates (microseconds); script syntax is checked by
 /// the caller on the script pool ([`check_scripts`]), never on an async thread.
@@ -119,6 +131,7 @@ pub fn compile<'a>(
 
     let templates = environment(def, TEMPLATE_FUEL)?;
     let quick = environment(def, QUICK_TEMPLATE_FUEL)?;
+    let static_url = static_url(def, &quick);
 
     let mut signing = Vec::new();
     for (i, secret) in def.signing.iter().flat_map(|s| &s.secrets).enumerate() {
@@ -147,6 +160,7 @@ pub fn compile<'a>(
         retry,
         templates,
         quick,
+        static_url,
         body_script: def.request.body_script.as_deref().map(Arc::from),
         header_script,
         headers_script: def.request.headers_script.as_deref().map(Arc::from),

@@ -158,9 +158,10 @@ struct Templated {
 }
 
 fn render_parts(wh: &CompiledWebhook, vars: &minijinja::Value, budget: Budget) -> Result<Templated, RenderError> {
-    let url = match wh.url_script {
-        Some(_) => String::new(),
-        None => {
+    let url = match (&wh.url_script, &wh.static_url) {
+        (Some(_), _) => String::new(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => {
             let marked = render_template(wh, URL_TEMPLATE, vars, "url template", budget)?;
             hookline_model::url::finish(&marked, wh.def.request.url_host_from_record).map_err(|message| {
                 RenderError::Failed(BuildError {
@@ -218,8 +219,11 @@ async fn run_script(
 }
 
 /// Renders the templated parts inline when they are small, else on the script pool.
-async fn templated(scripts: &ScriptPool, wh: &Arc<CompiledWebhook>, vars: Value) -> Result<Templated, BuildError> {
-    let vars = minijinja::Value::from_serialize(&vars);
+async fn templated(
+    scripts: &ScriptPool,
+    wh: &Arc<CompiledWebhook>,
+    vars: minijinja::Value,
+) -> Result<Templated, BuildError> {
     match render_parts(wh, &vars, Budget::Quick) {
         Ok(t) => return Ok(t),
         Err(RenderError::Failed(e)) => return Err(e),
@@ -273,13 +277,16 @@ pub async fn check_limits(scripts: &ScriptPool, wh: &Arc<CompiledWebhook>) -> Re
 }
 
 /// The context templates see: `record` (the first record), `records`, `webhook`, `job`.
-fn template_context(wh: &CompiledWebhook, job: &Job, entities: &Value) -> Value {
-    json!({
-        "record": entities.get(0).cloned().unwrap_or(Value::Null),
-        "records": entities,
-        "webhook": {"id": wh.def.id, "version": wh.version},
-        "job": {"id": job.job_id, "attempt": job.attempts + 1},
-    })
+fn template_context(wh: &CompiledWebhook, job: &Job, entities: &Value) -> minijinja::Value {
+    // The records converted once; `record` shares the first of them.
+    let records = minijinja::Value::from_serialize(entities);
+    let record = records.get_item_by_index(0).ok().filter(|r| !r.is_undefined()).unwrap_or(minijinja::Value::from(()));
+    minijinja::context! {
+        record => record,
+        records => records,
+        webhook => minijinja::context! { id => wh.def.id.as_str(), version => wh.version },
+        job => minijinja::context! { id => job.job_id.as_str(), attempt => job.attempts + 1 },
+    }
 }
 
 /// Renders the request for `job`. Scripts run on the script pool, never on this thread.
