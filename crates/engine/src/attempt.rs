@@ -16,15 +16,17 @@ pub fn headers(list: &[(String, String)]) -> Vec<Header> {
 }
 
 /// The first [`MAX_RECORDED_BODY`] bytes of `body`, and whether it was longer.
-pub fn cut(body: &[u8]) -> (Vec<u8>, bool) {
-    if body.len() > MAX_RECORDED_BODY { (body[..MAX_RECORDED_BODY].to_vec(), true) } else { (body.to_vec(), false) }
+pub fn cut(mut body: Vec<u8>) -> (Vec<u8>, bool) {
+    let longer = body.len() > MAX_RECORDED_BODY;
+    body.truncate(MAX_RECORDED_BODY);
+    (body, longer)
 }
 
 /// The request `req` as recorded: URL without userinfo or credential parameters, secret
 /// headers masked, secret values (a script may put one in the body) replaced by `***`.
 pub fn request_record(req: &BuiltRequest) -> HttpRequest {
     // Scrubbed whole, then cut: a secret across the cut is not left half shown.
-    let (body, body_truncated) = cut(&scrub(req.body.clone(), &req.secret_values));
+    let (body, body_truncated) = cut(scrub(req.body.clone(), &req.secret_values));
     HttpRequest {
         method: req.method.clone(),
         url: req.display_url(),
@@ -37,7 +39,7 @@ pub fn request_record(req: &BuiltRequest) -> HttpRequest {
 /// The response to `req` as recorded: every secret value `req` carried masked in its headers
 /// and replaced by `***` in its body (a target that echoes the request shows them).
 pub fn response_record(resp: &OutboundResponse, req: &BuiltRequest) -> HttpResponse {
-    let (body, truncated) = cut(&scrub(resp.body.clone(), &req.secret_values));
+    let (body, truncated) = cut(scrub(resp.body.clone(), &req.secret_values));
     HttpResponse {
         status: u32::from(resp.status),
         headers: masked(&resp.headers, req),
@@ -72,7 +74,10 @@ pub fn scrub(body: Vec<u8>, secrets: &[String]) -> Vec<u8> {
 fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
     let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
     let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
-    headers(&redact_headers(list, &secret_names, &secret_values))
+    redact_headers(list, &secret_names, &secret_values)
+        .into_iter()
+        .map(|(name, value)| Header { name, value })
+        .collect()
 }
 
 #[cfg(test)]
@@ -88,9 +93,9 @@ mod tests {
 
     #[test]
     fn recorded_bodies_are_cut() {
-        let (b, t) = cut(&vec![b'x'; MAX_RECORDED_BODY + 1]);
+        let (b, t) = cut(vec![b'x'; MAX_RECORDED_BODY + 1]);
         assert_eq!(b.len(), MAX_RECORDED_BODY);
         assert!(t);
-        assert_eq!(cut(b"ok"), (b"ok".to_vec(), false));
+        assert_eq!(cut(b"ok".to_vec()), (b"ok".to_vec(), false));
     }
 }

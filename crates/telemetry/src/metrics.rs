@@ -19,8 +19,8 @@ struct Histogram {
 
 #[derive(Default)]
 struct Inner {
-    /// (webhook, outcome) → attempts
-    attempts: BTreeMap<(String, String), u64>,
+    /// webhook → outcome → attempts
+    attempts: BTreeMap<String, BTreeMap<String, u64>>,
     latency: BTreeMap<String, Histogram>,
     retries: BTreeMap<String, u64>,
     dead_letters: BTreeMap<String, u64>,
@@ -47,8 +47,17 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
+/// The value under `key`, inserted (default) if absent; the key is copied only then (this
+/// runs several times per delivery).
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
-    *map.entry(key.to_string()).or_default() += 1;
+    *slot(map, key) += 1;
 }
 
 /// Label values are webhook ids and outcomes (`[A-Za-z0-9_.-]`), but escape anyway.
@@ -64,8 +73,8 @@ impl Metrics {
 
     pub fn attempt(&self, webhook: &str, outcome: &str, latency: Duration) {
         self.with(|m| {
-            *m.attempts.entry((webhook.to_string(), outcome.to_string())).or_default() += 1;
-            let h = m.latency.entry(webhook.to_string()).or_default();
+            *slot(slot(&mut m.attempts, webhook), outcome) += 1;
+            let h = slot(&mut m.latency, webhook);
             let secs = latency.as_secs_f64();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if secs <= *bound {
@@ -79,12 +88,7 @@ impl Metrics {
 
     /// `records` records whose changes fired `webhook` are queued.
     pub fn records_fired(&self, webhook: &str, records: u64) {
-        self.with(|m| match m.records_fired.get_mut(webhook) {
-            Some(n) => *n += records,
-            None => {
-                m.records_fired.insert(webhook.to_string(), records);
-            }
-        });
+        self.with(|m| *slot(&mut m.records_fired, webhook) += records);
     }
 
     pub fn retry_scheduled(&self, webhook: &str) {
@@ -107,14 +111,14 @@ impl Metrics {
     pub fn schedule_run(&self, webhook: &str, records: u64) {
         self.with(|m| {
             bump(&mut m.schedule_runs, webhook);
-            *m.scheduled_records.entry(webhook.to_string()).or_default() += records;
+            *slot(&mut m.scheduled_records, webhook) += records;
         });
     }
 
     /// A delivery started (+1) or ended (-1) on this node.
     pub fn in_flight(&self, webhook: &str, delta: i64, limit: u64) {
         self.with(|m| {
-            let e = m.in_flight.entry(webhook.to_string()).or_default();
+            let e = slot(&mut m.in_flight, webhook);
             e.0 += delta;
             e.1 = limit;
         });
@@ -128,12 +132,12 @@ impl Metrics {
     }
 
     pub fn permits_lost(&self, webhook: &str, n: u64) {
-        self.with(|m| *m.permit_losses.entry(webhook.to_string()).or_default() += n);
+        self.with(|m| *slot(&mut m.permit_losses, webhook) += n);
     }
 
     /// This node took over `n` jobs of `webhook` that a stopped node had been handed.
     pub fn taken_over(&self, webhook: &str, n: u64) {
-        self.with(|m| *m.taken_over.entry(webhook.to_string()).or_default() += n);
+        self.with(|m| *slot(&mut m.taken_over, webhook) += n);
     }
 
     /// A write-back of `webhook` failed for a passing reason and will be tried again.
@@ -177,7 +181,7 @@ impl Metrics {
             };
             let _ = writeln!(out, "# HELP hookline_attempts_total Delivery attempts by outcome.");
             let _ = writeln!(out, "# TYPE hookline_attempts_total counter");
-            for ((wh, outcome), n) in &m.attempts {
+            for (wh, outcome, n) in m.attempts.iter().flat_map(|(wh, o)| o.iter().map(move |(o, n)| (wh, o, n))) {
                 let _ = writeln!(
                     out,
                     "hookline_attempts_total{{webhook=\"{}\",outcome=\"{}\"}} {n}",

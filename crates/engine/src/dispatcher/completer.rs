@@ -53,9 +53,9 @@ async fn run(store: Arc<dyn Store>, webhook: String, consumer: String, mut rx: m
                 Err(_) => break,
             }
         }
-        let items: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let (items, replies): (Vec<Completion>, Vec<oneshot::Sender<bool>>) = batch.drain(..).unzip();
         let done = complete_with_retries(store.as_ref(), &webhook, &consumer, &items).await;
-        for (i, (_, reply)) in batch.drain(..).enumerate() {
+        for (i, reply) in replies.into_iter().enumerate() {
             let _ = reply.send(done.get(i).copied().unwrap_or(false));
         }
     }
