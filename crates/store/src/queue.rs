@@ -232,12 +232,15 @@ impl<T> Lease<T> {
     /// Splits the lease into leases of the given groups of its entries, in order: `sizes`
     /// must add up to its length.
     pub fn split(mut self, sizes: &[usize]) -> Vec<Lease<T>> {
-        let mut out = Vec::with_capacity(sizes.len());
-        for &n in sizes {
-            let rest = self.entries.split_off(n.min(self.entries.len()));
-            let part = std::mem::replace(&mut self.entries, rest);
-            out.push(Lease { entries: part, book: self.book.clone() });
-        }
+        // Moved out once, front to back (splitting the front off again and again moved the
+        // rest each time: quadratic in the lease's length).
+        let mut entries = std::mem::take(&mut self.entries).into_iter();
+        let out = sizes
+            .iter()
+            .map(|&n| Lease { entries: entries.by_ref().take(n).collect(), book: self.book.clone() })
+            .collect();
+        // What no size covered stays here, and is let go with this lease as before.
+        self.entries = entries.collect();
         out
     }
 

@@ -366,6 +366,8 @@ async fn start(call: &Arc<Call>, pool: &Arc<PermitPool>, part: Lease<Job>) -> bo
     };
     // Held from here, so a drain waits for the call even before its task first runs.
     let running = call.ctx.drain.guard();
-    tokio::spawn(deliver(call.clone(), part, permit, running));
+    // Boxed: the call's future is large, and tokio moves an unboxed one several times
+    // on its way into (and out of) the task.
+    tokio::spawn(Box::pin(deliver(call.clone(), part, permit, running)));
     false
 }
