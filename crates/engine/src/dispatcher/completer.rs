@@ -1,50 +1,64 @@
-//! Finishing calls in bulk: every delivery of a webhook hands its completion (attempt,
-//! follow-up, entries to acknowledge) to one task, which sends all that have queued up
-//! while its previous store call ran in one [`Store::complete`] — one round trip (one Lua
-//! call, or one embedded commit) for many deliveries, with no added wait when the node is
-//! quiet. Transient store errors are retried with backoff before giving up.
+//! Finishing calls in bulk: every delivery of a webhook hands its finished call (attempt,
+//! follow-up, the entries to acknowledge) to one task and ends there. The task sends all
+//! that have queued up while its previous store call ran in one [`Store::complete`] — one
+//! round trip (one Lua call, or one embedded commit) for many deliveries, with no added wait
+//! when the node is quiet — and gives back the jobs of a call whose outcome did not take
+//! effect. Transient store errors are retried with backoff before giving up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use hookline_proto::Job;
+use hookline_store::queue::{Consumer, Lease};
 use hookline_store::{Completion, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use crate::drain::DrainGuard;
 
 /// Completions sent in one store call, at most.
 const MAX_BATCH: usize = 256;
 /// How long a completion is retried while the store is unreachable.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
-type Item = (Completion, oneshot::Sender<bool>);
+/// A call that is over: what to record, the entries it carried, and the guard that keeps
+/// a draining node waiting until it is recorded (or its jobs given back).
+pub struct Finished {
+    pub completion: Completion,
+    pub lease: Lease<Job>,
+    pub running: DrainGuard,
+}
 
-/// The handle deliveries complete their calls through.
+/// The handle deliveries finish their calls through.
 #[derive(Clone)]
 pub struct Completer {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Finished>,
+    consumer: Arc<Consumer<Job>>,
 }
 
 impl Completer {
     /// Starts the completing task of `webhook` for `consumer`; it ends when every handle is
     /// dropped.
-    pub fn start(store: Arc<dyn Store>, webhook: &str, consumer: &str) -> Completer {
+    pub fn start(store: Arc<dyn Store>, webhook: &str, consumer: Arc<Consumer<Job>>) -> Completer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(store, webhook.to_string(), consumer.to_string(), rx));
-        Completer { tx }
+        tokio::spawn(run(store, webhook.to_string(), consumer.clone(), rx));
+        Completer { tx, consumer }
     }
 
-    /// Records a finished call; true if it took effect (its entries were still this
-    /// consumer's), false if they were taken over or the store could not be reached.
-    pub async fn complete(&self, c: Completion) -> bool {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send((c, reply)).await.is_err() {
-            return false;
+    /// Hands a finished call over to be recorded. If the outcome does not take effect (its
+    /// entries were taken over, or the store could not be reached) its jobs are given back,
+    /// to be delivered again.
+    pub async fn finish(&self, finished: Finished) {
+        if let Err(mpsc::error::SendError(f)) = self.tx.send(finished).await {
+            // The task is gone (the node is stopping): the jobs go back unrecorded.
+            if let Err(error) = self.consumer.release(f.lease).await {
+                tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
+            }
         }
-        answer.await.unwrap_or(false)
     }
 }
 
-async fn run(store: Arc<dyn Store>, webhook: String, consumer: String, mut rx: mpsc::Receiver<Item>) {
-    let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+async fn run(store: Arc<dyn Store>, webhook: String, consumer: Arc<Consumer<Job>>, mut rx: mpsc::Receiver<Finished>) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -53,10 +67,22 @@ async fn run(store: Arc<dyn Store>, webhook: String, consumer: String, mut rx: m
                 Err(_) => break,
             }
         }
-        let (items, replies): (Vec<Completion>, Vec<oneshot::Sender<bool>>) = batch.drain(..).unzip();
-        let done = complete_with_retries(store.as_ref(), &webhook, &consumer, &items).await;
-        for (i, reply) in replies.into_iter().enumerate() {
-            let _ = reply.send(done.get(i).copied().unwrap_or(false));
+        let (items, held): (Vec<Completion>, Vec<(Lease<Job>, DrainGuard)>) =
+            batch.drain(..).map(|f| (f.completion, (f.lease, f.running))).unzip();
+        let done = complete_with_retries(store.as_ref(), &webhook, consumer.name(), &items).await;
+        for (i, (lease, running)) in held.into_iter().enumerate() {
+            if done.get(i).copied().unwrap_or(false) {
+                drop(lease.into_entries());
+                continue;
+            }
+            tracing::warn!(webhook_id = %webhook, "the call's outcome was not recorded (its jobs were taken over, or the store is unreachable); they will be delivered again");
+            let consumer = consumer.clone();
+            tokio::spawn(async move {
+                if let Err(error) = consumer.release(lease).await {
+                    tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
+                }
+                drop(running);
+            });
         }
     }
 }

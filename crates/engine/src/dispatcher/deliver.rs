@@ -14,11 +14,12 @@ use hookline_store::{Completion, FollowUp, now_ms};
 use tracing::Instrument;
 
 use super::batch::combine;
-use super::completer::Completer;
+use super::completer::{Completer, Finished};
 use super::permits::Permit;
 use crate::EngineContext;
 use crate::attempt::{headers, request_record, response_record};
 use crate::catalog::CompiledWebhook;
+use crate::drain::DrainGuard;
 use crate::render::{BuiltRequest, build_request};
 use crate::trace;
 
@@ -50,21 +51,14 @@ fn new_attempt(ctx: &EngineContext, wh: &CompiledWebhook, job: &Job) -> Attempt 
     }
 }
 
-/// Records `completion`; if it did not take effect (the entries were taken over, or the
-/// store could not be reached), gives back what this node still holds of the call.
-async fn finish(call: &Call, lease: Lease<Job>, completion: Completion) {
-    if call.completer.complete(completion).await {
-        drop(lease.into_entries());
-        return;
-    }
-    tracing::warn!(webhook_id = %call.wh.def.id, "the call's outcome was not recorded (its jobs were taken over, or the store is unreachable); they will be delivered again");
-    if let Err(error) = call.consumer.release(lease).await {
-        tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
-    }
+/// Hands the finished call to the completer, which records `completion` in bulk with
+/// others and gives the jobs back if it does not take effect.
+async fn finish(call: &Call, lease: Lease<Job>, completion: Completion, running: DrainGuard) {
+    call.completer.finish(Finished { completion, lease, running }).await;
 }
 
 /// Dead-letters a job that keeps being taken over, with an attempt saying why.
-async fn give_up(call: &Call, lease: Lease<Job>, permit: Permit) {
+async fn give_up(call: &Call, lease: Lease<Job>, permit: Permit, running: DrainGuard) {
     drop(permit);
     let job = combine(lease.entries());
     let deliveries = lease.entries().iter().map(|e| e.deliveries).max().unwrap_or(0);
@@ -77,7 +71,7 @@ async fn give_up(call: &Call, lease: Lease<Job>, permit: Permit) {
     let follow_up = FollowUp { dead_letter: Some((job, error)), ..Default::default() };
     call.ctx.metrics.dead_lettered(&call.wh.def.id);
     let completion = Completion { entries: lease.ids(), attempt, follow_up };
-    finish(call, lease, completion).await;
+    finish(call, lease, completion, running).await;
 }
 
 /// Why a send did not produce a response.
@@ -125,9 +119,9 @@ async fn send(ctx: &EngineContext, wh: &CompiledWebhook, req: &BuiltRequest, per
 }
 
 /// Delivers one call once and records what happened. Never panics on the job's content.
-pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _running: crate::drain::DrainGuard) {
+pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running: DrainGuard) {
     if lease.entries().iter().any(|e| e.deliveries > MAX_DELIVERIES) {
-        return give_up(&call, lease, permit).await;
+        return give_up(&call, lease, permit, running).await;
     }
     let (ctx, wh) = (call.ctx.clone(), call.wh.clone());
     let job = combine(lease.entries());
@@ -274,7 +268,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, _runnin
             outcome.as_str()
         );
         let completion = Completion { entries: lease.ids(), attempt, follow_up: follow };
-        finish(&call, lease, completion).await;
+        finish(&call, lease, completion, running).await;
     }
     .instrument(span)
     .await

@@ -160,7 +160,7 @@ async fn run_worker(w: WorkerCtx) {
         ctx.lease,
         Some(heartbeat(&ctx, &id, &pool)),
     ));
-    let completer = Completer::start(ctx.store.clone(), &id, &ctx.consumer);
+    let completer = Completer::start(ctx.store.clone(), &id, consumer.clone());
     let mut scan = ClaimScan { min_idle: ctx.lease, cursor: String::new() };
     let mut last_scan = Instant::now() - ctx.lease;
     tracing::info!(webhook_id = %id, version = first.version, "dispatcher worker started");
