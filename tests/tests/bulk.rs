@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 
-use crate::support::{Api, Node, namespace, wait_until};
+use crate::support::{Api, Node, metric, namespace, wait_until};
 
 /// A target that answers calls carrying `records` (the default body) and remembers them.
 #[derive(Clone, Default)]
@@ -186,17 +186,6 @@ async fn bulk_calls_carry_many_records_and_write_each_back() {
     node.stop().await;
 }
 
-/// The value of a `/metrics` line starting with `line_start`, 0 if absent.
-async fn metric(api: &Api, line_start: &str) -> f64 {
-    let resp = reqwest::get(format!("{}/metrics", api.base)).await.expect("/metrics");
-    let text = resp.text().await.expect("/metrics text");
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[actix_rt::test]
 async fn a_bulk_write_is_queued_a_full_call_to_an_entry() {
     let ns = namespace();
@@ -219,11 +208,11 @@ async fn a_bulk_write_is_queued_a_full_call_to_an_entry() {
     let batch: Vec<Value> = (0..23).map(|i| json!({"id": format!("p{i}"), "fields": {"n": i}})).collect();
     api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
     wait_until(Duration::from_secs(20), || async {
-        metric(&api, "hookline_records_fired_total{webhook=\"packed\"}").await >= 23.0
+        metric(&api.base, "hookline_records_fired_total{webhook=\"packed\"}").await >= Some(23.0)
     })
     .await;
     // Two full calls of ten, one entry each; the three left over wait alone to be combined.
-    assert_eq!(metric(&api, "hookline_queue_depth{webhook=\"packed\"}").await, 5.0);
+    assert_eq!(metric(&api.base, "hookline_queue_depth{webhook=\"packed\"}").await, Some(5.0));
 
     api.ok("POST", "/v1/webhooks/packed/resume", None).await;
     wait_until(Duration::from_secs(20), || async { target.records_seen() >= 23 }).await;

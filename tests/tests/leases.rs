@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::bulk::BulkTarget;
 use crate::procs::{Proc, Sink};
-use crate::support::{Api, Node, namespace, redis_url, wait_until};
+use crate::support::{Api, Node, metric, namespace, redis_url, wait_until};
 
 fn item_object() -> Value {
     json!({"name": "item", "fields": [{"key": "n", "type": "number"}, {"key": "note", "type": "string"}]})
@@ -23,12 +23,6 @@ fn item_object() -> Value {
 async fn create_items(api: &Api, ids: std::ops::Range<usize>) {
     let batch: Vec<_> = ids.map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
     api.ok("POST", "/v1/objects/item/records", Some(json!(batch))).await;
-}
-
-/// The value of a metric line `name{labels}` in `/metrics`, if present.
-async fn metric(base: &str, line_start: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Two dispatcher processes share a limit of two; every call takes three leases (1 s each,

@@ -336,3 +336,9 @@ pub fn seed_webhook(id: &str, tracker: &Tracker, as_printed: bool) -> Value {
         "settings": {"retries": 2, "retry_wait": "300ms", "timeout": "5s", "max_concurrency": 4}
     })
 }
+
+/// The value of a metric line `name{labels}` in `/metrics`, if present.
+pub async fn metric(base: &str, line_start: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

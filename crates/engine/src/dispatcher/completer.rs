@@ -50,10 +50,15 @@ impl Completer {
     pub async fn finish(&self, finished: Finished) {
         if let Err(mpsc::error::SendError(f)) = self.tx.send(finished).await {
             // The task is gone (the node is stopping): the jobs go back unrecorded.
-            if let Err(error) = self.consumer.release(f.lease).await {
-                tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
-            }
+            give_back(&self.consumer, f.lease).await;
         }
+    }
+}
+
+/// Gives a call's jobs back to the queue, to be delivered again.
+async fn give_back(consumer: &Consumer<Job>, lease: Lease<Job>) {
+    if let Err(error) = consumer.release(lease).await {
+        tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
     }
 }
 
@@ -78,9 +83,7 @@ async fn run(store: Arc<dyn Store>, webhook: String, consumer: Arc<Consumer<Job>
             tracing::warn!(webhook_id = %webhook, "the call's outcome was not recorded (its jobs were taken over, or the store is unreachable); they will be delivered again");
             let consumer = consumer.clone();
             tokio::spawn(async move {
-                if let Err(error) = consumer.release(lease).await {
-                    tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
-                }
+                give_back(&consumer, lease).await;
                 drop(running);
             });
         }
