@@ -3,26 +3,40 @@
 
 use rand::Rng;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Appends `bytes` to `out` as lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+}
+
+/// `00-<trace>-<random span id>-01`, built in one allocation (this runs once per call).
+fn traceparent(trace: &str) -> String {
+    let span: [u8; 8] = rand::rng().random();
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    out.push_str(trace);
+    out.push('-');
+    push_hex(&mut out, &span);
+    out.push_str("-01");
+    out
 }
 
 /// A traceparent starting a new trace.
 pub fn new_traceparent() -> String {
-    let mut rng = rand::rng();
-    let trace: [u8; 16] = rng.random();
-    let span: [u8; 8] = rng.random();
-    format!("00-{}-{}-01", hex(&trace), hex(&span))
+    let bytes: [u8; 16] = rand::rng().random();
+    let mut trace = String::with_capacity(32);
+    push_hex(&mut trace, &bytes);
+    traceparent(&trace)
 }
 
 /// A traceparent for a child span of `parent` (same trace, new span id); a new trace when
 /// `parent` is not a valid traceparent.
 pub fn child_of(parent: &str) -> String {
     match trace_id(parent) {
-        Some(trace) => {
-            let span: [u8; 8] = rand::rng().random();
-            format!("00-{trace}-{}-01", hex(&span))
-        }
+        Some(trace) => traceparent(trace),
         None => new_traceparent(),
     }
 }
@@ -38,6 +52,12 @@ pub fn start(span: &tracing::Span) -> String {
 pub fn resume(span: &tracing::Span, parent: &str) -> String {
     hookline_telemetry::set_parent(span, parent);
     hookline_telemetry::traceparent_of(span).unwrap_or_else(|| child_of(parent))
+}
+
+/// Makes `span` a child of `parent`, handing nothing on (the span's own calls take their
+/// traceparent when they need one).
+pub fn join(span: &tracing::Span, parent: &str) {
+    hookline_telemetry::set_parent(span, parent);
 }
 
 /// The trace id of a traceparent, for span fields and logs.

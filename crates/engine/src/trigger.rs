@@ -208,7 +208,7 @@ fn decide_all(
             version = i64::try_from(change.version).unwrap_or(i64::MAX),
             trace_id = trace::trace_id(&change.traceparent).unwrap_or_default(),
         );
-        trace::resume(&span, &change.traceparent);
+        trace::join(&span, &change.traceparent);
         let _guard = span.enter();
         if change.hops >= MAX_WRITEBACK_HOPS {
             // A chain of write-backs re-triggering webhooks stops here: the record is

@@ -140,7 +140,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
         error.type = tracing::field::Empty,
         node_id = %ctx.node_id,
     );
-    trace::resume(&span, &job.traceparent);
+    trace::join(&span, &job.traceparent);
     async move {
         let (ctx, wh) = (&ctx, &wh);
         let limit = wh.def.settings.max_concurrency as u64;
