@@ -20,6 +20,9 @@ local mine = owned_sets(fresh, solo, group, consumer, 4)
 
 local results = {}
 local acks = {[fresh] = {}, [solo] = {}}
+-- Attempts are written in bulk after the loop: one HSET and one ZADD for all of them, not
+-- two commands per call (each command run from a script has a fixed cost of its own).
+local records, times = {}, {}
 local i = 8
 while i <= #ARGV do
   local ids, attempt_id, attempt, at, follow = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -47,8 +50,10 @@ while i <= #ARGV do
     end
   end
   if #owned > 0 or named == 0 then
-    redis.call('HSET', KEYS[3], attempt_id, attempt)
-    redis.call('ZADD', KEYS[4], at, attempt_id)
+    records[#records + 1] = attempt_id
+    records[#records + 1] = attempt
+    times[#times + 1] = at
+    times[#times + 1] = attempt_id
     if retry then
       redis.call('ZADD', KEYS[5], due, retry)
     end
@@ -68,6 +73,8 @@ while i <= #ARGV do
     results[#results + 1] = 0
   end
 end
+in_chunks('HSET', KEYS[3], {}, records)
+in_chunks('ZADD', KEYS[4], {}, times)
 -- Acknowledged and removed in bulk, a few thousand ids per command at most.
 for stream, ids in pairs(acks) do
   in_chunks('XACK', stream, {group}, ids)
