@@ -317,7 +317,7 @@ pub(crate) async fn dry_run(
                     .into_iter()
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect();
-            let body = hookline_engine::attempt::scrub(r.body.clone(), &r.secret_values);
+            let body = hookline_engine::attempt::scrub(r.body.to_vec(), &r.secret_values);
             json!({"method": r.method, "url": r.display_url(), "headers": headers,
                    "body": String::from_utf8_lossy(&body)})
         }

@@ -26,7 +26,7 @@ pub fn cut(mut body: Vec<u8>) -> (Vec<u8>, bool) {
 /// headers masked, secret values (a script may put one in the body) replaced by `***`.
 pub fn request_record(req: &BuiltRequest) -> HttpRequest {
     // Scrubbed whole, then cut: a secret across the cut is not left half shown.
-    let (body, body_truncated) = cut(scrub(req.body.clone(), &req.secret_values));
+    let (body, body_truncated) = cut(scrub(req.body.to_vec(), &req.secret_values));
     HttpRequest {
         method: req.method.clone(),
         url: req.display_url(),

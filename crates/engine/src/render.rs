@@ -27,7 +27,8 @@ pub struct BuiltRequest {
     pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    /// The body: a shared handle, so sending it (again, after a refused token) copies nothing.
+    pub body: bytes::Bytes,
     /// Values to mask wherever the request is recorded.
     pub secret_values: Vec<String>,
     /// Header names whose values are secret.
@@ -431,7 +432,7 @@ pub async fn build_request(
         method: request.method.to_ascii_uppercase(),
         url,
         headers,
-        body,
+        body: body.into(),
         secret_values,
         secret_headers,
         oauth_token,

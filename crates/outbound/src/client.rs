@@ -81,6 +81,23 @@ impl fmt::Debug for OutboundRequest {
     }
 }
 
+/// A request to send, borrowed from its owner ([`Outbound::send_call`]): nothing is copied
+/// but the body's handle, so a caller that may send the same request twice (a refreshed
+/// token) keeps it.
+#[derive(Clone, Copy)]
+pub struct OutboundCall<'a> {
+    /// The method, e.g. `POST` (case-insensitive for the standard methods).
+    pub method: &'a str,
+    /// An absolute `http` or `https` URL.
+    pub url: &'a str,
+    /// Headers in order; repeated names are sent repeatedly.
+    pub headers: &'a [(String, String)],
+    /// The body, sent as is.
+    pub body: &'a bytes::Bytes,
+    /// The limit on the whole exchange: connecting, sending and reading the response body.
+    pub timeout: Duration,
+}
+
 /// The answer to an [`OutboundRequest`]: any status, redirects included (they are not followed).
 #[derive(Clone)]
 pub struct OutboundResponse {
@@ -189,6 +206,19 @@ impl Outbound {
 
     /// Sends one request and reads its response (at most `max_response_bytes` of the body),
     /// all within `request.timeout`. Any HTTP status is `Ok`; see [`crate::classify`].
+    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, SendError> {
+        let body = bytes::Bytes::from(request.body);
+        let call = OutboundCall {
+            method: &request.method,
+            url: &request.url,
+            headers: &request.headers,
+            body: &body,
+            timeout: request.timeout,
+        };
+        self.send_call(call).await
+    }
+
+    /// [`Outbound::send`] of a borrowed request.
     #[tracing::instrument(
         name = "http.client.request",
         skip_all,
@@ -201,10 +231,10 @@ impl Outbound {
             error.type = Empty,
         )
     )]
-    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, SendError> {
+    pub async fn send_call(&self, call: OutboundCall<'_>) -> Result<OutboundResponse, SendError> {
         let span = tracing::Span::current();
-        let timeout = request.timeout;
-        let prepared = self.prepare(request, &span)?;
+        let timeout = call.timeout;
+        let prepared = self.prepare(call, &span)?;
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.exchange(prepared)).await {
             Ok(result) => result,
@@ -236,8 +266,8 @@ impl Outbound {
     }
 
     /// Validates the request and applies the guard to an IP-literal host.
-    fn prepare(&self, request: OutboundRequest, span: &tracing::Span) -> Result<reqwest::Request, SendError> {
-        let method = parse_method(&request.method).inspect_err(|e| {
+    fn prepare(&self, request: OutboundCall<'_>, span: &tracing::Span) -> Result<reqwest::Request, SendError> {
+        let method = parse_method(request.method).inspect_err(|e| {
             span.record("error.type", e.kind());
         })?;
         span.record("http.request.method", method.as_str());
@@ -251,10 +281,10 @@ impl Outbound {
     fn build(
         &self,
         method: Method,
-        request: OutboundRequest,
+        request: OutboundCall<'_>,
         span: &tracing::Span,
     ) -> Result<reqwest::Request, SendError> {
-        let url = parse_url_cached(&request.url)?;
+        let url = parse_url_cached(request.url)?;
         if let Some(host) = url.host_str() {
             span.record("server.address", host);
         }
@@ -273,11 +303,11 @@ impl Outbound {
         {
             return Err(SendError::TargetRefused(reason));
         }
-        let headers = parse_headers(&request.headers)?;
+        let headers = parse_headers(request.headers)?;
         self.client
             .request(method, url)
             .headers(headers)
-            .body(request.body)
+            .body(request.body.clone())
             .build()
             .map_err(|e| SendError::InvalidRequest(describe(e)))
     }
@@ -310,10 +340,16 @@ impl Outbound {
 }
 
 fn parse_method(method: &str) -> Result<Method, SendError> {
-    let upper = method.trim().to_ascii_uppercase();
-    if upper.is_empty() {
+    let method = method.trim();
+    if method.is_empty() {
         return Err(SendError::InvalidRequest("invalid method: empty".into()));
     }
+    // Upper-cased only when it is not already (built requests always are).
+    let upper = if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        std::borrow::Cow::Owned(method.to_ascii_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(method)
+    };
     Method::from_bytes(upper.as_bytes())
         .map_err(|_| SendError::InvalidRequest("invalid method: not an HTTP token".into()))
 }

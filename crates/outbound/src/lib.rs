@@ -31,7 +31,8 @@ mod test_http;
 
 pub use auth::{REDACTED, basic_auth, redact_headers};
 pub use client::{
-    ClientConfig, DEFAULT_MAX_RESPONSE_BYTES, Outbound, OutboundError, OutboundRequest, OutboundResponse, SendError,
+    ClientConfig, DEFAULT_MAX_RESPONSE_BYTES, Outbound, OutboundCall, OutboundError, OutboundRequest, OutboundResponse,
+    SendError,
 };
 pub use oauth::{CredentialsIn, OAuthConfig, OAuthError, Token};
 pub use policy::TargetPolicy;

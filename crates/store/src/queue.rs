@@ -14,7 +14,6 @@
 //! A dispatcher's heartbeat also renews its concurrency permits: it supplies its own beat
 //! ([`Beat`]), which calls [`Store::renew`] with both.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,12 +30,13 @@ pub type Beat = Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, Result<Vec<String>
 /// The entries a consumer holds, and which of them it lost.
 #[derive(Default)]
 struct Book {
-    /// Entry id → lost.
-    held: Mutex<HashMap<String, bool>>,
+    /// Entry id → lost (foldhash: the ids are the store's, and every entry is added and
+    /// removed once).
+    held: Mutex<foldhash::HashMap<String, bool>>,
 }
 
 impl Book {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, bool>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 

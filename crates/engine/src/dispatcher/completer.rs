@@ -48,10 +48,18 @@ impl Completer {
     /// entries were taken over, or the store could not be reached) its jobs are given back,
     /// to be delivered again.
     pub async fn finish(&self, finished: Finished) {
-        if let Err(mpsc::error::SendError(f)) = self.tx.send(finished).await {
-            // The task is gone (the node is stopping): the jobs go back unrecorded.
-            give_back(&self.consumer, f.lease).await;
-        }
+        // Handed over at once when there is room (nearly always): a send future holds the
+        // finished call twice over and would make every delivery's future kilobytes larger.
+        let closed = match self.tx.try_send(finished) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(f)) => match Box::pin(self.tx.send(f)).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(f)) => f,
+            },
+            Err(mpsc::error::TrySendError::Closed(f)) => f,
+        };
+        // The task is gone (the node is stopping): the jobs go back unrecorded.
+        Box::pin(give_back(&self.consumer, closed.lease)).await;
     }
 }
 

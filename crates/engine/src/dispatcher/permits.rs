@@ -12,7 +12,6 @@
 //! The store also answers with this worker's fair share of the limit (the limit split among
 //! the nodes that want permits): permits above it are given back as their calls end.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +24,21 @@ fn margin(lease: Duration) -> Duration {
     lease / 10
 }
 
+/// A permit held here.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Until when it counts as held here.
+    until: Instant,
+    /// Whether it carries a call.
+    busy: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Held permits → until when each counts as held here.
-    held: HashMap<String, Instant>,
-    /// Held permits carrying a call.
-    busy: std::collections::HashSet<String>,
+    /// Held permits (foldhash: the names are the store's, not users').
+    held: foldhash::HashMap<String, Held>,
+    /// How many held permits carry a call.
+    busy: usize,
     /// This worker's fair share of the limit (the limit itself until the store says).
     share: u32,
     /// Permits to give back at the next store call.
@@ -74,7 +82,7 @@ impl PermitPool {
     /// Drops permits whose time ran out without a renewal. Call with the lock held.
     fn expire(&self, s: &mut State) {
         let now = Instant::now();
-        let expired: Vec<String> = s.held.iter().filter(|(_, until)| **until <= now).map(|(n, _)| n.clone()).collect();
+        let expired: Vec<String> = s.held.iter().filter(|(_, h)| h.until <= now).map(|(n, _)| n.clone()).collect();
         if !expired.is_empty() {
             self.drop_lost(s, &expired, "its lease ran out without a renewal");
         }
@@ -83,9 +91,9 @@ impl PermitPool {
     fn drop_lost(&self, s: &mut State, lost: &[String], why: &str) {
         let mut n = 0;
         for name in lost {
-            if s.held.remove(name).is_some() {
+            if let Some(Held { busy, .. }) = s.held.remove(name) {
                 n += 1;
-                let busy = s.busy.remove(name);
+                s.busy -= usize::from(busy);
                 tracing::warn!(webhook_id = %self.webhook, permit = %name, busy, "lost a concurrency permit ({why}): not sending under it");
             }
         }
@@ -104,7 +112,7 @@ impl PermitPool {
     pub fn free_names(&self) -> Vec<String> {
         let mut s = self.lock();
         self.expire(&mut s);
-        s.held.keys().filter(|n| !s.busy.contains(*n)).cloned().collect()
+        s.held.iter().filter(|(_, h)| !h.busy).map(|(n, _)| n.clone()).collect()
     }
 
     /// The free permits, split for a take: those renewed so recently that their lease cannot
@@ -116,11 +124,11 @@ impl PermitPool {
         let fresh_until = Instant::now() + self.lease / 2;
         let mut known = 0;
         let mut named = Vec::new();
-        for (name, until) in &s.held {
-            if s.busy.contains(name) {
+        for (name, h) in &s.held {
+            if h.busy {
                 continue;
             }
-            if *until >= fresh_until {
+            if h.until >= fresh_until {
                 known += 1;
             } else {
                 named.push(name.clone());
@@ -131,7 +139,7 @@ impl PermitPool {
 
     /// Permits carrying a call now.
     pub fn busy(&self) -> usize {
-        self.lock().busy.len()
+        self.lock().busy
     }
 
     /// Waits until no permit carries a call, or `limit` passed; whether none does.
@@ -171,7 +179,7 @@ impl PermitPool {
         let cap = s.share.min(limit) as usize;
         let mut out = std::mem::take(&mut s.release);
         while s.held.len() > cap {
-            let Some(free) = s.held.keys().find(|n| !s.busy.contains(*n)).cloned() else { break };
+            let Some(free) = s.held.iter().find(|(_, h)| !h.busy).map(|(n, _)| n.clone()) else { break };
             s.held.remove(&free);
             out.push(free);
         }
@@ -183,7 +191,7 @@ impl PermitPool {
     /// earlier would let another node exceed the limit while the call runs.
     pub fn take_free(&self) -> Vec<String> {
         let mut s = self.lock();
-        let free: Vec<String> = s.held.keys().filter(|n| !s.busy.contains(*n)).cloned().collect();
+        let free: Vec<String> = s.held.iter().filter(|(_, h)| !h.busy).map(|(n, _)| n.clone()).collect();
         for name in &free {
             s.held.remove(name);
         }
@@ -198,7 +206,7 @@ impl PermitPool {
         let mut s = self.lock();
         s.share = share.max(1);
         for name in names {
-            s.held.insert(name, until);
+            s.held.entry(name).and_modify(|h| h.until = until).or_insert(Held { until, busy: false });
         }
     }
 
@@ -209,8 +217,8 @@ impl PermitPool {
         s.share = share.max(1);
         self.drop_lost(&mut s, lost, "the store no longer had it");
         for name in renewed {
-            if let Some(at) = s.held.get_mut(name) {
-                *at = (*at).max(until);
+            if let Some(h) = s.held.get_mut(name) {
+                h.until = h.until.max(until);
             }
         }
         let over = s.held.len() > s.share as usize;
@@ -231,8 +239,10 @@ impl PermitPool {
     pub fn checkout(self: &Arc<Self>) -> Option<Permit> {
         let mut s = self.lock();
         self.expire(&mut s);
-        let name = s.held.keys().find(|n| !s.busy.contains(*n)).cloned()?;
-        s.busy.insert(name.clone());
+        let (name, held) = s.held.iter_mut().find(|(_, h)| !h.busy)?;
+        held.busy = true;
+        let name = name.clone();
+        s.busy += 1;
         Some(Permit { name, pool: self.clone() })
     }
 
@@ -242,15 +252,20 @@ impl PermitPool {
     }
 
     fn give_back(&self, name: &str) {
-        let mut s = self.lock();
-        if s.busy.remove(name) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(h) = s.held.get_mut(name)
+            && h.busy
+        {
+            h.busy = false;
+            s.busy -= 1;
             let cap = s.share as usize;
             if s.held.len() > cap {
                 s.held.remove(name);
                 s.release.push(name.to_string());
             }
         }
-        drop(s);
+        drop(guard);
         self.freed.notify_one();
     }
 
@@ -262,7 +277,7 @@ impl PermitPool {
     }
 
     fn deadline(&self, name: &str) -> Option<Instant> {
-        self.lock().held.get(name).copied()
+        self.lock().held.get(name).map(|h| h.until)
     }
 }
 
