@@ -23,7 +23,10 @@
 //!
 //! Options: `--jobs N` (default 20000), `--quota CORES` (0.2), `--redis URL`, `--quick`
 //! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks while each
-//! queue drains), `--redis-stats` (prints Redis's busiest commands while each queue drains).
+//! queue drains), `--redis-stats` (prints Redis's busiest commands while each queue drains),
+//! `--callgrind DIR` (runs the drain cases' node under valgrind's callgrind, counting its
+//! instructions while the queue drains: a figure that, unlike rates and CPU time on a shared
+//! machine, repeats from run to run; the rates of those rows are valgrind's, not the node's).
 
 #[path = "../tests/procs.rs"]
 mod procs;
@@ -50,6 +53,8 @@ struct Options {
     perf: Option<String>,
     /// Print Redis's busiest commands during each drain (`--redis-stats`).
     redis_stats: bool,
+    /// Count the drain node's instructions with callgrind, its files in this directory.
+    callgrind: Option<String>,
 }
 
 const ALL: [&str; 9] = ["drain", "scripts", "batch", "embedded", "ingest", "api", "latency", "million", "scale"];
@@ -63,6 +68,7 @@ fn options() -> Options {
         quick: false,
         perf: None,
         redis_stats: false,
+        callgrind: None,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut i = 0;
@@ -74,6 +80,7 @@ fn options() -> Options {
             "--quota" => o.quota = v.parse().expect("--quota CORES"),
             "--redis" => o.redis = v,
             "--perf" => o.perf = Some(v),
+            "--callgrind" => o.callgrind = Some(v),
             "--quick" => {
                 o.quick = true;
                 i += 1;
@@ -423,7 +430,42 @@ fn node(name: &str, o: &Options, ns: &str, dir: Option<&std::path::Path>, extra:
     };
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::start(name, &args)
+    match (&o.callgrind, name) {
+        (Some(dir), "drain-callgrind") => {
+            std::fs::create_dir_all(dir).expect("the --callgrind directory");
+            let wrapper = [
+                "valgrind".to_string(),
+                "--tool=callgrind".into(),
+                "--instr-atstart=no".into(),
+                format!("--callgrind-out-file={dir}/drain.%p"),
+            ];
+            Proc::start_wrapped(name, &args, &wrapper)
+        }
+        _ => Proc::start(name, &args),
+    }
+}
+
+/// Turns callgrind's counting on (`true`) or off and dumps what it counted.
+fn callgrind_control(pid: u32, on: bool) {
+    let args: &[&str] = if on { &["-i", "on"] } else { &["-d"] };
+    let status = std::process::Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "callgrind_control {args:?} {pid} failed");
+}
+
+/// The instructions in the newest dump of `pid` in `dir` (its `summary:` line).
+fn callgrind_instructions(dir: &str, pid: u32) -> Option<f64> {
+    let prefix = format!("drain.{pid}");
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())?;
+    let text = std::fs::read_to_string(newest.path()).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("summary:")).and_then(|n| n.trim().parse().ok())
 }
 
 fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
@@ -463,7 +505,9 @@ impl Bench {
         self.sink.reset();
         let ns = namespace();
         let dir = tempfile::tempdir().expect("a temp dir");
-        let proc = node("drain", &self.o, &ns, embedded.then(|| dir.path()), &[]);
+        let counting = self.o.callgrind.clone().filter(|_| case == "drain");
+        let name = if counting.is_some() { "drain-callgrind" } else { "drain" };
+        let proc = node(name, &self.o, &ns, embedded.then(|| dir.path()), &[]);
         let api = Api::at(&proc.url);
         api.ok("POST", "/v1/objects", Some(item_object())).await;
         api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, kind, 64))).await;
@@ -482,6 +526,9 @@ impl Bench {
         let pid = proc.child.id();
         let (cpu0, redis0) = (process_cpu(pid), if embedded { 0.0 } else { redis_cpu(&self.o.redis).await });
         let perf = profile(&self.o.perf, pid);
+        if counting.is_some() {
+            callgrind_control(pid, true);
+        }
         if self.o.redis_stats && !embedded {
             let _: () = redis::cmd("CONFIG")
                 .arg("RESETSTAT")
@@ -502,6 +549,10 @@ impl Bench {
                 .await);
         let took = start.elapsed().as_secs_f64();
         stop_profile(perf);
+        let instructions = counting.and_then(|dir| {
+            callgrind_control(pid, false);
+            callgrind_instructions(&dir, pid)
+        });
         assert!(done, "{case}: not drained in time ({} of {jobs} at the sink)", self.sink.records());
         let cpu = process_cpu(pid) - cpu0;
         let redis_cores = if embedded { 0.0 } else { (redis_cpu(&self.o.redis).await - redis0) / took };
@@ -527,7 +578,7 @@ impl Bench {
             rss_mb: Some(peak),
             redis_per_job,
             note: format!(
-                "{jobs} jobs, {calls} calls{}; node {:.2} cores{}",
+                "{jobs} jobs, {calls} calls{}; node {:.2} cores{}{}",
                 if kind == Kind::Scripts {
                     format!(", all at the sink after {delivered:.1} s of {took:.1} s")
                 } else {
@@ -537,6 +588,10 @@ impl Bench {
                 match redis_total_per_job {
                     Some(total) =>
                         format!(", Redis {redis_cores:.2} cores, {total:.0} bytes per record and job in all"),
+                    None => String::new(),
+                },
+                match instructions {
+                    Some(n) => format!("; under callgrind: {:.0} node instructions per delivery", n / jobs as f64),
                     None => String::new(),
                 }
             ),

@@ -44,9 +44,28 @@ impl Proc {
         Proc::spawn(name, args, Stdio::from(file), level)
     }
 
+    /// Like [`Proc::start`], the node run by `wrapper` (a program and its arguments, given
+    /// the node's command line after them), e.g. under valgrind.
+    #[allow(dead_code)]
+    pub fn start_wrapped(name: &str, args: &[&str], wrapper: &[String]) -> Proc {
+        let level = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
+        Proc::spawn_with(name, args, Stdio::inherit(), &level, wrapper)
+    }
+
     fn spawn(name: &str, args: &[&str], stderr: Stdio, level: &str) -> Proc {
+        Proc::spawn_with(name, args, stderr, level, &[])
+    }
+
+    fn spawn_with(name: &str, args: &[&str], stderr: Stdio, level: &str, wrapper: &[String]) -> Proc {
         let has = |flag: &str| args.contains(&flag);
-        let mut cmd = Command::new(hookline_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(hookline_bin());
+                c
+            }
+            None => Command::new(hookline_bin()),
+        };
         cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--node-id", name, "--allow-target", "127.0.0.0/8"]);
         if !has("--secret-key") {
             cmd.args(["--secret-key", crate::support::TEST_SECRET_KEY]);
