@@ -11,6 +11,10 @@ if ! command -v wrk >/dev/null; then
   echo "bench.sh: no wrk; installing it" >&2
   (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || echo "bench.sh: could not install wrk; no raw rate" >&2
 fi
+if [[ " $* " == *" --callgrind "* ]] && ! command -v valgrind >/dev/null; then
+  echo "bench.sh: no valgrind; installing it" >&2
+  (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
+fi
 cargo build --release -p hookline --locked
 export HOOKLINE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hookline"
 export TEST_NODE_LOG="${TEST_NODE_LOG:-warn}"
