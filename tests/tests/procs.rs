@@ -34,29 +34,23 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, args: &[&str]) -> Proc {
-        let level = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
-        Proc::spawn(name, args, Stdio::inherit(), &level)
+        Proc::start_wrapped(name, args, &[])
     }
 
     /// Like [`Proc::start`], with stderr (the logs) written to `log` at `level`.
     pub fn start_logging(name: &str, args: &[&str], log: &std::path::Path, level: &str) -> Proc {
         let file = std::fs::File::create(log).expect("log file");
-        Proc::spawn(name, args, Stdio::from(file), level)
+        Proc::spawn(name, args, Stdio::from(file), level, &[])
     }
 
     /// Like [`Proc::start`], the node run by `wrapper` (a program and its arguments, given
     /// the node's command line after them), e.g. under valgrind.
-    #[allow(dead_code)]
     pub fn start_wrapped(name: &str, args: &[&str], wrapper: &[String]) -> Proc {
         let level = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
-        Proc::spawn_with(name, args, Stdio::inherit(), &level, wrapper)
+        Proc::spawn(name, args, Stdio::inherit(), &level, wrapper)
     }
 
-    fn spawn(name: &str, args: &[&str], stderr: Stdio, level: &str) -> Proc {
-        Proc::spawn_with(name, args, stderr, level, &[])
-    }
-
-    fn spawn_with(name: &str, args: &[&str], stderr: Stdio, level: &str, wrapper: &[String]) -> Proc {
+    fn spawn(name: &str, args: &[&str], stderr: Stdio, level: &str, wrapper: &[String]) -> Proc {
         let has = |flag: &str| args.contains(&flag);
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {

@@ -121,7 +121,7 @@ async fn send(ctx: &EngineContext, wh: &CompiledWebhook, req: &BuiltRequest, per
 /// Delivers one call once and records what happened. Never panics on the job's content.
 pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running: DrainGuard) {
     if lease.entries().iter().any(|e| e.deliveries > MAX_DELIVERIES) {
-        return Box::pin(give_up(&call, lease, permit, running)).await;
+        return give_up(&call, lease, permit, running).await;
     }
     // Borrowed from the call, never cloned: a context is a kilobyte of handles, strings
     // and keys, and a clone of it per delivery cost more than the rest of this setup.
@@ -171,11 +171,11 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                 if let (Sent::Answered(Ok(resp)), Some(used)) = (&sent, req.oauth_token.clone())
                     && resp.status == 401
                 {
-                    match Box::pin(crate::oauth::bearer(ctx, wh, Some(&used))).await {
+                    match crate::oauth::bearer(ctx, wh, Some(&used)).await {
                         Ok(fresh) => {
                             tracing::info!("target refused the OAuth token; sending again with a fresh one");
                             req.set_bearer(&fresh);
-                            sent = Box::pin(send(ctx, wh, &req, &permit, true)).await;
+                            sent = send(ctx, wh, &req, &permit, true).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "refreshing the OAuth token after a 401 failed"),
                     }
@@ -188,7 +188,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                         tracing::warn!("the call was cut: its concurrency permit was lost");
                         ctx.metrics.in_flight(&wh.def.id, -1, limit);
                         drop(permit);
-                        if let Err(error) = Box::pin(call.consumer.release(lease)).await {
+                        if let Err(error) = call.consumer.release(lease).await {
                             tracing::warn!(%error, "cannot give the call's jobs back; they are taken over after their lease");
                         }
                         return;
