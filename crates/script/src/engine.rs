@@ -2,8 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,8 @@ use std::time::{Duration, Instant};
 use rquickjs::context::EvalOptions;
 use rquickjs::function::{Opt, This};
 use rquickjs::{
-    CatchResultExt, Coerced, Context, Ctx, Exception, Function, IntoJs, Object, Persistent, Runtime, Value,
+    Atom, CatchResultExt, Coerced, Context, Ctx, Exception, Filter, Function, IntoJs, Object, Persistent, Runtime,
+    Value,
 };
 
 use crate::error::{Phase, SCRIPT_FILE, ScriptError, UNPRINTABLE, classify};
@@ -118,10 +118,14 @@ const REALM_SETUP_JS: &str = r#"(function () {
   }
   var count = globals.length, proto = getProto(g);
 
-  function reset() {
+  // `n`: how many own keys the global object has now, counted by the caller without
+  // building the array `ownKeys` would (which costs more than most scripts). The built-in
+  // globals cannot be deleted, so an unchanged count means nothing was added.
+  function reset(n) {
     if (!isExtensible(g)) return false;
-    var ok = true, now = ownKeys(g);
-    if (now.length !== count) {
+    var ok = true;
+    if (n !== count) {
+      var now = ownKeys(g);
       for (var i = 0; i < now.length; i++) {
         if (!hasOwn(known, now[i]) && !remove(g, now[i])) ok = false;
       }
@@ -138,7 +142,7 @@ const REALM_SETUP_JS: &str = r#"(function () {
       if (hasOwn(d, "value") && typeof d.value === "function") freeze(d.value);
     }
   }
-  return { reset: reset, freeze: freezeAll };
+  return { reset: reset, freeze: freezeAll, count: count };
 })()"#;
 
 /// Limits one engine applies.
@@ -311,7 +315,14 @@ impl Realm {
 
 /// Resets the realm's global object after user code ran; `false` when it could not.
 fn reset<'js>(ctx: &Ctx<'js>, reset: &Persistent<Function<'static>>) -> bool {
-    reset.clone().restore(ctx).and_then(|reset| reset.call::<_, bool>(())).catch(ctx).unwrap_or(false)
+    let keys = global_key_count(ctx);
+    reset.clone().restore(ctx).and_then(|reset| reset.call::<_, bool>((keys,))).catch(ctx).unwrap_or(false)
+}
+
+/// The global object's own string and symbol keys, as many as `Reflect.ownKeys` lists
+/// (0 when they cannot be listed, which makes the reset look at them all).
+fn global_key_count(ctx: &Ctx<'_>) -> usize {
+    ctx.globals().own_keys::<Atom>(Filter::new().string().symbol()).len()
 }
 
 /// The call in progress, as `http` and `write` see it. One per engine: every realm's `http`
@@ -535,9 +546,8 @@ pub(crate) fn check_syntax(source: &str, config: &PoolConfig) -> Result<(), Scri
 }
 
 fn source_key(source: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    source.hash(&mut hasher);
-    hasher.finish()
+    // Fixed seed: keys only live in this process's caches, and a hit compares the text.
+    foldhash::fast::FixedState::with_seed(0x686f_6f6b_6c69_6e65).hash_one(source)
 }
 
 fn eval_options() -> EvalOptions {
@@ -785,4 +795,28 @@ fn headers_from<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Vec<(String, S
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reset skips listing the globals when their count is unchanged: the count taken in
+    /// Rust must be the one the realm's setup took with `Reflect.ownKeys`.
+    #[test]
+    fn the_global_key_count_matches_the_realms_own() {
+        let runtime = Runtime::new().unwrap();
+        let context = Context::full(&runtime).unwrap();
+        context.with(|ctx| {
+            let tools: Object = ctx.eval(REALM_SETUP_JS).unwrap();
+            let count: usize = tools.get("count").unwrap();
+            assert!(count > 50, "{count}");
+            assert_eq!(global_key_count(&ctx), count);
+            let _: () = ctx.eval("globalThis.added = 1; globalThis[Symbol('s')] = 2;").unwrap();
+            assert_eq!(global_key_count(&ctx), count + 2);
+            let reset: Function = tools.get("reset").unwrap();
+            assert!(reset.call::<_, bool>((global_key_count(&ctx),)).unwrap());
+            assert_eq!(global_key_count(&ctx), count);
+        });
+    }
 }
