@@ -24,7 +24,7 @@
 //! Options: `--jobs N` (default 20000), `--quota CORES` (0.2), `--redis URL`, `--quick`
 //! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks while each
 //! queue drains), `--redis-stats` (prints Redis's busiest commands while each queue drains),
-//! `--callgrind DIR` (runs the drain cases' node under valgrind's callgrind, counting its
+//! `--callgrind DIR` (runs the drain, scripts and full-speed api cases' node under valgrind's callgrind, counting its
 //! instructions while the queue drains: a figure that, unlike rates and CPU time on a shared
 //! machine, repeats from run to run; the rates of those rows are valgrind's, not the node's).
 
@@ -53,7 +53,7 @@ struct Options {
     perf: Option<String>,
     /// Print Redis's busiest commands during each drain (`--redis-stats`).
     redis_stats: bool,
-    /// Count the drain node's instructions with callgrind, its files in this directory.
+    /// Count the drain, scripts and api nodes' instructions with callgrind, its files in this directory.
     callgrind: Option<String>,
 }
 
@@ -430,14 +430,14 @@ fn node(name: &str, o: &Options, ns: &str, dir: Option<&std::path::Path>, extra:
     };
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match (&o.callgrind, name) {
-        (Some(dir), "drain-callgrind") => {
+    match (&o.callgrind, name.strip_suffix("-callgrind")) {
+        (Some(dir), Some(case)) => {
             std::fs::create_dir_all(dir).expect("the --callgrind directory");
             let wrapper = [
                 "valgrind".to_string(),
                 "--tool=callgrind".into(),
                 "--instr-atstart=no".into(),
-                format!("--callgrind-out-file={dir}/drain.%p"),
+                format!("--callgrind-out-file={dir}/{case}.%p"),
             ];
             Proc::start_wrapped(name, &args, &wrapper)
         }
@@ -457,8 +457,8 @@ fn callgrind_control(pid: u32, on: bool) {
 }
 
 /// The instructions in the newest dump of `pid` in `dir` (its `summary:` line).
-fn callgrind_instructions(dir: &str, pid: u32) -> Option<f64> {
-    let prefix = format!("drain.{pid}");
+fn callgrind_instructions(dir: &str, case: &str, pid: u32) -> Option<f64> {
+    let prefix = format!("{case}.{pid}");
     let newest = std::fs::read_dir(dir)
         .ok()?
         .flatten()
@@ -498,6 +498,20 @@ fn stop_profile(perf: Option<std::process::Child>) {
     }
 }
 
+/// What one run of [`Bench::api_load`] measured.
+struct ApiLoad {
+    /// Records/s the API accepted.
+    accepted: f64,
+    /// Records/s at the sink, from the first request to the last arrival.
+    delivered: f64,
+    /// Record sent → request at the sink, ms.
+    latencies: Vec<f64>,
+    /// Node CPU seconds per delivered record.
+    cpu_per_record: f64,
+    /// Node instructions per delivered record, under `--callgrind`.
+    instructions_per_record: Option<f64>,
+}
+
 impl Bench {
     /// A queue of `jobs` drained by one node: deliveries (or records) per second.
     async fn drain(&mut self, case: &str, kind: Kind, embedded: bool) {
@@ -505,9 +519,9 @@ impl Bench {
         self.sink.reset();
         let ns = namespace();
         let dir = tempfile::tempdir().expect("a temp dir");
-        let counting = self.o.callgrind.clone().filter(|_| case == "drain");
-        let name = if counting.is_some() { "drain-callgrind" } else { "drain" };
-        let proc = node(name, &self.o, &ns, embedded.then(|| dir.path()), &[]);
+        let counting = self.o.callgrind.clone().filter(|_| matches!(case, "drain" | "scripts"));
+        let name = if counting.is_some() { format!("{case}-callgrind") } else { case.to_string() };
+        let proc = node(&name, &self.o, &ns, embedded.then(|| dir.path()), &[]);
         let api = Api::at(&proc.url);
         api.ok("POST", "/v1/objects", Some(item_object())).await;
         api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, kind, 64))).await;
@@ -551,7 +565,7 @@ impl Bench {
         stop_profile(perf);
         let instructions = counting.and_then(|dir| {
             callgrind_control(pid, false);
-            callgrind_instructions(&dir, pid)
+            callgrind_instructions(&dir, case, pid)
         });
         assert!(done, "{case}: not drained in time ({} of {jobs} at the sink)", self.sink.records());
         let cpu = process_cpu(pid) - cpu0;
@@ -629,15 +643,22 @@ impl Bench {
     /// One record per API call from `clients` clients, at most `rate` calls/s in all (None:
     /// as fast as they go). Returns (records/s accepted, delivered/s, latencies in ms, node
     /// CPU s per delivered record).
-    async fn api_load(&self, n: usize, clients: usize, rate: Option<f64>) -> (f64, f64, Vec<f64>, f64) {
+    ///
+    /// With `--callgrind`, the full-speed run's node runs under callgrind and the node's
+    /// instructions per delivered record come back as well.
+    async fn api_load(&self, n: usize, clients: usize, rate: Option<f64>) -> ApiLoad {
         self.sink.reset();
         let ns = namespace();
-        let proc = node("api", &self.o, &ns, None, &[]);
+        let counting = self.o.callgrind.clone().filter(|_| rate.is_none());
+        let proc = node(if counting.is_some() { "api-callgrind" } else { "api" }, &self.o, &ns, None, &[]);
         let api = Api::at(&proc.url);
         api.ok("POST", "/v1/objects", Some(item_object())).await;
         api.ok("POST", "/v1/webhooks", Some(webhook(&self.sink, Kind::Template, 64))).await;
         let sent: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         let pid = proc.child.id();
+        if counting.is_some() {
+            callgrind_control(pid, true);
+        }
         let cpu0 = process_cpu(pid);
         let start = Instant::now();
         let per = n / clients;
@@ -671,6 +692,10 @@ impl Bench {
         until(Duration::from_secs(300), || async { self.sink.records() >= total }).await;
         let delivered = total as f64 / start.elapsed().as_secs_f64();
         let cpu = process_cpu(pid) - cpu0;
+        let instructions = counting.and_then(|dir| {
+            callgrind_control(pid, false);
+            callgrind_instructions(&dir, "api", pid)
+        });
         drop(proc);
         drop_namespace(&self.o.redis, &ns).await;
         let sent = sent.lock().unwrap();
@@ -678,30 +703,43 @@ impl Bench {
             .iter()
             .filter_map(|(id, at)| self.sink.arrival(id).map(|got| got.saturating_sub(*at) as f64 / 1000.0))
             .collect();
-        (accepted, delivered, latencies, cpu / total as f64)
+        ApiLoad {
+            accepted,
+            delivered,
+            latencies,
+            cpu_per_record: cpu / total as f64,
+            instructions_per_record: instructions.map(|n| n / total as f64),
+        }
     }
 
     async fn api(&mut self) {
         let n = if self.o.quick { 5_000 } else { 20_000 };
-        let (accepted, delivered, latencies, cpu) = self.api_load(n, 64, None).await;
+        let full = self.api_load(n, 64, None).await;
         self.rows.push(Row {
             case: "api, full speed".into(),
-            rate: delivered,
+            rate: full.delivered,
             unit: "delivered/s",
             raw_ratio: true,
-            latency: Some(percentiles(latencies)),
-            cpu_per_1000: Some(cpu * 1000.0),
-            note: format!("{n} records, 64 clients, one per call: {accepted:.0} records/s accepted"),
+            latency: Some(percentiles(full.latencies)),
+            cpu_per_1000: Some(full.cpu_per_record * 1000.0),
+            note: format!(
+                "{n} records, 64 clients, one per call: {:.0} records/s accepted{}",
+                full.accepted,
+                match full.instructions_per_record {
+                    Some(i) => format!("; under callgrind: {i:.0} node instructions per record"),
+                    None => String::new(),
+                }
+            ),
             ..Default::default()
         });
-        let half = delivered / 2.0;
-        let (_, delivered, latencies, cpu) = self.api_load(n / 2, 64, Some(half)).await;
+        let half = full.delivered / 2.0;
+        let load = self.api_load(n / 2, 64, Some(half)).await;
         self.rows.push(Row {
             case: "api, half speed".into(),
-            rate: delivered,
+            rate: load.delivered,
             unit: "delivered/s",
-            latency: Some(percentiles(latencies)),
-            cpu_per_1000: Some(cpu * 1000.0),
+            latency: Some(percentiles(load.latencies)),
+            cpu_per_1000: Some(load.cpu_per_record * 1000.0),
             note: format!("clients paced to {half:.0} records/s in all"),
             ..Default::default()
         });
