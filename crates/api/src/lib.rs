@@ -50,6 +50,8 @@ pub struct ApiState {
     pub jaeger_url: Option<String>,
     /// The dashboard's per-webhook statistics, read at most every few seconds.
     pub dashboard_stats: Arc<dashboard::StatsCache>,
+    /// Object definitions for record writes, read again when the definitions' version moves.
+    pub objects: Arc<objects::ObjectCache>,
 }
 
 /// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and
@@ -117,15 +119,16 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));
         if api {
-            cfg.configure(dashboard::routes).route("/openapi.json", web::get().to(openapi::serve));
+            // The API first: a request is matched against routes in order, and records are
+            // what arrives most.
             cfg.service(
                 web::scope("/v1")
                     .wrap(from_fn(require_token))
+                    .route("/objects/{object}/records", web::post().to(objects::post_records))
                     .route("/objects", web::post().to(objects::put_object))
                     .route("/objects", web::get().to(objects::list_objects))
                     .route("/objects/{object}", web::get().to(objects::get_object))
                     .route("/objects/{object}", web::put().to(objects::replace_object))
-                    .route("/objects/{object}/records", web::post().to(objects::post_records))
                     .route("/objects/{object}/records/{id}", web::get().to(objects::get_record))
                     .route("/objects/{object}/records/{id}", web::patch().to(objects::patch_record))
                     .route("/objects/{object}/records/{id}/journey", web::get().to(journey::get))
@@ -144,6 +147,7 @@ pub fn configure(state: ApiState, api: bool) -> impl FnOnce(&mut web::ServiceCon
                     .route("/webhooks/{id}/writeback-failures/redrive", web::post().to(attempts::redrive_writebacks))
                     .route("/attempts/{id}", web::get().to(attempts::get)),
             );
+            cfg.configure(dashboard::routes).route("/openapi.json", web::get().to(openapi::serve));
         }
         cfg.default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
