@@ -359,9 +359,17 @@ async fn a_schema_change_that_stored_records_do_not_fit_is_refused() {
 
     // Nothing changed; adding a field, or a field no record uses, is fine.
     assert_eq!(api.ok("GET", "/v1/objects/item", None).await["fields"][2]["type"], "string");
+    let with_extra = || Some(json!({"id": "r2", "fields": {"extra": 7}}));
+    let (status, v) = api.call("POST", "/v1/objects/item/records", with_extra()).await;
+    assert_eq!((status, v["error"]["field"].as_str()), (422, Some("fields.extra")), "{v}");
     let mut added = item_object();
     added["fields"].as_array_mut().unwrap().push(json!({"key": "extra", "type": "number"}));
     added["fields"][1]["type"] = json!("number"); // `host`: no record holds one
     api.ok("PUT", "/v1/objects/item", Some(added)).await;
+    // Writes check against the new definition at once.
+    api.ok("POST", "/v1/objects/item/records", with_extra()).await;
+    let (status, v) =
+        api.call("POST", "/v1/objects/item/records", Some(json!({"id": "r3", "fields": {"host": "text"}}))).await;
+    assert_eq!((status, v["error"]["field"].as_str()), (422, Some("fields.host")), "{v}");
     node.stop().await;
 }

@@ -1,5 +1,8 @@
 //! Data objects and records.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use hookline_engine::records::{self, WriteMode};
@@ -118,12 +121,38 @@ pub(crate) async fn object(state: &ApiState, name: &str) -> Result<DataObject, A
     state.store.get_object(name).await?.ok_or_else(|| ApiError::NotFound(format!("no data object named `{name}`")))
 }
 
-/// The object and the definitions' version, read side by side (one round trip on Redis). The
-/// version is read once the request is here: every webhook saved before it is then at or
-/// below it, so the trigger decides on the write's change with every one of them.
-async fn object_for_write(state: &ApiState, name: &str) -> Result<(DataObject, u64), ApiError> {
-    let (object, version) = futures_util::join!(object(state, name), state.store.definitions_version());
-    Ok((object?, version?))
+/// The object and the definitions' version. The version is read once the request is here:
+/// every webhook saved before it is then at or below it, so the trigger decides on the
+/// write's change with every one of them. The object comes from the store only when the
+/// version moved since it was last read: saving an object moves it.
+async fn object_for_write(state: &ApiState, name: &str) -> Result<(Arc<DataObject>, u64), ApiError> {
+    let version = state.store.definitions_version().await?;
+    if let Some(object) = state.objects.get(name, version) {
+        return Ok((object, version));
+    }
+    let object = Arc::new(object(state, name).await?);
+    state.objects.put(name, version, object.clone());
+    Ok((object, version))
+}
+
+/// Object definitions as last read, each with the definitions' version read before it: an
+/// entry serves a write that reads that same version, so it is never older than what the
+/// store held when that write arrived.
+#[derive(Default)]
+pub struct ObjectCache(Mutex<HashMap<String, (u64, Arc<DataObject>)>>);
+
+impl ObjectCache {
+    fn get(&self, name: &str, version: u64) -> Option<Arc<DataObject>> {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cached.get(name).filter(|(at, _)| *at == version).map(|(_, object)| object.clone())
+    }
+
+    fn put(&self, name: &str, version: u64, object: Arc<DataObject>) {
+        let mut cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.get(name).is_none_or(|(at, _)| *at <= version) {
+            cached.insert(name.to_string(), (version, object));
+        }
+    }
 }
 
 pub async fn get_object(state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {

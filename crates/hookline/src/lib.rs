@@ -105,6 +105,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         queue_stats: Default::default(),
         jaeger_url: config.jaeger_url.clone(),
         dashboard_stats: Default::default(),
+        objects: Default::default(),
     };
     let api = config.api;
     let server = HttpServer::new(move || App::new().configure(hookline_api::configure(state.clone(), api)))
