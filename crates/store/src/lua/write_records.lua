@@ -7,7 +7,11 @@
 -- Returns per write {1, new version} or {0, current version}.
 local n = #KEYS - 3
 local changes, counter, index = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
-local out = {}
+-- The script runs alone: the positions are taken from the counter here and the counter set
+-- once at the end, and the write index is updated with one ZADD per 200 records, not one
+-- INCR and one ZADD per record. A record written twice in the batch keeps its last position.
+local position = tonumber(redis.call('GET', counter) or '0')
+local out, indexed = {}, {}
 for i = 1, n do
   local base = (i - 1) * 5
   local key = KEYS[i]
@@ -25,11 +29,18 @@ for i = 1, n do
       other = tonumber(prev[3] or '0')
     end
     local version = current + 1
-    local position = redis.call('INCR', counter)
+    position = position + 1
     redis.call('HSET', key, 'v', version, 'f', fields, 'o', origin, 'p', position, 'q', other)
     redis.call('XADD', changes, '*', 'c', change)
-    redis.call('ZADD', index, position, id)
+    indexed[#indexed + 1] = position
+    indexed[#indexed + 1] = id
     out[i] = {1, version}
+  end
+end
+if #indexed > 0 then
+  redis.call('SET', counter, position)
+  for from = 1, #indexed, 400 do
+    redis.call('ZADD', index, unpack(indexed, from, math.min(from + 399, #indexed)))
   end
 end
 return out
