@@ -23,7 +23,7 @@
 //!
 //! Options: `--jobs N` (default 20000), `--quota CORES` (0.2), `--redis URL`, `--quick`
 //! (smaller sizes, for a smoke run), `--perf FILE` (records the node's stacks while each
-//! queue drains), `--redis-stats` (prints Redis's busiest commands while each queue drains),
+//! queue drains, and during the full-speed api run), `--redis-stats` (prints Redis's busiest commands while each queue drains),
 //! `--callgrind DIR` (runs the drain, scripts and full-speed api cases' node under valgrind's callgrind, counting its
 //! instructions while the queue drains: a figure that, unlike rates and CPU time on a shared
 //! machine, repeats from run to run; the rates of those rows are valgrind's, not the node's).
@@ -621,11 +621,12 @@ impl Bench {
         let api = Api::at(&proc.url);
         api.ok("POST", "/v1/objects", Some(item_object())).await;
         let pid = proc.child.id();
-        let cpu0 = process_cpu(pid);
+        let (cpu0, redis0) = (process_cpu(pid), redis_cpu(&self.o.redis).await);
         let start = Instant::now();
         write_records(&api, 0, n, 4, "").await;
         let took = start.elapsed().as_secs_f64();
         let cpu = process_cpu(pid) - cpu0;
+        let redis_cores = (redis_cpu(&self.o.redis).await - redis0) / took;
         let (_, peak) = rss_mb(pid);
         drop(proc);
         drop_namespace(&self.o.redis, &ns).await;
@@ -635,7 +636,10 @@ impl Bench {
             unit: "records/s",
             cpu_per_1000: Some(cpu * 1000.0 / n as f64),
             rss_mb: Some(peak),
-            note: format!("{n} records, 1,000 per request, 4 clients, no webhook"),
+            note: format!(
+                "{n} records, 1,000 per request, 4 clients, no webhook; node {:.2} cores, Redis {redis_cores:.2} cores",
+                cpu / took
+            ),
             ..Default::default()
         });
     }
@@ -659,6 +663,7 @@ impl Bench {
         if counting.is_some() {
             callgrind_control(pid, true);
         }
+        let perf = if rate.is_none() { profile(&self.o.perf, pid) } else { None };
         let cpu0 = process_cpu(pid);
         let start = Instant::now();
         let per = n / clients;
@@ -692,6 +697,7 @@ impl Bench {
         until(Duration::from_secs(300), || async { self.sink.records() >= total }).await;
         let delivered = total as f64 / start.elapsed().as_secs_f64();
         let cpu = process_cpu(pid) - cpu0;
+        stop_profile(perf);
         let instructions = counting.and_then(|dir| {
             callgrind_control(pid, false);
             callgrind_instructions(&dir, "api", pid)
