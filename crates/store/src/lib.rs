@@ -255,7 +255,9 @@ pub struct Taken {
     pub next_due_ms: Option<i64>,
     /// No rate token was left: wait this long before taking again.
     pub rate_wait: Option<Duration>,
-    /// The queue's position after this step, for [`Store::wait_for_jobs`].
+    /// The queue's position after this step, for [`Store::wait_for_jobs`]. A store may
+    /// leave it empty when the step read entries (its worker goes straight on); a worker
+    /// holding an empty mark takes again instead of waiting.
     pub mark: String,
 }
 

@@ -287,6 +287,11 @@ async fn idle(
         }
         return;
     }
+    if mark.is_empty() {
+        // The step read entries, none of which could be kept (they did not decode): no
+        // position to wait past, so look again.
+        return;
+    }
     let until_due = next_due_ms.map(|due| Duration::from_millis((due - now_ms()).max(1) as u64));
     let timeout = until_due.map_or(MAX_WAIT, |d| d.min(MAX_WAIT));
     tokio::select! {

@@ -14,7 +14,7 @@
 -- release
 -- Returns {granted permits, fair share, entries (flat: id, payload, deliveries * 2 + redriven
 -- for each; a solo entry's id is `s:<id>`), claim cursor ('' = came round; '-' = no scan ran), next due (ms) or -1, rate wait
--- (µs) or -1, mark}.
+-- (µs) or -1, mark ('<fresh>|<solo>' last ids when no entry was read, else '')}.
 local fresh, solo, delayed = KEYS[1], KEYS[2], KEYS[3]
 local permits, holders, contenders, seq, rate = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, consumer = ARGV[1], ARGV[2]
@@ -203,5 +203,10 @@ local function last_id(stream)
   end
   return '0-0'
 end
-local mark = last_id(fresh) .. '|' .. last_id(solo)
+-- The mark only serves a step that read nothing (its worker waits for entries past it);
+-- one that read entries goes straight on, so it skips the two XINFOs.
+local mark = ''
+if #entries == 0 then
+  mark = last_id(fresh) .. '|' .. last_id(solo)
+end
 return {granted, share, entries, cursor, next_due, rate_wait, mark}
