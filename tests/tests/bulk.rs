@@ -243,6 +243,67 @@ async fn a_bulk_write_is_queued_a_full_call_to_an_entry() {
     node.stop().await;
 }
 
+/// One-record POSTs and PATCHes in flight at once are written together (a batch per store
+/// step), each answered as if it were alone: its own status and version, a conflict on one
+/// record retried, a bad or missing record refused on its own.
+#[actix_rt::test]
+async fn single_writes_sent_together_are_each_answered_as_if_alone() {
+    let ns = namespace();
+    let node = Node::start(&ns, "api").await;
+    let api = Arc::new(Api::new(&node));
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let send = |method: &'static str, path: String, body: Value| {
+        let api = api.clone();
+        actix_rt::spawn(async move { api.call(method, &path, Some(body)).await })
+    };
+    let created: Vec<_> = (0..30)
+        .map(|i| send("POST", "/v1/objects/item/records".into(), json!({"id": format!("c{i}"), "fields": {"n": i}})))
+        .collect();
+    for (i, task) in created.into_iter().enumerate() {
+        let (status, v) = task.await.unwrap();
+        assert_eq!(
+            (status, v["id"].as_str(), v["version"].as_u64()),
+            (201, Some(format!("c{i}").as_str()), Some(1)),
+            "{v}"
+        );
+    }
+    // Four updates of each of ten records at once, by POST and PATCH; then a PATCH of a
+    // record that does not exist and one with a bad field, in the same flight.
+    let mut updates = Vec::new();
+    for round in 1..=4 {
+        for i in 0..10 {
+            let body = json!({"fields": {"n": 100 * round + i}});
+            updates.push(match round % 2 {
+                0 => send("PATCH", format!("/v1/objects/item/records/c{i}"), body),
+                _ => send(
+                    "POST",
+                    "/v1/objects/item/records".into(),
+                    json!({"id": format!("c{i}"), "fields": body["fields"]}),
+                ),
+            });
+        }
+    }
+    let missing = send("PATCH", "/v1/objects/item/records/nope".into(), json!({"fields": {"n": 1}}));
+    let bad = send("PATCH", "/v1/objects/item/records/c0".into(), json!({"fields": {"n": "x"}}));
+    let mut versions: Vec<Vec<u64>> = vec![Vec::new(); 10];
+    for (k, task) in updates.into_iter().enumerate() {
+        let (status, v) = task.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        versions[k % 10].push(v["version"].as_u64().unwrap());
+    }
+    for (i, mut seen) in versions.into_iter().enumerate() {
+        seen.sort_unstable();
+        assert_eq!(seen, [2, 3, 4, 5], "record c{i}: every write its own version");
+        assert_eq!(api.record("item", &format!("c{i}")).await["version"], 5);
+    }
+    let (status, v) = missing.await.unwrap();
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = bad.await.unwrap();
+    assert_eq!((status, v["error"]["field"].as_str()), (422, Some("fields.n")), "{v}");
+    assert_eq!(api.record("item", "c29").await["fields"]["n"], 29);
+    node.stop().await;
+}
+
 #[actix_rt::test]
 async fn ndjson_ingestion_answers_per_record() {
     let ns = namespace();

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub dashboard_stats: Arc<dashboard::StatsCache>,
     /// Object definitions for record writes, read again when the definitions' version moves.
     pub objects: Arc<objects::ObjectCache>,
+    /// Writes the single-record POSTs and PATCHes in flight together.
+    pub records: Arc<hookline_engine::records::Batcher>,
 }
 
 /// Parses a JSON body; the error names the field at fault (`trigger.fields[0]`) and

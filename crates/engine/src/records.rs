@@ -2,6 +2,8 @@
 //! the values against the schema, merge, and store the new version together with its
 //! change (compare-and-set on the version, retried on a conflict).
 
+use std::sync::Arc;
+
 use hookline_model::{DataObject, FieldError, Fields, Record};
 use hookline_proto::Change;
 use hookline_store::{Store, StoreError, WriteResult, now_ms};
@@ -272,4 +274,109 @@ pub async fn write_many(
         }
     }
     Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(RecordError::Contended { id: String::new() }))).collect())
+}
+
+/// Single record writes (the API's one-record POST and PATCH) that arrive while others are
+/// being written go to the store together, through [`write_many`]: a busy API writes many
+/// records per store read and write, an idle one writes each at once. At most
+/// [`Batcher::IN_FLIGHT`] steps run at a time; writes that arrive meanwhile wait for a free
+/// one and go in it together. Each write keeps its own result, trace context and checks;
+/// a step carries the newest definitions' version of its writes (every webhook saved
+/// before any of them is at or below it).
+pub struct Batcher {
+    tx: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// A write waiting for its step.
+struct Pending {
+    object: Arc<DataObject>,
+    id: String,
+    fields: Fields,
+    mode: WriteMode,
+    traceparent: String,
+    definitions_version: u64,
+    done: tokio::sync::oneshot::Sender<Result<Written, RecordError>>,
+}
+
+impl Batcher {
+    /// Store steps of batched writes running at once.
+    pub const IN_FLIGHT: usize = 4;
+    /// Writes in one step at most.
+    const MAX_BATCH: usize = 256;
+
+    /// Starts the task that writes the batches (on the current Tokio runtime); it ends when
+    /// the batcher is dropped and every write taken is done.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_batches(store, rx));
+        Self { tx }
+    }
+
+    /// [`write`], in a batch with whatever other writes are waiting. Bad fields are refused
+    /// before anything waits.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        object: Arc<DataObject>,
+        id: String,
+        fields: Fields,
+        mode: WriteMode,
+        traceparent: String,
+        definitions_version: u64,
+    ) -> Result<Written, RecordError> {
+        check(&object, &id, &fields)?;
+        let stopped = || RecordError::Store(StoreError::Unavailable("the record writer is stopping".into()));
+        let (done, result) = tokio::sync::oneshot::channel();
+        let pending = Pending { object, id, fields, mode, traceparent, definitions_version, done };
+        self.tx.send(pending).map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+async fn run_batches(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(Batcher::IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < Batcher::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            write_batch(store.as_ref(), batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes a batch, one [`write_many`] per object definition and mode, in arrival order.
+async fn write_batch(store: &dyn Store, mut batch: Vec<Pending>) {
+    while !batch.is_empty() {
+        let (object, mode) = (batch[0].object.clone(), batch[0].mode);
+        let (group, rest): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| Arc::ptr_eq(&p.object, &object) && p.mode == mode);
+        batch = rest;
+        let version = group.iter().map(|p| p.definitions_version).max().unwrap_or(0);
+        let patches: Vec<Patch<'_>> = group
+            .iter()
+            .map(|p| Patch { id: &p.id, fields: &p.fields, traceparent: p.traceparent.clone(), hops: 0 })
+            .collect();
+        let results = write_many(store, &object, &patches, mode, None, version).await;
+        drop(patches);
+        match results {
+            Ok(results) => {
+                for (p, result) in group.into_iter().zip(results) {
+                    let _ = p.done.send(result);
+                }
+            }
+            Err(e) => {
+                for p in group {
+                    let _ = p.done.send(Err(RecordError::Store(e.clone())));
+                }
+            }
+        }
+    }
 }

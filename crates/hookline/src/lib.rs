@@ -96,6 +96,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let addr = listener.local_addr()?;
     // Every node serves its probes and metrics; only the api role serves `/v1`.
     let state = ApiState {
+        records: Arc::new(hookline_engine::records::Batcher::start(store.clone())),
         store,
         scripts,
         api_token: config.api_token.as_deref().map(Arc::from),

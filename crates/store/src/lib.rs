@@ -53,7 +53,7 @@ pub use redis_store::RedisStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached right now; callers retry later.
     #[error("store unavailable: {0}")]
