@@ -210,6 +210,26 @@ fn process_cpu(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds the whole machine has been busy (every state but idle and iowait), and the
+/// number of cores.
+fn machine_busy() -> (f64, usize) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cores = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count().max(1);
+    let busy = stat
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0);
+    (busy / 100.0, cores)
+}
+
 /// A process's resident memory now and at its peak, MB.
 fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -859,11 +879,17 @@ impl Bench {
                 .map(|(i, d)| Cgroup::hold(&format!("hl-bench-{i}"), d.child.id(), self.o.quota))
                 .collect();
             let limited = groups.iter().all(Option::is_some);
+            let pids: Vec<u32> = dispatchers.iter().map(|d| d.child.id()).collect();
+            let node_cpu = || pids.iter().map(|p| process_cpu(*p)).sum::<f64>();
+            let (cpu0, redis0, (machine0, cores)) = (node_cpu(), redis_cpu(&self.o.redis).await, machine_busy());
             let start = Instant::now();
             api.ok("POST", "/v1/webhooks/bench/resume", None).await;
             let done = until(Duration::from_secs(900), || async { self.sink.records() >= jobs }).await;
             let took = start.elapsed().as_secs_f64();
             assert!(done, "scale: {nodes} nodes did not drain");
+            let dispatcher_cores = (node_cpu() - cpu0) / took;
+            let redis_cores = (redis_cpu(&self.o.redis).await - redis0) / took;
+            let machine_cores = (machine_busy().0 - machine0) / took;
             drop(dispatchers);
             drop(groups);
             drop(api_node);
@@ -877,11 +903,24 @@ impl Bench {
                 unit: "deliveries/s",
                 raw_ratio: true,
                 note: if limited {
+                    let per_node = rate / one / nodes as f64;
+                    // Where the limit is, when the nodes no longer scale.
+                    let limit = if nodes == 1 || per_node >= 0.9 {
+                        String::new()
+                    } else if redis_cores >= 0.85 {
+                        "; below 0.9 × per node: Redis, single-threaded, is saturated".to_string()
+                    } else if machine_cores >= 0.9 * cores as f64 {
+                        format!("; below 0.9 × per node: the machine's {cores} cores are saturated")
+                    } else if dispatcher_cores < 0.9 * self.o.quota * nodes as f64 {
+                        "; below 0.9 × per node: the dispatchers wait (on Redis or the sink), not on their quota"
+                            .to_string()
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "each held to {} core; {:.2} × one node's rate ({:.2} × per node)",
+                        "each held to {} core; {:.2} × one node's rate ({per_node:.2} × per node); dispatchers {dispatcher_cores:.2} cores, Redis {redis_cores:.2}, machine {machine_cores:.2} of {cores}{limit}",
                         self.o.quota,
                         rate / one,
-                        rate / one / nodes as f64
                     )
                 } else {
                     "no cgroup CPU controller writable: nodes not held to a quota".into()
