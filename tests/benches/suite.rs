@@ -196,6 +196,17 @@ fn raw_rate_blocking(sink: &FastSink) -> Option<f64> {
         .output()
         .ok()?;
     let _ = std::fs::remove_file(&script);
+    // Requests wrk sent just before it stopped may still be in the sink: let them land, so
+    // that none is counted as a call of the first case.
+    let mut seen = sink.requests.load(Ordering::Relaxed);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sink.requests.load(Ordering::Relaxed);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
 }
