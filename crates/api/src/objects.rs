@@ -196,21 +196,25 @@ fn record_json(r: &hookline_model::Record) -> Value {
 /// Creates or updates one record through the engine's one write path, in its own trace.
 /// `definitions` is the definitions' version read after the request began.
 /// One record's write, batched with the other single writes in flight.
-async fn write_one(
+async fn write_record(
     state: &ApiState,
     object: &Arc<DataObject>,
     id: String,
     fields: Fields,
     mode: WriteMode,
-    definitions: u64,
+    definitions_version: u64,
 ) -> Result<records::Written, records::RecordError> {
     let span = tracing::info_span!("record.write", object = %object.name, record_id = %id);
     let traceparent = trace::start(&span);
-    let w = state
-        .records
-        .write(object.clone(), id, fields, mode, traceparent.clone(), definitions)
-        .instrument(span)
-        .await?;
+    let write = records::SingleWrite {
+        object: object.clone(),
+        id,
+        fields,
+        mode,
+        traceparent: traceparent.clone(),
+        definitions_version,
+    };
+    let w = state.records.write(write).instrument(span).await?;
     tracing::debug!(object = %object.name, record_id = %w.record.id, version = w.record.version, status = w.status(),
         trace_id = trace::trace_id(&traceparent).unwrap_or_default(), "record written");
     Ok(w)
@@ -308,7 +312,7 @@ pub async fn post_records(
             results.push((w, status));
         }
     } else if let Some((id, fields)) = checked.pop() {
-        let w = write_one(&state, &object, id, fields, WriteMode::Upsert, definitions).await?;
+        let w = write_record(&state, &object, id, fields, WriteMode::Upsert, definitions).await?;
         let status = w.status();
         results.push((w, status));
     }
@@ -458,7 +462,7 @@ pub async fn patch_record(
     let (name, id) = path.into_inner();
     let input: PatchInput = parse_json(&body)?;
     let (object, definitions) = object_for_write(&state, &name).await?;
-    let w = write_one(&state, &object, id, input.fields, WriteMode::Update, definitions).await?;
+    let w = write_record(&state, &object, id, input.fields, WriteMode::Update, definitions).await?;
     Ok(HttpResponse::Ok().json(record_json(&w.record)))
 }
 

@@ -75,26 +75,6 @@ pub fn check(object: &DataObject, id: &str, patch: &Fields) -> Result<(), FieldE
     Ok(())
 }
 
-/// Applies `patch` (null clears a field) to record `id`, storing a new version and its
-/// change. `origin_webhook` marks a write-back so it cannot re-fire that webhook.
-/// `definitions_version` is [`Store::definitions_version`] read after the request that
-/// asked for the write began (once per request is enough): the change carries it, so the
-/// trigger decides on it against every webhook saved before.
-#[allow(clippy::too_many_arguments)]
-pub async fn write(
-    store: &dyn Store,
-    object: &DataObject,
-    id: &str,
-    patch: &Fields,
-    mode: WriteMode,
-    origin_webhook: Option<&str>,
-    traceparent: &str,
-    definitions_version: u64,
-) -> Result<Written, RecordError> {
-    let patch = Patch { id, fields: patch, traceparent: traceparent.to_string(), hops: 0 };
-    write_one(store, object, &patch, mode, Origin { webhook: origin_webhook, hops: 0 }, definitions_version).await
-}
-
 /// Writes one patch, reading the record again after a conflict (at most 32 times).
 async fn write_one(
     store: &dyn Store,
@@ -218,9 +198,14 @@ pub struct Patch<'a> {
     pub hops: u32,
 }
 
-/// [`write`] for many records of one object, in one store read and one store write (plus
-/// a single write for each that conflicted with another writer, or appears twice): what a
+/// Applies each patch (null clears a field) to its record, storing a new version and its
+/// change, for many records of one object in one store read and one store write (plus a
+/// single write for each that conflicted with another writer, or appears twice): what a
 /// bulk request costs is two round trips, not two per record. Results are in order.
+/// `origin_webhook` marks write-backs, so they cannot re-fire that webhook.
+/// `definitions_version` is [`Store::definitions_version`] read after the request that
+/// asked for the writes began (once per request is enough): the changes carry it, so the
+/// trigger decides on them against every webhook saved before.
 pub async fn write_many(
     store: &dyn Store,
     object: &DataObject,
@@ -287,14 +272,20 @@ pub struct Batcher {
     tx: tokio::sync::mpsc::UnboundedSender<Pending>,
 }
 
+/// One record's write, as the API asks for it.
+pub struct SingleWrite {
+    pub object: Arc<DataObject>,
+    pub id: String,
+    pub fields: Fields,
+    pub mode: WriteMode,
+    pub traceparent: String,
+    /// [`Store::definitions_version`], read once the request arrived.
+    pub definitions_version: u64,
+}
+
 /// A write waiting for its step.
 struct Pending {
-    object: Arc<DataObject>,
-    id: String,
-    fields: Fields,
-    mode: WriteMode,
-    traceparent: String,
-    definitions_version: u64,
+    write: SingleWrite,
     done: tokio::sync::oneshot::Sender<Result<Written, RecordError>>,
 }
 
@@ -312,23 +303,12 @@ impl Batcher {
         Self { tx }
     }
 
-    /// [`write`], in a batch with whatever other writes are waiting. Bad fields are refused
-    /// before anything waits.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn write(
-        &self,
-        object: Arc<DataObject>,
-        id: String,
-        fields: Fields,
-        mode: WriteMode,
-        traceparent: String,
-        definitions_version: u64,
-    ) -> Result<Written, RecordError> {
-        check(&object, &id, &fields)?;
+    /// Writes `write` in a step with whatever other writes are waiting; its result is its
+    /// own, as [`write_many`] gives each.
+    pub async fn write(&self, write: SingleWrite) -> Result<Written, RecordError> {
         let stopped = || RecordError::Store(StoreError::Unavailable("the record writer is stopping".into()));
         let (done, result) = tokio::sync::oneshot::channel();
-        let pending = Pending { object, id, fields, mode, traceparent, definitions_version, done };
-        self.tx.send(pending).map_err(|_| stopped())?;
+        self.tx.send(Pending { write, done }).map_err(|_| stopped())?;
         result.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
@@ -355,28 +335,26 @@ async fn run_batches(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Unbounded
 /// Writes a batch, one [`write_many`] per object definition and mode, in arrival order.
 async fn write_batch(store: &dyn Store, mut batch: Vec<Pending>) {
     while !batch.is_empty() {
-        let (object, mode) = (batch[0].object.clone(), batch[0].mode);
-        let (group, rest): (Vec<Pending>, Vec<Pending>) =
-            batch.into_iter().partition(|p| Arc::ptr_eq(&p.object, &object) && p.mode == mode);
+        let (object, mode) = (batch[0].write.object.clone(), batch[0].write.mode);
+        let (mut group, rest): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| Arc::ptr_eq(&p.write.object, &object) && p.write.mode == mode);
         batch = rest;
-        let version = group.iter().map(|p| p.definitions_version).max().unwrap_or(0);
+        let version = group.iter().map(|p| p.write.definitions_version).max().unwrap_or(0);
         let patches: Vec<Patch<'_>> = group
-            .iter()
-            .map(|p| Patch { id: &p.id, fields: &p.fields, traceparent: p.traceparent.clone(), hops: 0 })
+            .iter_mut()
+            .map(|p| {
+                let SingleWrite { id, fields, traceparent, .. } = &mut p.write;
+                Patch { id, fields, traceparent: std::mem::take(traceparent), hops: 0 }
+            })
             .collect();
         let results = write_many(store, &object, &patches, mode, None, version).await;
         drop(patches);
-        match results {
-            Ok(results) => {
-                for (p, result) in group.into_iter().zip(results) {
-                    let _ = p.done.send(result);
-                }
-            }
-            Err(e) => {
-                for p in group {
-                    let _ = p.done.send(Err(RecordError::Store(e.clone())));
-                }
-            }
+        let results: Vec<Result<Written, RecordError>> = match results {
+            Ok(results) => results,
+            Err(e) => group.iter().map(|_| Err(RecordError::Store(e.clone()))).collect(),
+        };
+        for (p, result) in group.into_iter().zip(results) {
+            let _ = p.done.send(result);
         }
     }
 }
