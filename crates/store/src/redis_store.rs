@@ -31,6 +31,7 @@
 //! [`RedisStore::index_unindexed_records`]), on one Redis and on a cluster alike.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -174,6 +175,7 @@ struct Scripts {
     claim: Script,
     complete: Script,
     finish_writebacks: Script,
+    note_changes: Script,
     redrive: Script,
     redrive_writebacks: Script,
     try_lock: Script,
@@ -206,6 +208,7 @@ impl Scripts {
             claim: queue_script!("claim.lua"),
             complete: queue_script!("complete.lua"),
             finish_writebacks: queue_script!("finish_writebacks.lua"),
+            note_changes: Script::new(include_str!("lua/note_changes.lua")),
             redrive: Script::new(include_str!("lua/redrive.lua")),
             redrive_writebacks: Script::new(include_str!("lua/redrive_writebacks.lua")),
             try_lock: Script::new(include_str!("lua/try_lock.lua")),
@@ -1416,21 +1419,30 @@ impl Store for RedisStore {
         if notes.is_empty() {
             return Ok(());
         }
-        // One pipeline per object: an object's keys share a slot.
-        let mut pipes: HashMap<&str, Pipeline> = HashMap::new();
-        let ttl = JOURNEY_TTL.as_millis() as u64;
+        // One step per object: an object's keys share a slot.
+        let mut by_object: HashMap<&str, Vec<&JourneyNote>> = HashMap::new();
         for n in notes {
-            let key = self.keys.journey(&n.object, &n.record_id);
-            let mut value = format!("{} ", n.version).into_bytes();
-            value.extend_from_slice(&n.note);
-            let pipe = pipes.entry(n.object.as_str()).or_insert_with(redis::pipe);
-            pipe.cmd("LPUSH").arg(&key).arg(value).ignore();
-            pipe.cmd("LTRIM").arg(&key).arg(0).arg(JOURNEY_KEPT - 1).ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+            by_object.entry(n.object.as_str()).or_default().push(n);
         }
-        let sends = pipes.values().map(|pipe| {
+        let ttl = JOURNEY_TTL.as_millis() as u64;
+        let steps: Vec<_> = by_object
+            .into_values()
+            .map(|notes| {
+                let keys: Vec<String> = notes.iter().map(|n| self.keys.journey(&n.object, &n.record_id)).collect();
+                let mut inv = invocation(&self.scripts.note_changes, &keys);
+                inv.arg(ttl).arg(JOURNEY_KEPT);
+                for n in notes {
+                    let mut value = Vec::with_capacity(n.note.len() + 21);
+                    let _ = write!(value, "{} ", n.version);
+                    value.extend_from_slice(&n.note);
+                    inv.arg(value);
+                }
+                inv
+            })
+            .collect();
+        let sends = steps.iter().map(|inv| {
             let mut conn = self.conn();
-            async move { pipe.query_async::<()>(&mut conn).await }
+            async move { inv.invoke_async::<u64>(&mut conn).await }
         });
         futures_util::future::try_join_all(sends).await.map_err(map_err)?;
         Ok(())
