@@ -43,6 +43,9 @@ struct State {
     share: u32,
     /// Permits to give back at the next store call.
     release: Vec<String>,
+    /// No held permit runs out before this (a lower bound: renewals only push times later),
+    /// so most looks skip the scan of every held permit. `None`: none is held.
+    first_expiry: Option<Instant>,
 }
 
 /// The permits one dispatcher worker holds.
@@ -82,7 +85,11 @@ impl PermitPool {
     /// Drops permits whose time ran out without a renewal. Call with the lock held.
     fn expire(&self, s: &mut State) {
         let now = Instant::now();
+        if s.first_expiry.is_none_or(|first| now < first) {
+            return;
+        }
         let expired: Vec<String> = s.held.iter().filter(|(_, h)| h.until <= now).map(|(n, _)| n.clone()).collect();
+        s.first_expiry = s.held.values().filter(|h| h.until > now).map(|h| h.until).min();
         if !expired.is_empty() {
             self.drop_lost(s, &expired, "its lease ran out without a renewal");
         }
@@ -205,6 +212,9 @@ impl PermitPool {
         let until = sent + self.lease - margin(self.lease);
         let mut s = self.lock();
         s.share = share.max(1);
+        if !names.is_empty() {
+            s.first_expiry = Some(s.first_expiry.map_or(until, |first| first.min(until)));
+        }
         for name in names {
             s.held.entry(name).and_modify(|h| h.until = until).or_insert(Held { until, busy: false });
         }
@@ -352,6 +362,27 @@ mod tests {
         assert!(waited >= Duration::from_millis(600) && waited <= Duration::from_millis(800), "{waited:?}");
         assert!(!call.valid());
         assert_eq!(p.free(), 0, "gone from the pool");
+    }
+
+    /// Looks skip the scan until the first permit can run out: one granted later but on an
+    /// older call's time still runs out first, and only it goes.
+    #[tokio::test(start_paused = true)]
+    async fn each_permit_runs_out_at_its_own_time() {
+        let p = pool(3_000);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        p.granted(vec!["a/1".into()], 4, Instant::now());
+        p.granted(vec!["a/2".into()], 4, start);
+        let first = p.checkout().expect("a permit");
+        let second = p.checkout().expect("another");
+        let (early, late) = if first.name == "a/2" { (first, second) } else { (second, first) };
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(!early.valid(), "granted on a call sent a second before the other: run out");
+        assert!(late.valid(), "held a second longer");
+        assert_eq!(p.names(), ["a/1".to_string()]);
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(!late.valid());
+        assert!(p.names().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
