@@ -2,7 +2,7 @@
 //! bodies cut at [`MAX_RECORDED_BODY`], secret header values masked. Pure, so the dispatcher
 //! and the benchmarks build records the same way.
 
-use hookline_outbound::{OutboundResponse, redact_headers};
+use hookline_outbound::{OutboundResponse, REDACTED, is_secret_header};
 use hookline_proto::{Header, HttpRequest, HttpResponse};
 
 use crate::render::BuiltRequest;
@@ -22,18 +22,13 @@ pub fn cut(mut body: Vec<u8>) -> (Vec<u8>, bool) {
     (body, longer)
 }
 
-/// The request `req` as recorded: URL without userinfo or credential parameters, secret
-/// headers masked, secret values (a script may put one in the body) replaced by `***`.
-pub fn request_record(req: &BuiltRequest) -> HttpRequest {
+/// The request `req` as recorded: URL without userinfo or credential parameters (`url`, as
+/// [`BuiltRequest::display_url`] shows it), secret headers masked, secret values (a script
+/// may put one in the body) replaced by `***`.
+pub fn request_record(req: &BuiltRequest, url: String) -> HttpRequest {
     // Scrubbed whole, then cut: a secret across the cut is not left half shown.
     let (body, body_truncated) = cut(scrub(req.body.to_vec(), &req.secret_values));
-    HttpRequest {
-        method: req.method.clone(),
-        url: req.display_url(),
-        headers: masked(&req.headers, req),
-        body,
-        body_truncated,
-    }
+    HttpRequest { method: req.method.clone(), url, headers: masked(&req.headers, req), body, body_truncated }
 }
 
 /// The response to `req` as recorded: every secret value `req` carried masked in its headers
@@ -72,11 +67,15 @@ pub fn scrub(body: Vec<u8>, secrets: &[String]) -> Vec<u8> {
 }
 
 fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
-    let secret_values: Vec<&str> = req.secret_values.iter().map(String::as_str).collect();
-    let secret_names: Vec<&str> = req.secret_headers.iter().map(String::as_str).collect();
-    redact_headers(list, &secret_names, &secret_values)
-        .into_iter()
-        .map(|(name, value)| Header { name, value })
+    list.iter()
+        .map(|(name, value)| Header {
+            name: name.clone(),
+            value: if is_secret_header(name, value, &req.secret_headers, &req.secret_values) {
+                REDACTED.to_owned()
+            } else {
+                value.clone()
+            },
+        })
         .collect()
 }
 

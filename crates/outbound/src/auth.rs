@@ -29,12 +29,26 @@ pub fn redact_headers(
     headers
         .iter()
         .map(|(name, value)| {
-            let secret_name = ALWAYS_SECRET.iter().chain(secret_names).any(|s| s.eq_ignore_ascii_case(name));
-            let secret_value = secret_values.iter().any(|s| !s.is_empty() && value.contains(s));
-            let shown = if secret_name || secret_value { REDACTED.to_owned() } else { value.clone() };
+            let shown = if is_secret_header(name, value, secret_names, secret_values) {
+                REDACTED.to_owned()
+            } else {
+                value.clone()
+            };
             (name.clone(), shown)
         })
         .collect()
+}
+
+/// Whether header `name: value` is secret, as [`redact_headers`] decides it.
+pub fn is_secret_header<N: AsRef<str>, V: AsRef<str>>(
+    name: &str,
+    value: &str,
+    secret_names: &[N],
+    secret_values: &[V],
+) -> bool {
+    ALWAYS_SECRET.iter().any(|s| s.eq_ignore_ascii_case(name))
+        || secret_names.iter().any(|s| s.as_ref().eq_ignore_ascii_case(name))
+        || secret_values.iter().map(AsRef::as_ref).any(|s| !s.is_empty() && value.contains(s))
 }
 
 #[cfg(test)]
