@@ -281,24 +281,19 @@ pub async fn post_records(
         }
         body.extend_from_slice(&chunk);
     }
-    let value: Value = parse_json(&body)?;
-    let (inputs, bulk) = match value {
-        Value::Array(items) => (items, true),
-        other => (vec![other], false),
+    // One record, the common case, is read straight into its shape. Any other body, or one
+    // that does not read that way, is read as JSON first, which also words every error.
+    let direct = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<RecordInput>(&body).ok(),
+        _ => None,
+    };
+    let (inputs, bulk) = match direct {
+        Some(input) => (vec![input], false),
+        None => read_inputs(parse_json(&body)?)?,
     };
     let mut checked = Vec::with_capacity(inputs.len());
-    for (i, item) in inputs.into_iter().enumerate() {
+    for (i, input) in inputs.into_iter().enumerate() {
         let prefix = if bulk { format!("[{i}].") } else { String::new() };
-        let input: RecordInput = serde_path_to_error::deserialize(item).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
-            let message = format!("invalid record: {}", e.into_inner());
-            if field.is_empty() {
-                ApiError::BadJson(message)
-            } else {
-                ApiError::BadShape(FieldError::new(field, message))
-            }
-        })?;
         let id = record_id(&object, &input, &prefix)?;
         records::check(&object, &id, &input.fields)
             .map_err(|e| FieldError::new(format!("{prefix}{}", e.field), e.message))?;
@@ -327,6 +322,30 @@ pub async fn post_records(
         let mut out = if w.created { HttpResponse::Created() } else { HttpResponse::Ok() };
         Ok(out.json(record_json(&w.record)))
     }
+}
+
+/// The records of a POST body read as JSON: an array of them (bulk) or one.
+fn read_inputs(value: Value) -> Result<(Vec<RecordInput>, bool), ApiError> {
+    let (items, bulk) = match value {
+        Value::Array(items) => (items, true),
+        other => (vec![other], false),
+    };
+    let mut inputs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let prefix = if bulk { format!("[{i}].") } else { String::new() };
+        let input: RecordInput = serde_path_to_error::deserialize(item).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+            let message = format!("invalid record: {}", e.into_inner());
+            if field.is_empty() {
+                ApiError::BadJson(message)
+            } else {
+                ApiError::BadShape(FieldError::new(field, message))
+            }
+        })?;
+        inputs.push(input);
+    }
+    Ok((inputs, bulk))
 }
 
 /// One NDJSON line read: a record to write, or why it is refused (the result line).
