@@ -8,8 +8,10 @@ use futures_util::StreamExt;
 use hookline_engine::records::{self, WriteMode};
 use hookline_engine::trace;
 use hookline_model::{DataObject, FieldError, Fields};
+use hookline_store::StoreError;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::{ApiError, ApiState, parse_json};
@@ -126,7 +128,12 @@ pub(crate) async fn object(state: &ApiState, name: &str) -> Result<DataObject, A
 /// write's change with every one of them. The object comes from the store only when the
 /// version moved since it was last read: saving an object moves it.
 async fn object_for_write(state: &ApiState, name: &str) -> Result<(Arc<DataObject>, u64), ApiError> {
-    let version = state.store.definitions_version().await?;
+    let store = state.store.clone();
+    let read = move || {
+        let store = store.clone();
+        async move { store.definitions_version().await }
+    };
+    let version = state.objects.versions.read(read).await?;
     if let Some(object) = state.objects.get(name, version) {
         return Ok((object, version));
     }
@@ -139,18 +146,107 @@ async fn object_for_write(state: &ApiState, name: &str) -> Result<(Arc<DataObjec
 /// entry serves a write that reads that same version, so it is never older than what the
 /// store held when that write arrived.
 #[derive(Default)]
-pub struct ObjectCache(Mutex<HashMap<String, (u64, Arc<DataObject>)>>);
+pub struct ObjectCache {
+    objects: Mutex<HashMap<String, (u64, Arc<DataObject>)>>,
+    /// The definitions' version, read for the writes that arrive together.
+    versions: Arc<VersionReads>,
+}
 
 impl ObjectCache {
     fn get(&self, name: &str, version: u64) -> Option<Arc<DataObject>> {
-        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
         cached.get(name).filter(|(at, _)| *at == version).map(|(_, object)| object.clone())
     }
 
     fn put(&self, name: &str, version: u64, object: Arc<DataObject>) {
-        let mut cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cached = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
         if cached.get(name).is_none_or(|(at, _)| *at <= version) {
             cached.insert(name.to_string(), (version, object));
+        }
+    }
+}
+
+type VersionRead = Result<u64, StoreError>;
+
+/// Reads of the definitions' version, each shared by the writes waiting for one. A write
+/// needs a version read after it arrived, so it never joins a read already sent: it waits
+/// for the next one, which goes out as soon as the one in flight is back and answers every
+/// write that arrived meanwhile. One read is in flight at most; an idle API reads at once.
+/// Under load this is one read per round trip instead of one per write.
+#[derive(Default)]
+pub struct VersionReads(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    /// Whether a reader task runs.
+    reading: bool,
+    /// The writes waiting for the next read.
+    callers: Vec<oneshot::Sender<VersionRead>>,
+}
+
+impl VersionReads {
+    /// The definitions' version as `source` reads it, read after this call began (by the
+    /// `source` of whichever caller started the reader task; all read the same store).
+    pub async fn read<F, R>(self: &Arc<Self>, source: F) -> VersionRead
+    where
+        F: Fn() -> R + Send + 'static,
+        R: Future<Output = VersionRead> + Send,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut waiting = self.lock();
+            waiting.callers.push(tx);
+            !std::mem::replace(&mut waiting.reading, true)
+        };
+        if start {
+            let reads = self.clone();
+            tokio::spawn(async move { reads.run(source).await });
+        }
+        rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("reading the definitions' version failed".into())))
+    }
+
+    /// Reads with `source` for the waiting writes until none waits.
+    async fn run<F, R>(&self, source: F)
+    where
+        F: Fn() -> R,
+        R: Future<Output = VersionRead>,
+    {
+        // Should a read panic, the writes waiting hear of it and the next write starts over.
+        let mut stop = Stop { reads: self, armed: true };
+        loop {
+            let callers = {
+                let mut waiting = self.lock();
+                if waiting.callers.is_empty() {
+                    waiting.reading = false;
+                    stop.armed = false;
+                    return;
+                }
+                std::mem::take(&mut waiting.callers)
+            };
+            let read = source().await;
+            for caller in callers {
+                let _ = caller.send(read.clone());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ends a reader task that did not end normally.
+struct Stop<'a> {
+    reads: &'a VersionReads,
+    armed: bool,
+}
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut waiting = self.reads.lock();
+            waiting.reading = false;
+            waiting.callers.clear();
         }
     }
 }
@@ -513,4 +609,79 @@ pub fn fuzz_ndjson(object: &DataObject, body: &[u8]) -> usize {
         }
     }
     accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// A version source counting its reads; each read answers its own number, once the gate
+    /// lets it through.
+    fn source(reads: &Arc<AtomicU64>, gate: &Arc<Semaphore>) -> impl Fn() -> BoxedRead + Send + 'static {
+        let (reads, gate) = (reads.clone(), gate.clone());
+        move || {
+            let (reads, gate) = (reads.clone(), gate.clone());
+            Box::pin(async move {
+                let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                gate.acquire().await.expect("open").forget();
+                Ok(n)
+            })
+        }
+    }
+    type BoxedRead = std::pin::Pin<Box<dyn Future<Output = VersionRead> + Send>>;
+
+    /// Callers that arrive while a read is out share the next one, never the one already
+    /// sent; an idle caller reads at once.
+    #[tokio::test]
+    async fn writes_waiting_together_share_one_read_sent_after_they_came() {
+        let (reads, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
+        let versions = Arc::new(VersionReads::default());
+        let first = tokio::spawn({
+            let (versions, read) = (versions.clone(), source(&reads, &gate));
+            async move { versions.read(read).await }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let later: Vec<_> = (0..20)
+            .map(|_| {
+                let (versions, read) = (versions.clone(), source(&reads, &gate));
+                tokio::spawn(async move { versions.read(read).await })
+            })
+            .collect();
+        // Every later caller queues up behind the read in flight before it comes back.
+        while versions.lock().callers.len() < 20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read out while it is in flight");
+        gate.add_permits(2);
+        assert_eq!(first.await.expect("task").expect("read"), 1);
+        for caller in later {
+            assert_eq!(caller.await.expect("task").expect("read"), 2, "answered by a read sent after it came");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        gate.add_permits(1);
+        assert_eq!(versions.read(source(&reads, &gate)).await.expect("read"), 3, "idle: a read of its own");
+    }
+
+    /// A read that fails answers its callers with the error; one that panics fails them, and
+    /// the next caller reads again.
+    #[tokio::test]
+    async fn a_failed_read_fails_its_callers_only() {
+        let versions = Arc::new(VersionReads::default());
+        let failed = versions.read(|| async { Err(StoreError::Unavailable("down".into())) }).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(m)) if m == "down"));
+        let panicked = versions
+            .read(|| async {
+                if true {
+                    panic!("a read panicked");
+                }
+                Ok(0)
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Unavailable(_))), "{panicked:?}");
+        assert_eq!(versions.read(|| async { Ok(7) }).await.expect("read"), 7);
+    }
 }
