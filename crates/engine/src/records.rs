@@ -235,13 +235,13 @@ pub async fn write_many(
             Err(e) => out[i] = Some(Err(e)),
         }
     }
+    // Each change moves into its write: what a write returns needs its fields only.
     let writes: Vec<hookline_store::RecordWrite> = planned
-        .iter()
+        .iter_mut()
         .map(|(i, w)| hookline_store::RecordWrite {
             id: patches[*i].id.to_string(),
             expected: w.expected,
-            fields: w.fields.clone(),
-            change: w.change.clone(),
+            change: std::mem::take(&mut w.change),
         })
         .collect();
     let results = store.write_records(&object.name, &writes).await?;

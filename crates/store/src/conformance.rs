@@ -1154,7 +1154,6 @@ pub async fn bulk_records(store: &dyn Store, prefix: &str) {
     let w = |id: &str, expected: u64, status: &str| crate::RecordWrite {
         id: id.to_string(),
         expected,
-        fields: fields(status),
         change: change(&obj, id, expected + 1, status),
     };
     store.write_record(&obj, "B", 0, &fields("Open"), &change(&obj, "B", 1, "Open")).await.expect("write_record");

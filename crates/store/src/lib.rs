@@ -153,8 +153,9 @@ pub struct RecordWrite {
     pub id: String,
     /// The version the record must be at (0: it must not exist).
     pub expected: u64,
-    pub fields: Fields,
-    /// Its change, already carrying version `expected + 1`.
+    /// Its change, already carrying version `expected + 1`. Its `new_json`, the record's
+    /// fields after the write, is what the store keeps as the record's fields (as it is:
+    /// it is not encoded a second time).
     pub change: Change,
 }
 

@@ -942,8 +942,11 @@ impl Store for RedisStore {
         keys.extend([self.keys.changes(object), self.keys.position(object), self.keys.written(object)]);
         let mut inv = invocation(&self.scripts.write_records, &keys);
         for w in writes {
-            let text = serde_json::to_string(&w.fields).map_err(|e| StoreError::Backend(e.to_string()))?;
-            inv.arg(w.expected).arg(text).arg(w.change.encode_to_vec()).arg(&w.change.origin_webhook).arg(&w.id);
+            inv.arg(w.expected)
+                .arg(&w.change.new_json)
+                .arg(w.change.encode_to_vec())
+                .arg(&w.change.origin_webhook)
+                .arg(&w.id);
         }
         let rows: Vec<(i64, u64)> = inv.invoke_async(&mut self.conn()).await.map_err(map_err)?;
         Ok(rows

@@ -393,7 +393,8 @@ impl Store for EmbeddedStore {
                 Ok((
                     w.id.clone(),
                     w.expected,
-                    encode_json(&w.fields)?,
+                    String::from_utf8(w.change.new_json.clone())
+                        .map_err(|_| StoreError::Backend(format!("the fields of record {} are not UTF-8", w.id)))?,
                     w.change.encode_to_vec(),
                     w.change.origin_webhook.clone(),
                 ))
