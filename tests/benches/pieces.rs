@@ -113,7 +113,7 @@ fn requests(c: &mut Criterion) {
                 webhook_id: wh.def.id.clone(),
                 job_id: job.job_id.clone(),
                 record_ids: job.record_ids.clone(),
-                request: Some(request_record(black_box(&req), req.display_url())),
+                request: Some(request_record(black_box(&req))),
                 response: Some(response_record(black_box(&response), &req)),
                 ..Default::default()
             };

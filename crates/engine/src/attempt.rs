@@ -2,7 +2,7 @@
 //! bodies cut at [`MAX_RECORDED_BODY`], secret header values masked. Pure, so the dispatcher
 //! and the benchmarks build records the same way.
 
-use hookline_outbound::{OutboundResponse, REDACTED, is_secret_header};
+use hookline_outbound::{OutboundResponse, shown_header_value};
 use hookline_proto::{Header, HttpRequest, HttpResponse};
 
 use crate::render::BuiltRequest;
@@ -22,13 +22,18 @@ pub fn cut(mut body: Vec<u8>) -> (Vec<u8>, bool) {
     (body, longer)
 }
 
-/// The request `req` as recorded: URL without userinfo or credential parameters (`url`, as
-/// [`BuiltRequest::display_url`] shows it), secret headers masked, secret values (a script
-/// may put one in the body) replaced by `***`.
-pub fn request_record(req: &BuiltRequest, url: String) -> HttpRequest {
+/// The request `req` as recorded: URL without userinfo or credential parameters, secret
+/// headers masked, secret values (a script may put one in the body) replaced by `***`.
+pub fn request_record(req: &BuiltRequest) -> HttpRequest {
     // Scrubbed whole, then cut: a secret across the cut is not left half shown.
     let (body, body_truncated) = cut(scrub(req.body.to_vec(), &req.secret_values));
-    HttpRequest { method: req.method.clone(), url, headers: masked(&req.headers, req), body, body_truncated }
+    HttpRequest {
+        method: req.method.clone(),
+        url: req.display_url().to_owned(),
+        headers: masked(&req.headers, req),
+        body,
+        body_truncated,
+    }
 }
 
 /// The response to `req` as recorded: every secret value `req` carried masked in its headers
@@ -70,11 +75,7 @@ fn masked(list: &[(String, String)], req: &BuiltRequest) -> Vec<Header> {
     list.iter()
         .map(|(name, value)| Header {
             name: name.clone(),
-            value: if is_secret_header(name, value, &req.secret_headers, &req.secret_values) {
-                REDACTED.to_owned()
-            } else {
-                value.clone()
-            },
+            value: shown_header_value(name, value, &req.secret_headers, &req.secret_values).to_owned(),
         })
         .collect()
 }

@@ -35,6 +35,8 @@ pub struct BuiltRequest {
     pub secret_headers: Vec<String>,
     /// The OAuth token used, so a 401 can replace it.
     pub oauth_token: Option<String>,
+    /// The URL as [`BuiltRequest::display_url`] shows it, worked out once per request.
+    shown_url: String,
 }
 
 impl std::fmt::Debug for BuiltRequest {
@@ -51,10 +53,8 @@ impl BuiltRequest {
     /// The URL as attempts, spans and logs show it: no userinfo, credential-like query
     /// parameters as `***`, and every secret value the request carries (a script may put
     /// one in the path) masked too.
-    pub fn display_url(&self) -> String {
-        let shown = display_url(&self.url);
-        String::from_utf8(crate::attempt::scrub(shown.into_bytes(), &self.secret_values))
-            .unwrap_or_else(|_| display_url(&self.url))
+    pub fn display_url(&self) -> &str {
+        &self.shown_url
     }
 
     /// Swaps the bearer token after a refresh.
@@ -63,7 +63,15 @@ impl BuiltRequest {
         self.headers.push(("Authorization".into(), format!("Bearer {token}")));
         self.secret_values.push(token.to_string());
         self.oauth_token = Some(token.to_string());
+        self.shown_url = shown_url(&self.url, &self.secret_values);
     }
+}
+
+/// `url` as attempts, spans and logs show it: [`display_url`], with every value of `secrets`
+/// masked too.
+fn shown_url(url: &str, secrets: &[String]) -> String {
+    let shown = display_url(url);
+    String::from_utf8(crate::attempt::scrub(shown.into_bytes(), secrets)).unwrap_or_else(|_| display_url(url))
 }
 
 /// Which step of building a request failed, and why (never holding a secret value).
@@ -430,6 +438,7 @@ pub async fn build_request(
     secret_values.dedup();
     Ok(BuiltRequest {
         method: request.method.to_ascii_uppercase(),
+        shown_url: shown_url(&url, &secret_values),
         url,
         headers,
         body: body.into(),

@@ -28,27 +28,22 @@ pub fn redact_headers(
 ) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(name, value)| {
-            let shown = if is_secret_header(name, value, secret_names, secret_values) {
-                REDACTED.to_owned()
-            } else {
-                value.clone()
-            };
-            (name.clone(), shown)
-        })
+        .map(|(name, value)| (name.clone(), shown_header_value(name, value, secret_names, secret_values).to_owned()))
         .collect()
 }
 
-/// Whether header `name: value` is secret, as [`redact_headers`] decides it.
-pub fn is_secret_header<N: AsRef<str>, V: AsRef<str>>(
+/// The value of header `name: value` as [`redact_headers`] shows it: `value`, or
+/// [`REDACTED`] when it is secret.
+pub fn shown_header_value<'a, N: AsRef<str>, V: AsRef<str>>(
     name: &str,
-    value: &str,
+    value: &'a str,
     secret_names: &[N],
     secret_values: &[V],
-) -> bool {
-    ALWAYS_SECRET.iter().any(|s| s.eq_ignore_ascii_case(name))
+) -> &'a str {
+    let secret = ALWAYS_SECRET.iter().any(|s| s.eq_ignore_ascii_case(name))
         || secret_names.iter().any(|s| s.as_ref().eq_ignore_ascii_case(name))
-        || secret_values.iter().map(AsRef::as_ref).any(|s| !s.is_empty() && value.contains(s))
+        || secret_values.iter().map(AsRef::as_ref).any(|s| !s.is_empty() && value.contains(s));
+    if secret { REDACTED } else { value }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ mod signing;
 #[cfg(test)]
 mod test_http;
 
-pub use auth::{REDACTED, basic_auth, is_secret_header, redact_headers};
+pub use auth::{REDACTED, basic_auth, redact_headers, shown_header_value};
 pub use client::{
     ClientConfig, DEFAULT_MAX_RESPONSE_BYTES, Outbound, OutboundCall, OutboundError, OutboundRequest, OutboundResponse,
     SendError,

@@ -164,9 +164,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                 (if e.retryable { Verdict::Retry { after: None } } else { Verdict::Fail }, None)
             }
             Ok(mut req) => {
-                // Worked out once: the span and the attempt record show the same URL.
-                let mut shown_url = req.display_url();
-                tracing::Span::current().record("url.full", shown_url.as_str());
+                tracing::Span::current().record("url.full", req.display_url());
                 let mut sent = send(ctx, wh, &req, &permit, false).await;
                 // A refused OAuth token: fetch another once (unless another node already
                 // did) and send again, within this same attempt.
@@ -177,7 +175,6 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                         Ok(fresh) => {
                             tracing::info!("target refused the OAuth token; sending again with a fresh one");
                             req.set_bearer(&fresh);
-                            shown_url = req.display_url();
                             sent = send(ctx, wh, &req, &permit, true).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "refreshing the OAuth token after a 401 failed"),
@@ -197,7 +194,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                         return;
                     }
                 };
-                attempt.request = Some(request_record(&req, shown_url));
+                attempt.request = Some(request_record(&req));
                 let verdict = classify(&result);
                 let response = match result {
                     Ok(resp) => {
