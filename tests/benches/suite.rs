@@ -213,12 +213,34 @@ fn raw_rate_blocking(sink: &FastSink) -> Option<f64> {
 
 /// CPU seconds (user + system) a process has used so far.
 fn process_cpu(pid: u32) -> f64 {
+    let (user, system) = process_cpu_split(pid);
+    user + system
+}
+
+/// A process's read and write system calls (`/proc/PID/io`) and context switches, all its
+/// threads together.
+fn process_calls(pid: u32) -> [f64; 3] {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let mut switches = 0.0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            switches += field(&status, "voluntary_ctxt_switches:") + field(&status, "nonvoluntary_ctxt_switches:");
+        }
+    }
+    [field(&io, "syscr:"), field(&io, "syscw:"), switches]
+}
+
+/// CPU seconds a process has spent in user space and in the kernel.
+fn process_cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
+    let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (ticks(11), ticks(12))
 }
 
 /// CPU seconds the whole machine has been busy (every state but idle and iowait), and the
@@ -539,6 +561,10 @@ struct ApiLoad {
     latencies: Vec<f64>,
     /// Node CPU seconds per delivered record.
     cpu_per_record: f64,
+    /// The part of that CPU time spent in the kernel (system calls, network stack).
+    kernel_share: f64,
+    /// Per delivered record: read system calls, write system calls, context switches.
+    calls: [f64; 3],
     /// Node instructions per delivered record, under `--callgrind`.
     instructions_per_record: Option<f64>,
 }
@@ -695,7 +721,7 @@ impl Bench {
             callgrind_control(pid, true);
         }
         let perf = if rate.is_none() { profile(&self.o.perf, pid) } else { None };
-        let cpu0 = process_cpu(pid);
+        let (cpu0, calls0) = (process_cpu_split(pid), process_calls(pid));
         let start = Instant::now();
         let per = n / clients;
         let gap = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
@@ -727,7 +753,10 @@ impl Bench {
         let total = per * clients;
         until(Duration::from_secs(300), || async { self.sink.records() >= total }).await;
         let delivered = total as f64 / start.elapsed().as_secs_f64();
-        let cpu = process_cpu(pid) - cpu0;
+        let (user, system) = process_cpu_split(pid);
+        let (user, system) = (user - cpu0.0, system - cpu0.1);
+        let calls = process_calls(pid);
+        let calls = [0, 1, 2].map(|i| (calls[i] - calls0[i]) / total as f64);
         stop_profile(perf);
         let instructions = counting.and_then(|dir| {
             callgrind_control(pid, false);
@@ -744,7 +773,9 @@ impl Bench {
             accepted,
             delivered,
             latencies,
-            cpu_per_record: cpu / total as f64,
+            cpu_per_record: (user + system) / total as f64,
+            kernel_share: system / (user + system).max(1e-9),
+            calls,
             instructions_per_record: instructions.map(|n| n / total as f64),
         }
     }
@@ -760,8 +791,12 @@ impl Bench {
             latency: Some(percentiles(full.latencies)),
             cpu_per_1000: Some(full.cpu_per_record * 1000.0),
             note: format!(
-                "{n} records, 64 clients, one per call: {:.0} records/s accepted{}",
+                "{n} records, 64 clients, one per call: {:.0} records/s accepted; node CPU {:.0} % in the kernel; per record {:.1} reads, {:.1} writes, {:.1} context switches{}",
                 full.accepted,
+                full.kernel_share * 100.0,
+                full.calls[0],
+                full.calls[1],
+                full.calls[2],
                 match full.instructions_per_record {
                     Some(i) => format!("; under callgrind: {i:.0} node instructions per record"),
                     None => String::new(),
@@ -777,7 +812,10 @@ impl Bench {
             unit: "delivered/s",
             latency: Some(percentiles(load.latencies)),
             cpu_per_1000: Some(load.cpu_per_record * 1000.0),
-            note: format!("clients paced to {half:.0} records/s in all"),
+            note: format!(
+                "clients paced to {half:.0} records/s in all; node CPU {:.0} % in the kernel",
+                load.kernel_share * 100.0
+            ),
             ..Default::default()
         });
     }
