@@ -68,6 +68,7 @@ fn job(entities: &Value) -> Job {
         created_at_ms: 1_764_633_600_000,
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         hops: 0,
+        member_traceparents: Vec::new(),
     }
 }
 

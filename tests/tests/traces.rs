@@ -272,3 +272,64 @@ async fn a_scheduled_tick_is_the_root_of_the_calls_it_makes() {
         calls.iter().map(|s| text(&s.attributes, "record_ids").map_or(0, |ids| ids.matches('r').count())).sum();
     assert_eq!(carried, 3, "{calls:?}");
 }
+
+/// A bulk call carries several records, each with a trace of its own: the attempt lives in
+/// the first record's trace, and every other record's trace gets a `bulk call` span, a child
+/// of that record's enqueue, linked to the attempt and carrying its outcome.
+#[actix_rt::test]
+async fn every_record_of_a_bulk_call_sees_the_call_in_its_trace() {
+    let (otlp, spans) = receiver();
+    let target = crate::bulk::BulkTarget::start();
+    let ns = namespace();
+    let redis = redis_url();
+    let mut node = Proc::start("trace-bulk", &["--redis", &redis, "--namespace", &ns, "--otlp-endpoint", &otlp]);
+    let api = Api::at(&node.url);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    api.ok(
+        "POST",
+        "/v1/webhooks",
+        Some(json!({
+            "id": "bulky", "object": "item", "trigger": {"on_create": true},
+            "request": {"url": format!("{}/bulk", target.url)},
+            "settings": {"max_batch_size": 3, "batch_linger_ms": 2000}
+        })),
+    )
+    .await;
+    let records: Vec<_> = (0..3).map(|i| json!({"id": format!("m{i}"), "fields": {"n": i}})).collect();
+    api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
+    wait_until(Duration::from_secs(20), || async { target.records_seen() >= 3 }).await;
+    assert_eq!(target.calls().len(), 1, "one call carried the three records: {:?}", target.calls());
+    assert!(node.terminate().success());
+    let spans = spans.lock().unwrap().clone();
+    let spans: Vec<&Span> = spans.iter().map(|(_, s)| s).collect();
+
+    let attempts: Vec<&&Span> = spans.iter().filter(|s| s.name == "attempt").collect();
+    assert_eq!(attempts.len(), 1, "one call");
+    let attempt = attempts[0];
+    // Each record's trace starts at its own record.write span.
+    let trace_of = |id: &str| -> Vec<u8> {
+        let write =
+            spans.iter().find(|s| s.name == "record.write" && text(&s.attributes, "record_id").as_deref() == Some(id));
+        write.unwrap_or_else(|| panic!("no record.write span for {id}")).trace_id.clone()
+    };
+    let traces: Vec<Vec<u8>> = ["m0", "m1", "m2"].iter().map(|id| trace_of(id)).collect();
+    assert!(traces[0] != traces[1] && traces[1] != traces[2], "a trace per record");
+    assert_eq!(attempt.trace_id, traces[0], "the attempt lives in the first record's trace");
+    for (id, trace) in ["m1", "m2"].iter().zip(&traces[1..]) {
+        let bulk: Vec<&&Span> = spans.iter().filter(|s| s.name == "bulk call" && &s.trace_id == trace).collect();
+        assert_eq!(bulk.len(), 1, "{id}'s trace shows the call that carried it");
+        let bulk = bulk[0];
+        assert_eq!(text(&bulk.attributes, "record_id").as_deref(), Some(*id));
+        assert_eq!(text(&bulk.attributes, "outcome").as_deref(), Some("success"));
+        assert_eq!(text(&bulk.attributes, "records").as_deref(), Some("3"));
+        assert!(matches!(attr(&bulk.attributes, "http.response.status_code"), Some(AnyValue::IntValue(200))));
+        let enqueue = spans.iter().find(|s| s.name == "enqueue" && &s.trace_id == trace).expect("its enqueue");
+        assert_eq!(bulk.parent_span_id, enqueue.span_id, "it hangs off the record's enqueue");
+        assert!(
+            bulk.links.iter().any(|l| l.trace_id == attempt.trace_id && l.span_id == attempt.span_id),
+            "linked to the attempt: {:?}",
+            bulk.links
+        );
+    }
+    assert!(!spans.iter().any(|s| s.name == "bulk call" && s.trace_id == traces[0]), "none where the attempt is");
+}

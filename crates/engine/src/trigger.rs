@@ -307,6 +307,7 @@ pub fn record_job(
         created_at_ms: now_ms(),
         traceparent,
         hops: 0,
+        member_traceparents: Vec::new(),
     }
 }
 

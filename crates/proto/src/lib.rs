@@ -53,11 +53,16 @@ pub struct Job {
     pub attempts: u32,
     #[prost(int64, tag = "9")]
     pub created_at_ms: i64,
+    /// The trace the call's attempt spans join: the first record's, in a call of several.
     #[prost(string, tag = "10")]
     pub traceparent: String,
     /// The hops of the change that made it.
     #[prost(uint32, tag = "11")]
     pub hops: u32,
+    /// In a call of several records, the traceparents of the records after the first, in
+    /// order (each of their traces gets a `bulk call` span linked to the attempt).
+    #[prost(string, repeated, tag = "12")]
+    pub member_traceparents: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

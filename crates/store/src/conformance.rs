@@ -72,6 +72,7 @@ pub fn job(webhook: &str, n: &str) -> Job {
         created_at_ms: now_ms(),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         hops: 0,
+        member_traceparents: Vec::new(),
     }
 }
 

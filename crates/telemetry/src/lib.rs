@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use metrics::Metrics;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-pub use otel::{set_parent, traceparent_of};
+pub use otel::{add_link, exporting, set_parent, traceparent_of};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

@@ -94,7 +94,9 @@ pub(crate) fn provider(endpoint: &str, node_id: &str) -> Result<SdkTracerProvide
 /// looking for one (on every delivery).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-fn exporting() -> bool {
+/// Whether spans are exported (an OTLP endpoint is configured) in this process: spans that
+/// only serve the trace view can be left unmade when not.
+pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
@@ -123,6 +125,21 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     let cx = TraceContextPropagator::new().extract(&carrier);
     if cx.span().span_context().is_remote() && cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+/// Links `span` to the span a W3C `traceparent` names (another trace, say, that the work
+/// `span` covers also belongs to). Like [`set_parent`], before the span is first entered;
+/// invalid input, no OpenTelemetry layer or a disabled span: nothing happens.
+pub fn add_link(span: &tracing::Span, traceparent: &str) {
+    if !exporting() || span.is_disabled() {
+        return;
+    }
+    let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.trim().to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
     }
 }
 

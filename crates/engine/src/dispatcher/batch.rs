@@ -36,8 +36,9 @@ pub fn combine(members: &[Entry<Job>]) -> Job {
     merge(&members.iter().map(|e| &e.value).collect::<Vec<_>>())
 }
 
-/// The jobs `members` as one: their records in order, the first one's trace, the earliest
-/// creation, an id derived from the members' ids (the same members give the same id).
+/// The jobs `members` as one: their records in order, the first one's trace (and the others'
+/// as member traces), the earliest creation, an id derived from the members' ids (the same
+/// members give the same id).
 pub fn merge(members: &[&Job]) -> Job {
     let first = members[0];
     let mut ids: Vec<&str> = members.iter().map(|j| j.job_id.as_str()).collect();
@@ -68,7 +69,21 @@ pub fn merge(members: &[&Job]) -> Job {
         created_at_ms: members.iter().map(|j| j.created_at_ms).min().unwrap_or_default(),
         traceparent: first.traceparent.clone(),
         hops: members.iter().map(|j| j.hops).max().unwrap_or_default(),
+        // Only spans exported make use of them; else they would cost a copy per record and
+        // ~60 bytes per record in the queue for nothing.
+        member_traceparents: if hookline_telemetry::exporting() { member_traces(members) } else { Vec::new() },
     }
+}
+
+/// Every record's trace after the first's, in record order: packs merged again (a
+/// dispatcher combining packed jobs) keep their members' too.
+fn member_traces(members: &[&Job]) -> Vec<String> {
+    members
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| (i > 0).then_some(&m.traceparent).into_iter().chain(&m.member_traceparents))
+        .cloned()
+        .collect()
 }
 
 /// Packs fresh one-record jobs into full calls before they are queued: for each webhook
@@ -123,7 +138,7 @@ fn array_items(json: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use super::{call_sizes, combine, pack};
+    use super::{call_sizes, combine, member_traces, pack};
     use hookline_proto::Job;
     use hookline_store::Entry;
 
@@ -172,6 +187,19 @@ mod tests {
         let c = combine(&[empty, entry(1, 2, false), broken, entry(2, 1, false)]);
         let entities: serde_json::Value = serde_json::from_slice(&c.entities_json).unwrap();
         assert_eq!(entities, serde_json::json!([{"id": "r1-0"}, {"id": "r1-1"}, {"id": "r2-0"}]));
+    }
+
+    #[test]
+    fn a_combined_job_carries_every_members_trace_in_record_order() {
+        let traced = |n: usize| Job { traceparent: format!("tp{n}"), ..Default::default() };
+        let (one, two, three) = (traced(1), traced(2), traced(3));
+        assert_eq!(member_traces(&[&one, &two, &three]), ["tp2", "tp3"], "the first's trace is the call's own");
+        // Packs combined again keep their own members' traces, in order.
+        let packed = Job { member_traceparents: member_traces(&[&one, &two, &three]), ..one.clone() };
+        let (four, five) = (traced(4), traced(5));
+        let other = Job { member_traceparents: member_traces(&[&four, &five]), ..four.clone() };
+        assert_eq!(member_traces(&[&packed, &other]), ["tp2", "tp3", "tp4", "tp5"]);
+        assert!(member_traces(&[&one]).is_empty());
     }
 
     fn fresh(webhook: &str, n: usize) -> Job {

@@ -118,6 +118,46 @@ async fn send(ctx: &EngineContext, wh: &CompiledWebhook, req: &BuiltRequest, per
     }
 }
 
+/// In a call of several records, a `bulk call` span in each other record's trace, linked to
+/// the call's attempt span (which lives in the first record's trace): every record's trace
+/// shows the call that carried it, and its outcome. Records already in the attempt's trace
+/// (a scheduled tick's) need none. Made only when spans are exported.
+fn member_spans(attempt: &tracing::Span, job: &Job, webhook: &str, number: u32) -> Vec<tracing::Span> {
+    if job.member_traceparents.is_empty() || !hookline_telemetry::exporting() {
+        return Vec::new();
+    }
+    let Some(attempt_tp) = hookline_telemetry::traceparent_of(attempt) else { return Vec::new() };
+    let own = trace::trace_id(&job.traceparent);
+    // One record per member (as the trigger queues them): the i-th member is record i + 1.
+    let one_each = job.record_ids.len() == job.member_traceparents.len() + 1;
+    let mut seen = std::collections::HashSet::new();
+    job.member_traceparents
+        .iter()
+        .enumerate()
+        .filter_map(|(i, tp)| {
+            let trace = trace::trace_id(tp)?;
+            (Some(trace) != own && seen.insert(trace)).then_some((i, tp))
+        })
+        .map(|(i, tp)| {
+            let record_id = if one_each { job.record_ids[i + 1].as_str() } else { "" };
+            let span = tracing::info_span!(
+                parent: None,
+                "bulk call",
+                webhook_id = %webhook,
+                job_id = %job.job_id,
+                record_id,
+                records = job.record_ids.len() as i64,
+                attempt = i64::from(number),
+                outcome = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            );
+            trace::join(&span, tp);
+            hookline_telemetry::add_link(&span, &attempt_tp);
+            span
+        })
+        .collect()
+}
+
 /// Delivers one call once and records what happened. Never panics on the job's content.
 pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running: DrainGuard) {
     if lease.entries().iter().any(|e| e.deliveries > MAX_DELIVERIES) {
@@ -143,6 +183,7 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
         node_id = %ctx.node_id,
     );
     trace::join(&span, &job.traceparent);
+    let members = member_spans(&span, &job, &wh.def.id, number);
     async move {
         let (ctx, wh) = (&call.ctx, &call.wh);
         let limit = wh.def.settings.max_concurrency as u64;
@@ -199,6 +240,9 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
                 let response = match result {
                     Ok(resp) => {
                         tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
+                        for m in &members {
+                            m.record("http.response.status_code", i64::from(resp.status));
+                        }
                         attempt.response = Some(response_record(&resp, &req));
                         if verdict != Verdict::Success {
                             attempt.error = format!("target answered {}", resp.status);
@@ -255,6 +299,9 @@ pub async fn deliver(call: Arc<Call>, lease: Lease<Job>, permit: Permit, running
             });
         }
         tracing::Span::current().record("outcome", outcome.as_str());
+        for m in &members {
+            m.record("outcome", outcome.as_str());
+        }
         ctx.metrics.attempt(&wh.def.id, outcome.as_str(), started.elapsed());
         if follow.retry.is_some() {
             ctx.metrics.retry_scheduled(&wh.def.id);
