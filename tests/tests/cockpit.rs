@@ -264,6 +264,17 @@ async fn the_dashboard_needs_a_session_and_escapes_what_records_hold() {
     assert_eq!(r.status().as_u16(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "over plain HTTP a Secure cookie would be dropped: {cookie}");
+    // Behind a proxy that ends TLS, the cookie is only ever sent back over HTTPS.
+    let proxied = client
+        .post(format!("{}/login", node.url))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", "dash-token")])
+        .send()
+        .await
+        .unwrap();
+    let secure = proxied.headers()["set-cookie"].to_str().unwrap();
+    assert!(secure.contains("; Secure") && secure.contains("HttpOnly"), "{secure}");
     let session = cookie.split(';').next().unwrap().to_string();
     let r = get("/", Some(&session)).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

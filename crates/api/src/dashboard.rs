@@ -8,7 +8,7 @@
 //! - `/ui/records?object=&id=` a record's journey: why each webhook fired or did not.
 //!
 //! With `--api-token`, every page needs a session: `/login` takes the token and keeps it in
-//! a cookie marked `HttpOnly` and `SameSite=Strict` (never in a URL). The forms that change
+//! a cookie marked `HttpOnly`, `SameSite=Strict` and, over HTTPS, `Secure` (never in a URL). The forms that change
 //! something are POSTs, which that cookie policy keeps other sites from making.
 
 use std::collections::BTreeMap;
@@ -70,9 +70,13 @@ fn session(req: &HttpRequest) -> Option<String> {
         .map(|(_, value)| hookline_model::url::percent_decoded(value))
 }
 
-/// The session cookie: the token, percent-encoded so any token fits a cookie.
-fn session_cookie(value: &str, max_age_s: u64) -> String {
-    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}", url_seg(value))
+/// The session cookie: the token, percent-encoded so any token fits a cookie. `Secure` when
+/// the page was asked for over HTTPS (directly, or through a proxy that says so in
+/// `Forwarded` or `X-Forwarded-Proto`), so the browser never sends it back in the clear; not
+/// over plain HTTP, where a browser would drop a `Secure` cookie and signing in would fail.
+fn session_cookie(req: &HttpRequest, value: &str, max_age_s: u64) -> String {
+    let secure = if req.connection_info().scheme() == "https" { "; Secure" } else { "" };
+    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}", url_seg(value))
 }
 
 fn to_login() -> HttpResponse {
@@ -104,7 +108,7 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(state: web::Data<ApiState>, form: web::Form<LoginForm>) -> HttpResponse {
+async fn login(req: HttpRequest, state: web::Data<ApiState>, form: web::Form<LoginForm>) -> HttpResponse {
     let Some(token) = &state.api_token else { return back_to("/") };
     if !crate::same(form.token.as_bytes(), token.as_bytes()) {
         let mut r = page("Sign in", "", &login_body(Some("That is not this node's token.")), false);
@@ -113,14 +117,14 @@ async fn login(state: web::Data<ApiState>, form: web::Form<LoginForm>) -> HttpRe
     }
     HttpResponse::SeeOther()
         .insert_header((LOCATION, "/"))
-        .insert_header((SET_COOKIE, session_cookie(&form.token, 12 * 3600)))
+        .insert_header((SET_COOKIE, session_cookie(&req, &form.token, 12 * 3600)))
         .finish()
 }
 
-async fn logout() -> HttpResponse {
+async fn logout(req: HttpRequest) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((LOCATION, "/login"))
-        .insert_header((SET_COOKIE, session_cookie("", 0)))
+        .insert_header((SET_COOKIE, session_cookie(&req, "", 0)))
         .finish()
 }
 
