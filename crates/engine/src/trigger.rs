@@ -276,9 +276,31 @@ fn decide_all(
 /// The idempotency id of the job a record version makes for a webhook: derived, not
 /// random, so a change processed twice (a crash between enqueue and acknowledgement)
 /// yields the same `webhook-id` and the target can drop the duplicate.
+/// Built by hand, not with `format!`: it runs for every record a webhook fires on.
 pub fn job_id(webhook: &str, object: &str, record_id: &str, version: u64) -> String {
-    let name = format!("{webhook}\n{object}\n{record_id}\n{version}");
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+    let mut name = Vec::with_capacity(webhook.len() + object.len() + record_id.len() + 24);
+    for part in [webhook, object, record_id] {
+        name.extend_from_slice(part.as_bytes());
+        name.push(b'\n');
+    }
+    push_decimal(&mut name, version);
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name);
+    id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The job delivering one record version to webhook `wh`. The record's fields are the
@@ -318,6 +340,15 @@ fn parse_fields(bytes: &[u8]) -> Option<Fields> {
 #[cfg(test)]
 mod tests {
     use super::job_id;
+
+    #[test]
+    fn job_ids_are_the_uuid_v5_of_webhook_object_record_and_version() {
+        for version in [0, 7, 10, 1234567890, u64::MAX] {
+            let name = format!("wh\nsurvey\nS1\n{version}");
+            let expected = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
+            assert_eq!(job_id("wh", "survey", "S1", version), expected, "{version}");
+        }
+    }
 
     #[test]
     fn job_ids_are_stable_per_webhook_and_record_version() {

@@ -631,12 +631,9 @@ impl RedisStore {
         }
         cmd.arg("STREAMS").arg(stream).arg(">");
         for _ in 0..2 {
-            let reply: redis::RedisResult<Option<StreamReadReply>> = self.blocking_query(&cmd, block).await;
+            let reply: redis::RedisResult<Value> = self.blocking_query(&cmd, block).await;
             match reply {
-                Ok(reply) => {
-                    let ids = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
-                    return Ok(stream_entries(ids, field));
-                }
+                Ok(reply) => return Ok(read_reply_entries(reply, field)),
                 Err(e) if e.code() == Some("NOGROUP") => self.ensure_group(stream, group).await?,
                 Err(e) => return Err(map_err(e)),
             }
@@ -689,15 +686,78 @@ fn id_bounds<'a>(ids: impl IntoIterator<Item = &'a str>) -> [String; 4] {
     [fresh_lo, fresh_hi, solo_lo, solo_hi]
 }
 
-/// Entries of one stream as `XREADGROUP` returned them.
-fn stream_entries(ids: Vec<redis::streams::StreamId>, field: &str) -> Vec<RawEntry> {
-    ids.into_iter()
-        .map(|sid| {
-            let payload = sid.get::<Vec<u8>>(field).unwrap_or_default();
-            let redriven = sid.get::<String>("redriven").is_some();
-            RawEntry { id: sid.id, payload, deliveries: 1, redriven, solo: false }
-        })
-        .collect()
+/// The entries of an `XREADGROUP` (or `XREAD`) reply, walked straight from its values: no
+/// map per entry (as `StreamReadReply` builds, hashing every field name), and each payload
+/// moved out rather than copied. RESP2 gives `[[stream, entries], …]`, RESP3 `{stream:
+/// entries}`; each entry is `[id, [field, value, …]]`; no reply (a timeout) is no entries.
+fn read_reply_entries(reply: Value, field: &str) -> Vec<RawEntry> {
+    let per_stream: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in per_stream {
+        let Value::Array(entries) = entries else { continue };
+        out.reserve(entries.len());
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let mut parts = parts.into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else { continue };
+            let Some(id) = value_text(id) else { continue };
+            let pairs: Vec<(Value, Value)> = match fields {
+                Value::Array(flat) => {
+                    let mut flat = flat.into_iter();
+                    std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+                }
+                Value::Map(pairs) => pairs,
+                _ => Vec::new(),
+            };
+            let (mut payload, mut redriven) = (Vec::new(), false);
+            for (name, value) in pairs {
+                match value_bytes(&name) {
+                    Some(n) if n == field.as_bytes() => payload = value_into_bytes(value),
+                    Some(b"redriven") => redriven = true,
+                    _ => {}
+                }
+            }
+            out.push(RawEntry { id, payload, deliveries: 1, redriven, solo: false });
+        }
+    }
+    out
+}
+
+/// A string reply's bytes, borrowed.
+fn value_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// A string reply's bytes, moved out (empty for any other kind of value).
+fn value_into_bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// A string reply as text, if it is one and valid UTF-8.
+fn value_text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// A handle to the shared connection that replaces it after a response timeout: a peer that
@@ -1602,6 +1662,26 @@ impl Store for RedisStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn read_replies_give_their_entries_in_both_protocols() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let entry = |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+        let entries = Value::Array(vec![
+            entry("1-0", vec![bulk("job"), bulk("payload-1")]),
+            entry("2-0", vec![bulk("redriven"), bulk("1"), bulk("job"), bulk("payload-2")]),
+            entry("3-0", vec![bulk("other"), bulk("x")]),
+        ]);
+        let check = |got: Vec<RawEntry>| {
+            let seen: Vec<(&str, &[u8], bool)> =
+                got.iter().map(|e| (e.id.as_str(), e.payload.as_slice(), e.redriven)).collect();
+            assert_eq!(seen, [("1-0", &b"payload-1"[..], false), ("2-0", b"payload-2", true), ("3-0", b"", false)]);
+            assert!(got.iter().all(|e| e.deliveries == 1 && !e.solo));
+        };
+        check(read_reply_entries(Value::Array(vec![Value::Array(vec![bulk("stream"), entries.clone()])]), "job"));
+        check(read_reply_entries(Value::Map(vec![(bulk("stream"), entries)]), "job"));
+        assert!(read_reply_entries(Value::Nil, "job").is_empty(), "a block that timed out");
+    }
 
     fn nodes(url: &str) -> Option<Vec<String>> {
         cluster_nodes(url).expect("a valid URL")
