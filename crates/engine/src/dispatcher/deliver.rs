@@ -139,7 +139,7 @@ fn member_spans(attempt: &tracing::Span, job: &Job, webhook: &str, number: u32) 
             (Some(trace) != own && seen.insert(trace)).then_some((i, tp))
         })
         .map(|(i, tp)| {
-            let record_id = if one_each { job.record_ids[i + 1].as_str() } else { "" };
+            let record_id = one_each.then(|| job.record_ids[i + 1].as_str());
             let span = tracing::info_span!(
                 parent: None,
                 "bulk call",
