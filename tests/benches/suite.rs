@@ -217,9 +217,10 @@ fn process_cpu(pid: u32) -> f64 {
     user + system
 }
 
-/// A process's read and write system calls (`/proc/PID/io`) and context switches, all its
-/// threads together.
-fn process_calls(pid: u32) -> [f64; 3] {
+/// A process's `write`-family system calls (`syscw` of `/proc/PID/io`: `write`, `writev`
+/// and the like; the kernel does not count `send`/`recv` on sockets there, nor reads by
+/// `recv`) and context switches, all its threads together.
+fn process_calls(pid: u32) -> [f64; 2] {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     let field = |text: &str, name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
@@ -231,7 +232,7 @@ fn process_calls(pid: u32) -> [f64; 3] {
             switches += field(&status, "voluntary_ctxt_switches:") + field(&status, "nonvoluntary_ctxt_switches:");
         }
     }
-    [field(&io, "syscr:"), field(&io, "syscw:"), switches]
+    [field(&io, "syscw:"), switches]
 }
 
 /// CPU seconds a process has spent in user space and in the kernel.
@@ -563,8 +564,8 @@ struct ApiLoad {
     cpu_per_record: f64,
     /// The part of that CPU time spent in the kernel (system calls, network stack).
     kernel_share: f64,
-    /// Per delivered record: read system calls, write system calls, context switches.
-    calls: [f64; 3],
+    /// Per delivered record: `write`-family system calls, context switches.
+    calls: [f64; 2],
     /// Node instructions per delivered record, under `--callgrind`.
     instructions_per_record: Option<f64>,
 }
@@ -777,7 +778,7 @@ impl Bench {
         let (user, system) = process_cpu_split(pid);
         let (user, system) = (user - cpu0.0, system - cpu0.1);
         let calls = process_calls(pid);
-        let calls = [0, 1, 2].map(|i| (calls[i] - calls0[i]) / total as f64);
+        let calls = [0, 1].map(|i| (calls[i] - calls0[i]) / total as f64);
         stop_profile(perf);
         let instructions = counting.and_then(|dir| {
             callgrind_control(pid, false);
@@ -814,12 +815,11 @@ impl Bench {
             latency: Some(percentiles(full.latencies)),
             cpu_per_1000: Some(full.cpu_per_record * 1000.0),
             note: format!(
-                "{n} records (after 640 not measured), 64 clients, one per call: {:.0} records/s accepted; node CPU {:.0} % in the kernel; per record {:.1} reads, {:.1} writes, {:.1} context switches{}",
+                "{n} records (after 640 not measured), 64 clients, one per call: {:.0} records/s accepted; node CPU {:.0} % in the kernel; per record {:.1} write/writev calls, {:.1} context switches{}",
                 full.accepted,
                 full.kernel_share * 100.0,
                 full.calls[0],
                 full.calls[1],
-                full.calls[2],
                 match full.instructions_per_record {
                     Some(i) => format!("; under callgrind: {i:.0} node instructions per record"),
                     None => String::new(),
