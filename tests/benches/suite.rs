@@ -445,6 +445,42 @@ fn webhook(sink: &FastSink, kind: Kind, concurrency: usize) -> Value {
     wh
 }
 
+/// `clients` concurrent clients each POST `per` records one per call to the node at `base`
+/// (ids `<prefix><client>-<k>`), every `gap` when given; each record's send time goes in `sent`.
+async fn post_one_per_call(
+    client: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    per: usize,
+    prefix: &'static str,
+    gap: Option<Duration>,
+    sent: &Arc<Mutex<HashMap<String, u64>>>,
+) {
+    let url = format!("{base}/v1/objects/item/records");
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, sent, client) = (url.clone(), sent.clone(), client.clone());
+            // On the runtime's worker threads, not the thread the sink's server is on.
+            tokio::spawn(async move {
+                let began = Instant::now();
+                for k in 0..per {
+                    if let Some(gap) = gap {
+                        tokio::time::sleep_until((began + gap * k as u32).into()).await;
+                    }
+                    let id = format!("{prefix}{c}-{k}");
+                    let body = json!({"id": id, "fields": {"n": k}});
+                    sent.lock().unwrap().insert(id, unix_us());
+                    let r = client.post(&url).json(&body).send().await.expect("API reachable");
+                    assert!(r.status().is_success(), "{}", r.status());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a client task");
+    }
+}
+
 /// Writes `n` records (ids `r<from>`…) in requests of 1,000 from `clients` clients side by
 /// side; `note` pads each record.
 async fn write_records(api: &Api, from: usize, n: usize, clients: usize, note: &str) {
@@ -721,21 +757,7 @@ impl Bench {
         // its scripts with its first records, which took the first tenth of a run to p99s
         // three times the rest's. The rows are about a node that is running.
         let warm = clients * 10;
-        let warming: Vec<_> = (0..clients)
-            .map(|c| {
-                let (url, client) = (format!("{}/v1/objects/item/records", proc.url), client.clone());
-                tokio::spawn(async move {
-                    for k in 0..10 {
-                        let body = json!({"id": format!("w{c}-{k}"), "fields": {"n": k}});
-                        let r = client.post(&url).json(&body).send().await.expect("API reachable");
-                        assert!(r.status().is_success(), "{}", r.status());
-                    }
-                })
-            })
-            .collect();
-        for w in warming {
-            w.await.expect("a warm-up client");
-        }
+        post_one_per_call(&client, &proc.url, clients, 10, "w", None, &Arc::default()).await;
         assert!(until(Duration::from_secs(60), || async { self.sink.records() >= warm }).await, "warm-up");
         self.sink.reset();
         let sent: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -748,29 +770,7 @@ impl Bench {
         let start = Instant::now();
         let per = n / clients;
         let gap = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let (base, sent, client) = (proc.url.clone(), sent.clone(), client.clone());
-            // On the runtime's worker threads, not the thread the sink's server is on.
-            tasks.push(tokio::spawn(async move {
-                let url = format!("{base}/v1/objects/item/records");
-                let began = Instant::now();
-                for k in 0..per {
-                    if let Some(gap) = gap {
-                        let at = began + gap * k as u32;
-                        tokio::time::sleep_until(at.into()).await;
-                    }
-                    let id = format!("a{c}-{k}");
-                    let body = json!({"id": id, "fields": {"n": k}});
-                    sent.lock().unwrap().insert(id, unix_us());
-                    let r = client.post(&url).json(&body).send().await.expect("API reachable");
-                    assert!(r.status().is_success(), "{}", r.status());
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("a client task");
-        }
+        post_one_per_call(&client, &proc.url, clients, per, "a", gap, &sent).await;
         let accepted = (per * clients) as f64 / start.elapsed().as_secs_f64();
         let total = per * clients;
         until(Duration::from_secs(300), || async { self.sink.records() >= total }).await;
@@ -932,7 +932,8 @@ impl Bench {
 
     /// Dispatcher nodes each held to `quota` of a core draining one queue: 1, 2, 4 nodes.
     /// Three rounds of the three sizes, interleaved so drift on the machine hits each size
-    /// alike; each row gives the median round.
+    /// alike; each row gives the median of its rounds' rates over the same round's one-node
+    /// rate.
     async fn scale(&mut self) {
         let jobs_per_node = if self.o.quick { 3_000 } else { 12_000 };
         let rounds = if self.o.quick { 1 } else { 3 };
