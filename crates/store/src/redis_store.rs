@@ -710,7 +710,7 @@ fn read_reply_entries(reply: Value, field: &str) -> Vec<RawEntry> {
             let Value::Array(parts) = entry else { continue };
             let mut parts = parts.into_iter();
             let (Some(id), Some(fields)) = (parts.next(), parts.next()) else { continue };
-            let Some(id) = value_text(id) else { continue };
+            let Ok(id) = redis::from_redis_value::<String>(id) else { continue };
             let pairs: Vec<(Value, Value)> = match fields {
                 Value::Array(flat) => {
                     let mut flat = flat.into_iter();
@@ -722,7 +722,7 @@ fn read_reply_entries(reply: Value, field: &str) -> Vec<RawEntry> {
             let (mut payload, mut redriven) = (Vec::new(), false);
             for (name, value) in pairs {
                 match value_bytes(&name) {
-                    Some(n) if n == field.as_bytes() => payload = value_into_bytes(value),
+                    Some(n) if n == field.as_bytes() => payload = redis::from_redis_value(value).unwrap_or_default(),
                     Some(b"redriven") => redriven = true,
                     _ => {}
                 }
@@ -738,24 +738,6 @@ fn value_bytes(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-/// A string reply's bytes, moved out (empty for any other kind of value).
-fn value_into_bytes(v: Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b,
-        Value::SimpleString(s) => s.into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-/// A string reply as text, if it is one and valid UTF-8.
-fn value_text(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
         _ => None,
     }
 }
