@@ -227,17 +227,21 @@ async fn a_record_change_is_one_trace_across_nodes_and_retries() {
     }
 }
 
+/// A node exporting to a fresh OTLP receiver, with an `item` object and a bulk target.
+async fn item_node(name: &str) -> (Received, crate::bulk::BulkTarget, Proc, Api) {
+    let (otlp, spans) = receiver();
+    let target = crate::bulk::BulkTarget::start();
+    let node = Proc::start(name, &["--redis", &redis_url(), "--namespace", &namespace(), "--otlp-endpoint", &otlp]);
+    let api = Api::at(&node.url);
+    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    (spans, target, node, api)
+}
+
 /// A scheduled tick is a trace of its own: the `schedule` span, with the calls it made as
 /// its children.
 #[actix_rt::test]
 async fn a_scheduled_tick_is_the_root_of_the_calls_it_makes() {
-    let (otlp, spans) = receiver();
-    let target = crate::bulk::BulkTarget::start();
-    let ns = namespace();
-    let redis = redis_url();
-    let mut node = Proc::start("trace-tick", &["--redis", &redis, "--namespace", &ns, "--otlp-endpoint", &otlp]);
-    let api = Api::at(&node.url);
-    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let (spans, target, mut node, api) = item_node("trace-tick").await;
     let records: Vec<_> = (0..3).map(|i| json!({"id": format!("r{i}"), "fields": {"n": i}})).collect();
     api.ok("POST", "/v1/objects/item/records", Some(json!(records))).await;
     api.ok(
@@ -278,13 +282,7 @@ async fn a_scheduled_tick_is_the_root_of_the_calls_it_makes() {
 /// of that record's enqueue, linked to the attempt and carrying its outcome.
 #[actix_rt::test]
 async fn every_record_of_a_bulk_call_sees_the_call_in_its_trace() {
-    let (otlp, spans) = receiver();
-    let target = crate::bulk::BulkTarget::start();
-    let ns = namespace();
-    let redis = redis_url();
-    let mut node = Proc::start("trace-bulk", &["--redis", &redis, "--namespace", &ns, "--otlp-endpoint", &otlp]);
-    let api = Api::at(&node.url);
-    api.ok("POST", "/v1/objects", Some(json!({"name": "item", "fields": [{"key": "n", "type": "number"}]}))).await;
+    let (spans, target, mut node, api) = item_node("trace-bulk").await;
     api.ok(
         "POST",
         "/v1/webhooks",
